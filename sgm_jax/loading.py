@@ -1,0 +1,97 @@
+"""`load_model`: a local HF directory (or a hub id already in the HF cache) -> (NNX model, processor)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from sgm_jax import sharding
+from sgm_jax.convert import load_into
+from sgm_jax.models.llama import LlamaForCausalLM, LlamaSpec
+from sgm_jax.models.config import UnsupportedConfigError
+from sgm_jax.models.llava import LlavaForConditionalGeneration, LlavaSpec
+
+# model_type -> (spec reader, model class); the key-map family is the model_type.
+FAMILIES = {
+    "llava": (LlavaSpec.from_hf, LlavaForConditionalGeneration),
+    "llama": (LlamaSpec.from_hf, LlamaForCausalLM),
+}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A local directory as is, or the cached snapshot of a hub id; never downloads."""
+    if os.path.isdir(path):
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(path, local_files_only=True)
+    except Exception as err:
+        raise FileNotFoundError(
+            f"{path!r} is neither a local directory nor a hub id in the local Hugging Face cache "
+            f"(sgm_jax never downloads: fetch it first with `hf download {path}`)") from err
+
+
+def read_config(directory: str) -> dict[str, Any]:
+    """The checkpoint's config as transformers resolves it (defaults filled, legacy fields renamed)."""
+    from transformers import AutoConfig
+
+    if not os.path.exists(os.path.join(directory, "config.json")):
+        raise FileNotFoundError(f"{directory}: no config.json")
+    try:
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    except ValueError as err:
+        raise UnsupportedConfigError(f"{directory}/config.json: {err}") from err
+    return config.to_dict()
+
+
+def load_processor(directory: str):
+    """The directory's processor (images + text) or tokenizer, or None for a bare checkpoint."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    names = set(os.listdir(directory))
+    if names.intersection(_PROCESSOR_FILES):
+        return AutoProcessor.from_pretrained(directory, trust_remote_code=False)
+    if names.intersection(_TOKENIZER_FILES):
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    return None
+
+
+def build_model(config: dict[str, Any], *, dtype="float32", rngs: nnx.Rngs | None = None):
+    """A randomly initialised model for an HF config dict (training from scratch, abstract shapes)."""
+    model_type = config.get("model_type")
+    if model_type not in FAMILIES:
+        raise UnsupportedConfigError(f"model_type={model_type!r} is not supported (supported: {sorted(FAMILIES)})")
+    read_spec, cls = FAMILIES[model_type]
+    return cls(read_spec(config), dtype=_dtype(dtype), rngs=rngs or nnx.Rngs(0))
+
+
+def _dtype(dtype):
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not supported (supported: {sorted(DTYPES)})")
+        return DTYPES[dtype]
+    return dtype
+
+
+def load_model(path: str, *, dtype="float32", mesh: Mesh | None = None,
+               rules: sharding.Rules = sharding.DEFAULT_RULES):
+    """Load an HF checkpoint as `(model, processor)`; with `mesh`, each tensor goes straight to its shards."""
+    directory = resolve_checkpoint(path)
+    config = read_config(directory)
+    model = nnx.eval_shape(lambda: build_model(config, dtype=dtype))
+    place = None
+    if mesh is not None:
+        place = lambda array, variable: jax.device_put(array, sharding.variable_sharding(variable, mesh, rules))
+    load_into(model, directory, config["model_type"], dtype=_dtype(dtype), place=place)
+    return model, load_processor(directory)

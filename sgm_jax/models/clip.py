@@ -1,0 +1,140 @@
+"""CLIP vision tower (LLaVA's image encoder) as Flax NNX modules named like HF's `CLIPVisionModel`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sgm_jax.models.config import check_fields, require
+from sgm_jax.models.layers import ACTIVATIONS, Embedding, LayerNorm, Linear, param
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipVisionSpec:
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_channels: int
+    image_size: int
+    patch_size: int
+    hidden_act: str
+    layer_norm_eps: float
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any], *, where: str = "vision_config") -> ClipVisionSpec:
+        require(where, "model_type", cfg.get("model_type"), ["clip_vision_model"])
+        fields = [f.name for f in dataclasses.fields(cls)]
+        check_fields(cfg, where=where, used=fields, inert=["projection_dim", "vocab_size"])
+        require(where, "hidden_act", cfg["hidden_act"], ACTIVATIONS)
+        return cls(**{name: cfg[name] for name in fields})
+
+
+class PatchEmbedding(nnx.Module):
+    """Non-overlapping `patch x patch` convolution without bias, computed as one matmul over unfolded patches."""
+
+    hf_params: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {"kernel": ("weight", (2, 3, 1, 0))}
+
+    def __init__(self, spec: ClipVisionSpec, *, dtype, rngs: nnx.Rngs):
+        self.patch = spec.patch_size
+        self.kernel = param(rngs, (spec.patch_size, spec.patch_size, spec.num_channels, spec.hidden_size), dtype,
+                            (None, None, None, "embed"))
+
+    def __call__(self, pixel_values: jax.Array) -> jax.Array:
+        """`[batch, channels, H, W]` (NCHW, as HF processors give) -> `[batch, patches, hidden]`."""
+        b, c, h, w = pixel_values.shape
+        p = self.patch
+        x = pixel_values.reshape(b, c, h // p, p, w // p, p).transpose(0, 2, 4, 3, 5, 1)
+        x = x.reshape(b, (h // p) * (w // p), p * p * c)
+        return x @ self.kernel[...].reshape(p * p * c, -1)
+
+
+class CLIPVisionEmbeddings(nnx.Module):
+    hf_params: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {"class_embedding": ("class_embedding", (0,))}
+
+    def __init__(self, spec: ClipVisionSpec, *, dtype, rngs: nnx.Rngs):
+        self.class_embedding = param(rngs, (spec.hidden_size,), dtype, ("embed",))
+        self.patch_embedding = PatchEmbedding(spec, dtype=dtype, rngs=rngs)
+        self.position_embedding = Embedding(spec.num_patches + 1, spec.hidden_size, axes=(None, "embed"), dtype=dtype,
+                                            rngs=rngs)
+
+    def __call__(self, pixel_values: jax.Array) -> jax.Array:
+        patches = self.patch_embedding(pixel_values.astype(self.class_embedding.dtype))
+        cls = jnp.broadcast_to(self.class_embedding[...], (patches.shape[0], 1, patches.shape[-1]))
+        return jnp.concatenate([cls, patches], axis=1) + self.position_embedding.embedding[...]
+
+
+class CLIPAttention(nnx.Module):
+    def __init__(self, spec: ClipVisionSpec, *, dtype, rngs: nnx.Rngs):
+        d = spec.hidden_size
+        self.num_heads, self.head_dim = spec.num_attention_heads, d // spec.num_attention_heads
+        self.q_proj = Linear(d, d, use_bias=True, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.k_proj = Linear(d, d, use_bias=True, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.v_proj = Linear(d, d, use_bias=True, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.out_proj = Linear(d, d, use_bias=True, axes=("heads", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, d = x.shape
+        q, k, v = (proj(x).reshape(b, t, self.num_heads, self.head_dim) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        scores = jnp.einsum("bqnh,bknh->bnqk", q, k) * (self.head_dim ** -0.5)
+        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
+        return self.out_proj(jnp.einsum("bnqk,bknh->bqnh", probs, v).reshape(b, t, d))
+
+
+class CLIPMLP(nnx.Module):
+    def __init__(self, spec: ClipVisionSpec, *, dtype, rngs: nnx.Rngs):
+        self.fc1 = Linear(spec.hidden_size, spec.intermediate_size, use_bias=True, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.fc2 = Linear(spec.intermediate_size, spec.hidden_size, use_bias=True, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
+        self.activation_fn = ACTIVATIONS[spec.hidden_act]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(self.activation_fn(self.fc1(x)))
+
+
+class CLIPEncoderLayer(nnx.Module):
+    def __init__(self, spec: ClipVisionSpec, *, dtype, rngs: nnx.Rngs):
+        self.self_attn = CLIPAttention(spec, dtype=dtype, rngs=rngs)
+        self.layer_norm1 = LayerNorm(spec.hidden_size, eps=spec.layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.mlp = CLIPMLP(spec, dtype=dtype, rngs=rngs)
+        self.layer_norm2 = LayerNorm(spec.hidden_size, eps=spec.layer_norm_eps, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class CLIPEncoder(nnx.Module):
+    def __init__(self, spec: ClipVisionSpec, *, dtype, rngs: nnx.Rngs):
+        self.layers = nnx.List([CLIPEncoderLayer(spec, dtype=dtype, rngs=rngs) for _ in range(spec.num_hidden_layers)])
+
+
+class CLIPVisionModel(nnx.Module):
+    """CLIP ViT; LLaVA reads its per-layer hidden states, not the pooled output."""
+
+    def __init__(self, spec: ClipVisionSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.spec = spec
+        self.embeddings = CLIPVisionEmbeddings(spec, dtype=dtype, rngs=rngs)
+        self.pre_layrnorm = LayerNorm(spec.hidden_size, eps=spec.layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.encoder = CLIPEncoder(spec, dtype=dtype, rngs=rngs)
+        self.post_layernorm = LayerNorm(spec.hidden_size, eps=spec.layer_norm_eps, dtype=dtype, rngs=rngs)
+
+    def __call__(self, pixel_values: jax.Array) -> tuple[list[jax.Array], jax.Array]:
+        """Return HF's `hidden_states` (`num_layers + 1` entries, the first after `pre_layrnorm`) and the pooled CLS."""
+        expected = (self.spec.num_channels, self.spec.image_size, self.spec.image_size)
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}; the vision tower expects "
+                             f"[images, {expected[0]}, {expected[1]}, {expected[2]}] (NCHW, as the HF processor returns)")
+        h = self.pre_layrnorm(self.embeddings(pixel_values))
+        hidden_states = [h]
+        for layer in self.encoder.layers:
+            h = layer(h)
+            hidden_states.append(h)
+        return hidden_states, self.post_layernorm(h[:, 0])

@@ -1,0 +1,110 @@
+"""Leaf layers shared by the ports, each declaring how its parameters map to HF tensors.
+
+Every layer names its parameters with logical axes (see `sgm_jax.sharding`) and
+carries `hf_params`: for each parameter attribute, the suffix of the matching
+Hugging Face tensor and the axis permutation that turns the torch layout into
+ours (`flax = np.transpose(torch, perm)`). The converter reads only these
+declarations, so a module tree that mirrors the HF names is its own key map.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Axes = tuple[str | None, ...]
+
+_INIT_STD = 0.02
+
+
+def param(rngs: nnx.Rngs, shape: tuple[int, ...], dtype, axes: Axes, init: str = "normal") -> nnx.Param:
+    """A parameter tagged with logical axis names, initialised as HF does (normal 0.02, zero bias, unit scale)."""
+    if init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    elif init == "ones":
+        value = jnp.ones(shape, dtype)
+    else:
+        value = (_INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, logical_axes=axes)
+
+
+class Linear(nnx.Module):
+    """`y = x @ kernel + bias`, kernel `[in, out]` (torch stores the transpose)."""
+
+    hf_params: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {"kernel": ("weight", (1, 0)), "bias": ("bias", (0,))}
+
+    def __init__(self, in_features: int, out_features: int, *, use_bias: bool, axes: tuple[str | None, str | None],
+                 dtype, rngs: nnx.Rngs):
+        self.kernel = param(rngs, (in_features, out_features), dtype, axes)
+        self.bias = param(rngs, (out_features,), dtype, axes[1:], init="zeros") if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = x @ self.kernel[...]
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y
+
+
+class Embedding(nnx.Module):
+    """Token (or position) lookup table `[num, features]`; `attend` is the tied output projection."""
+
+    hf_params: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {"embedding": ("weight", (0, 1))}
+
+    def __init__(self, num_embeddings: int, features: int, *, axes: tuple[str | None, str | None], dtype,
+                 rngs: nnx.Rngs):
+        self.embedding = param(rngs, (num_embeddings, features), dtype, axes)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        return x @ self.embedding[...].T
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with scale and bias, statistics in float32 (as torch does for half inputs)."""
+
+    hf_params: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {"scale": ("weight", (0,)), "bias": ("bias", (0,))}
+
+    def __init__(self, features: int, *, eps: float, dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = param(rngs, (features,), dtype, ("norm",), init="ones")
+        self.bias = param(rngs, (features,), dtype, ("norm",), init="zeros")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.astype(jnp.float32)
+        mean = h.mean(-1, keepdims=True)
+        var = jnp.square(h - mean).mean(-1, keepdims=True)
+        h = (h - mean) * jax.lax.rsqrt(var + self.eps)
+        return (h * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """Llama RMSNorm: normalise in float32, cast back, then scale (HF's order of operations)."""
+
+    hf_params: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {"scale": ("weight", (0,))}
+
+    def __init__(self, features: int, *, eps: float, dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = param(rngs, (features,), dtype, ("norm",), init="ones")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.astype(jnp.float32)
+        h = h * jax.lax.rsqrt(jnp.mean(jnp.square(h), axis=-1, keepdims=True) + self.eps)
+        return self.scale[...] * h.astype(x.dtype)
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "quick_gelu": quick_gelu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+}

@@ -1,0 +1,176 @@
+"""Llama decoder (LLaVA-1.5's Vicuna, plain Llama causal LMs) as Flax NNX modules named like HF's."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
+from sgm_jax.models.layers import ACTIVATIONS, Embedding, Linear, RMSNorm
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaSpec:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    hidden_act: str
+    rms_norm_eps: float
+    rope_theta: float
+    attention_bias: bool
+    mlp_bias: bool
+    tie_word_embeddings: bool
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any], *, where: str = "config", tie_word_embeddings: bool | None = None) -> LlamaSpec:
+        """Read a `LlamaConfig.to_dict()`; `tie_word_embeddings` overrides the field (LLaVA keeps it on top)."""
+        require(where, "model_type", cfg.get("model_type"), ["llama"])
+        fields = [f.name for f in dataclasses.fields(cls) if f.name != "rope_theta"]
+        check_fields(cfg, where=where, used=fields + ["rope_parameters", "rope_theta", "rope_scaling"],
+                     inert=["pretraining_tp"])
+        rope = cfg.get("rope_parameters") or {"rope_type": "default", "rope_theta": cfg.get("rope_theta", 10000.0)}
+        require(where, "rope_parameters.rope_type", rope.get("rope_type"), ["default"])
+        extra = sorted(set(rope) - {"rope_type", "rope_theta"})
+        if extra:
+            raise UnsupportedConfigError(f"{where}: rope_parameters fields sgm_jax does not implement: {extra}")
+        if cfg.get("rope_scaling"):
+            raise UnsupportedConfigError(f"{where}: rope_scaling={cfg['rope_scaling']!r} is not supported")
+        require(where, "hidden_act", cfg["hidden_act"], ACTIVATIONS)
+        heads, kv_heads = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+        if heads % kv_heads:
+            raise UnsupportedConfigError(
+                f"{where}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
+        return cls(
+            vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
+            num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=heads, num_key_value_heads=kv_heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads, hidden_act=cfg["hidden_act"],
+            rms_norm_eps=cfg["rms_norm_eps"], rope_theta=float(rope["rope_theta"]),
+            attention_bias=bool(cfg.get("attention_bias", False)), mlp_bias=bool(cfg.get("mlp_bias", False)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)
+                                     if tie_word_embeddings is None else tie_word_embeddings),
+        )
+
+
+def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+    """Positions counted from each row's first real token, as HF `generate` does for left padding."""
+    positions = jnp.cumsum(attention_mask, axis=-1) - 1
+    return jnp.where(attention_mask > 0, positions, 1).astype(jnp.int32)
+
+
+def causal_padding_mask(attention_mask: jax.Array) -> jax.Array:
+    """`[batch, 1, query, key]` booleans: a query sees earlier-or-equal keys that are real tokens."""
+    t = attention_mask.shape[-1]
+    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+    return causal[None, None] & (attention_mask[:, None, None, :] > 0)
+
+
+def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float, dtype) -> tuple[jax.Array, jax.Array]:
+    """HF's default RoPE tables `[batch, seq, head_dim]`, computed in float32 and cast to `dtype`."""
+    inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
+    freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq, jnp.float32)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+class LlamaAttention(nnx.Module):
+    def __init__(self, spec: LlamaSpec, *, dtype, rngs: nnx.Rngs):
+        self.num_heads, self.num_kv_heads, self.head_dim = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
+        d, bias = spec.hidden_size, spec.attention_bias
+        self.q_proj = Linear(d, self.num_heads * self.head_dim, use_bias=bias, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.k_proj = Linear(d, self.num_kv_heads * self.head_dim, use_bias=bias, axes=("embed", "kv_heads"), dtype=dtype, rngs=rngs)
+        self.v_proj = Linear(d, self.num_kv_heads * self.head_dim, use_bias=bias, axes=("embed", "kv_heads"), dtype=dtype, rngs=rngs)
+        self.o_proj = Linear(self.num_heads * self.head_dim, d, use_bias=bias, axes=("heads", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+        b, t, _ = x.shape
+        groups = self.num_heads // self.num_kv_heads
+        q = _rotate(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
+        k = _rotate(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
+        scores = jnp.einsum("bqkgh,bskh->bkgqs", q, k) * (self.head_dim ** -0.5)
+        scores = jnp.where(mask[:, :, None], scores, jnp.finfo(scores.dtype).min)
+        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkgqs,bskh->bqkgh", probs, v).reshape(b, t, self.num_heads * self.head_dim)
+        return self.o_proj(out)
+
+
+class LlamaMLP(nnx.Module):
+    def __init__(self, spec: LlamaSpec, *, dtype, rngs: nnx.Rngs):
+        d, f, bias = spec.hidden_size, spec.intermediate_size, spec.mlp_bias
+        self.gate_proj = Linear(d, f, use_bias=bias, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.up_proj = Linear(d, f, use_bias=bias, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.down_proj = Linear(f, d, use_bias=bias, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
+        self.act_fn = ACTIVATIONS[spec.hidden_act]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nnx.Module):
+    def __init__(self, spec: LlamaSpec, *, dtype, rngs: nnx.Rngs):
+        self.self_attn = LlamaAttention(spec, dtype=dtype, rngs=rngs)
+        self.mlp = LlamaMLP(spec, dtype=dtype, rngs=rngs)
+        self.input_layernorm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, dtype=dtype, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nnx.Module):
+    """The decoder stack without the LM head (HF `LlamaModel`)."""
+
+    def __init__(self, spec: LlamaSpec, *, dtype, rngs: nnx.Rngs):
+        self.spec = spec
+        self.embed_tokens = Embedding(spec.vocab_size, spec.hidden_size, axes=("vocab", "embed"), dtype=dtype, rngs=rngs)
+        self.layers = nnx.List([LlamaDecoderLayer(spec, dtype=dtype, rngs=rngs) for _ in range(spec.num_hidden_layers)])
+        self.norm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, dtype=dtype, rngs=rngs)
+
+    def __call__(self, inputs_embeds: jax.Array, attention_mask: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+        """Return the final normed hidden state and the residual stream entering each layer (plus the last output)."""
+        positions = positions_from_mask(attention_mask)
+        cos, sin = rope_cos_sin(positions, self.spec.head_dim, self.spec.rope_theta, inputs_embeds.dtype)
+        mask = causal_padding_mask(attention_mask)
+        h, stream = inputs_embeds, [inputs_embeds]
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask)
+            stream.append(h)
+        return self.norm(h), stream
+
+
+class LlamaForCausalLM(nnx.Module):
+    """Text-only Llama with its LM head (tied to the embeddings when the config says so)."""
+
+    def __init__(self, spec: LlamaSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.model = LlamaModel(spec, dtype=dtype, rngs=rngs)
+        self.lm_head = None if spec.tie_word_embeddings else Linear(
+            spec.hidden_size, spec.vocab_size, use_bias=False, axes=("embed", "vocab"), dtype=dtype, rngs=rngs)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        if self.lm_head is None:
+            return self.model.embed_tokens.attend(hidden)
+        return self.lm_head(hidden)
+
+    def __call__(self, input_ids: jax.Array, *, attention_mask: jax.Array | None = None) -> jax.Array:
+        input_ids = jnp.asarray(input_ids)
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        hidden, _ = self.model(self.model.embed_tokens(input_ids), jnp.asarray(attention_mask))
+        return self.logits(hidden)

@@ -1,0 +1,147 @@
+"""LLaVA-1.5: CLIP tower -> 2-layer GELU projector -> Llama, image features scattered into `<image>` tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sgm_jax.models.clip import CLIPVisionModel, ClipVisionSpec
+from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
+from sgm_jax.models.layers import ACTIVATIONS, Linear
+from sgm_jax.models.llama import LlamaModel, LlamaSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class LlavaSpec:
+    text: LlamaSpec
+    vision: ClipVisionSpec
+    image_token_index: int
+    vision_feature_layer: int | tuple[int, ...]
+    vision_feature_select_strategy: str
+    projector_hidden_act: str
+    multimodal_projector_bias: bool
+
+    @property
+    def features_per_image(self) -> int:
+        """How many `<image>` tokens one image fills."""
+        return self.vision.num_patches + (self.vision_feature_select_strategy == "full")
+
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        layer = self.vision_feature_layer
+        return (layer,) if isinstance(layer, int) else layer
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any], *, where: str = "config") -> LlavaSpec:
+        require(where, "model_type", cfg.get("model_type"), ["llava"])
+        check_fields(cfg, where=where,
+                     used=["text_config", "vision_config", "image_token_index", "image_token_id",
+                           "vision_feature_layer", "vision_feature_select_strategy", "projector_hidden_act",
+                           "multimodal_projector_bias", "tie_word_embeddings"],
+                     inert=["image_seq_length", "ignore_index", "vocab_size"])
+        vision = ClipVisionSpec.from_hf(cfg["vision_config"], where=f"{where}.vision_config")
+        text = LlamaSpec.from_hf(cfg["text_config"], where=f"{where}.text_config",
+                                 tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+        layer = cfg.get("vision_feature_layer", -2)
+        layers = (layer,) if isinstance(layer, int) else tuple(layer)
+        n_states = vision.num_hidden_layers + 1
+        bad = [i for i in layers if not -n_states <= i < n_states]
+        if bad or not layers:
+            raise UnsupportedConfigError(f"{where}: vision_feature_layer={layer!r} is out of range for a vision "
+                                         f"tower with {n_states} hidden states")
+        token = cfg.get("image_token_index", cfg.get("image_token_id"))
+        return cls(
+            text=text, vision=vision, image_token_index=int(token),
+            vision_feature_layer=layer if isinstance(layer, int) else layers,
+            vision_feature_select_strategy=require(where, "vision_feature_select_strategy",
+                                                   cfg.get("vision_feature_select_strategy", "default"),
+                                                   ["default", "full"]),
+            projector_hidden_act=require(where, "projector_hidden_act", cfg.get("projector_hidden_act", "gelu"),
+                                         ACTIVATIONS),
+            multimodal_projector_bias=bool(cfg.get("multimodal_projector_bias", True)),
+        )
+
+
+class LlavaMultiModalProjector(nnx.Module):
+    def __init__(self, spec: LlavaSpec, *, dtype, rngs: nnx.Rngs):
+        d_in, d, bias = spec.vision.hidden_size * len(spec.feature_layers), spec.text.hidden_size, spec.multimodal_projector_bias
+        self.linear_1 = Linear(d_in, d, use_bias=bias, axes=(None, "embed"), dtype=dtype, rngs=rngs)
+        self.act = ACTIVATIONS[spec.projector_hidden_act]
+        self.linear_2 = Linear(d, d, use_bias=bias, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+def check_image_tokens(input_ids, num_images: int, spec: LlavaSpec) -> None:
+    """Fail unless `input_ids` holds exactly one `<image>` token per image feature (concrete inputs only)."""
+    found = int(np.sum(np.asarray(input_ids) == spec.image_token_index))
+    expected = num_images * spec.features_per_image
+    if found != expected:
+        raise ValueError(
+            f"Image features and image tokens do not match: input_ids hold {found} <image> tokens "
+            f"(id {spec.image_token_index}) but {num_images} image(s) give {expected} features "
+            f"({spec.features_per_image} per image)")
+
+
+def scatter_image_features(embeds: jax.Array, input_ids: jax.Array, features: jax.Array, image_token: int) -> jax.Array:
+    """Put image features into the `<image>` positions in row-major order (HF's `masked_scatter`), jit-friendly."""
+    is_image = input_ids == image_token
+    flat = features.reshape(-1, features.shape[-1]).astype(embeds.dtype)
+    index = (jnp.cumsum(is_image.reshape(-1)) - 1).reshape(is_image.shape)
+    gathered = jnp.take(flat, jnp.clip(index, 0, flat.shape[0] - 1), axis=0)
+    return jnp.where(is_image[..., None], gathered, embeds)
+
+
+class LlavaModel(nnx.Module):
+    def __init__(self, spec: LlavaSpec, *, dtype, rngs: nnx.Rngs):
+        self.spec = spec
+        self.vision_tower = CLIPVisionModel(spec.vision, dtype=dtype, rngs=rngs)
+        self.multi_modal_projector = LlavaMultiModalProjector(spec, dtype=dtype, rngs=rngs)
+        self.language_model = LlamaModel(spec.text, dtype=dtype, rngs=rngs)
+
+    def image_features(self, pixel_values: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+        """Projected features `[images, features_per_image, text_hidden]` and the tower's hidden states."""
+        hidden_states, _ = self.vision_tower(pixel_values)
+        start = 1 if self.spec.vision_feature_select_strategy == "default" else 0
+        selected = jnp.concatenate([hidden_states[i][:, start:] for i in self.spec.feature_layers], axis=-1)
+        return self.multi_modal_projector(selected), hidden_states
+
+
+class LlavaForConditionalGeneration(nnx.Module):
+    """`model(input_ids, pixel_values=..., attention_mask=...) -> logits [batch, seq, vocab]`, as in transformers."""
+
+    def __init__(self, spec: LlavaSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.model = LlavaModel(spec, dtype=dtype, rngs=rngs)
+        self.lm_head = None if spec.text.tie_word_embeddings else Linear(
+            spec.text.hidden_size, spec.text.vocab_size, use_bias=False, axes=("embed", "vocab"), dtype=dtype, rngs=rngs)
+
+    @property
+    def spec(self) -> LlavaSpec:
+        return self.model.spec
+
+    def forward(self, input_ids, *, pixel_values=None, attention_mask=None) -> dict[str, Any]:
+        """Logits plus every intermediate the parity tests compare: vision hidden states and the decoder stream."""
+        spec = self.spec
+        if not isinstance(input_ids, jax.core.Tracer):
+            n_images = 0 if pixel_values is None else pixel_values.shape[0]
+            check_image_tokens(input_ids, n_images, spec)
+        input_ids = jnp.asarray(input_ids)
+        attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
+        lm = self.model.language_model
+        embeds = lm.embed_tokens(jnp.where(input_ids == spec.image_token_index, 0, input_ids))
+        vision_hidden = []
+        if pixel_values is not None:
+            features, vision_hidden = self.model.image_features(jnp.asarray(pixel_values))
+            embeds = scatter_image_features(embeds, input_ids, features, spec.image_token_index)
+        hidden, stream = lm(embeds, attention_mask)
+        logits = lm.embed_tokens.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
+        return {"logits": logits, "vision_hidden_states": vision_hidden, "text_stream": stream, "text_final": hidden}
+
+    def __call__(self, input_ids, *, pixel_values=None, attention_mask=None) -> jax.Array:
+        return self.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)["logits"]
