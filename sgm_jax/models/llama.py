@@ -155,6 +155,11 @@ class LlamaModel(nnx.Module):
         return self.norm(h), stream
 
 
+def output_logits(lm_head: Linear | None, embed_tokens: Embedding, hidden: jax.Array) -> jax.Array:
+    """The LM head, or the transposed embedding when the checkpoint ties them."""
+    return embed_tokens.attend(hidden) if lm_head is None else lm_head(hidden)
+
+
 class LlamaForCausalLM(nnx.Module):
     """Text-only Llama with its LM head (tied to the embeddings when the config says so)."""
 
@@ -163,14 +168,25 @@ class LlamaForCausalLM(nnx.Module):
         self.lm_head = None if spec.tie_word_embeddings else Linear(
             spec.hidden_size, spec.vocab_size, use_bias=False, axes=("embed", "vocab"), dtype=dtype, rngs=rngs)
 
-    def logits(self, hidden: jax.Array) -> jax.Array:
-        if self.lm_head is None:
-            return self.model.embed_tokens.attend(hidden)
-        return self.lm_head(hidden)
+    @property
+    def spec(self) -> LlamaSpec:
+        return self.model.spec
 
-    def __call__(self, input_ids: jax.Array, *, attention_mask: jax.Array | None = None) -> jax.Array:
+    def forward(self, input_ids, *, attention_mask=None) -> dict[str, Any]:
+        """Traceable forward: logits and the decoder's residual stream."""
         input_ids = jnp.asarray(input_ids)
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        hidden, _ = self.model(self.model.embed_tokens(input_ids), jnp.asarray(attention_mask))
-        return self.logits(hidden)
+        attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
+        hidden, stream = self.model(self.model.embed_tokens(input_ids), attention_mask)
+        return {"logits": output_logits(self.lm_head, self.model.embed_tokens, hidden), "text_stream": stream,
+                "text_final": hidden}
+
+    def __call__(self, input_ids, *, attention_mask=None) -> jax.Array:
+        """Logits; concrete inputs run through one cached jit."""
+        if isinstance(input_ids, jax.core.Tracer):
+            return self.forward(input_ids, attention_mask=attention_mask)["logits"]
+        return _jitted_logits(self, input_ids, attention_mask)
+
+
+@nnx.jit
+def _jitted_logits(model: LlamaForCausalLM, input_ids, attention_mask) -> jax.Array:
+    return model.forward(input_ids, attention_mask=attention_mask)["logits"]

@@ -13,7 +13,7 @@ from flax import nnx
 from sgm_jax.models.clip import CLIPVisionModel, ClipVisionSpec
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Linear
-from sgm_jax.models.llama import LlamaModel, LlamaSpec
+from sgm_jax.models.llama import LlamaModel, LlamaSpec, output_logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,11 +126,8 @@ class LlavaForConditionalGeneration(nnx.Module):
         return self.model.spec
 
     def forward(self, input_ids, *, pixel_values=None, attention_mask=None) -> dict[str, Any]:
-        """Logits plus every intermediate the parity tests compare: vision hidden states and the decoder stream."""
+        """Traceable forward: logits, the vision tower's hidden states and the decoder's residual stream."""
         spec = self.spec
-        if not isinstance(input_ids, jax.core.Tracer):
-            n_images = 0 if pixel_values is None else pixel_values.shape[0]
-            check_image_tokens(input_ids, n_images, spec)
         input_ids = jnp.asarray(input_ids)
         attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
         lm = self.model.language_model
@@ -140,8 +137,17 @@ class LlavaForConditionalGeneration(nnx.Module):
             features, vision_hidden = self.model.image_features(jnp.asarray(pixel_values))
             embeds = scatter_image_features(embeds, input_ids, features, spec.image_token_index)
         hidden, stream = lm(embeds, attention_mask)
-        logits = lm.embed_tokens.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
-        return {"logits": logits, "vision_hidden_states": vision_hidden, "text_stream": stream, "text_final": hidden}
+        return {"logits": output_logits(self.lm_head, lm.embed_tokens, hidden), "vision_hidden_states": vision_hidden,
+                "text_stream": stream, "text_final": hidden}
 
     def __call__(self, input_ids, *, pixel_values=None, attention_mask=None) -> jax.Array:
-        return self.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)["logits"]
+        """Logits; concrete inputs are checked (image-token count) and run through one cached jit."""
+        if isinstance(input_ids, jax.core.Tracer):
+            return self.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)["logits"]
+        check_image_tokens(input_ids, 0 if pixel_values is None else pixel_values.shape[0], self.spec)
+        return _jitted_logits(self, input_ids, pixel_values, attention_mask)
+
+
+@nnx.jit
+def _jitted_logits(model: LlavaForConditionalGeneration, input_ids, pixel_values, attention_mask) -> jax.Array:
+    return model.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)["logits"]

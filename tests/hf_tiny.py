@@ -1,0 +1,109 @@
+"""Tiny random transformers checkpoints built in process, and the references the tests compare against."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlamaForCausalLM
+
+IMAGE_TOKEN = 99
+
+
+def llava_config(*, kv_heads=4, feature_layer=-2, strategy="default", attention_bias=False, mlp_bias=False,
+                 projector_bias=True, tie=False, vision_layers=3, text_layers=2) -> LlavaConfig:
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=vision_layers,
+                              num_attention_heads=4, image_size=28, patch_size=7, projection_dim=16)
+    text = LlamaConfig(hidden_size=32, intermediate_size=56, num_hidden_layers=text_layers, num_attention_heads=4,
+                       num_key_value_heads=kv_heads, vocab_size=100, attention_bias=attention_bias,
+                       mlp_bias=mlp_bias, rms_norm_eps=1e-5, rope_parameters={"rope_type": "default",
+                                                                                "rope_theta": 10000.0})
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN,
+                       vision_feature_layer=feature_layer, vision_feature_select_strategy=strategy,
+                       multimodal_projector_bias=projector_bias, tie_word_embeddings=tie)
+
+
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    """Replace HF's near-zero init with weights that make every layer matter (unit-scale activations)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * noise)
+            elif p.ndim == 1:
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(noise / np.sqrt(np.prod(p.shape[1:])))
+
+
+def save_llava(directory: str, config: LlavaConfig, seed: int = 0, **save_kwargs) -> str:
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    randomize(model, seed)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    model.save_pretrained(directory, **save_kwargs)
+    return directory
+
+
+def save_llama(directory: str, seed: int = 0, *, legacy_rope_theta: float | None = None, kv_heads=2) -> str:
+    """A text-only Llama; with `legacy_rope_theta`, config.json uses the old top-level `rope_theta` field."""
+    config = LlamaConfig(hidden_size=32, intermediate_size=56, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=kv_heads, vocab_size=120, rms_norm_eps=1e-5)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    randomize(model, seed)
+    model.save_pretrained(directory)
+    if legacy_rope_theta is not None:
+        path = os.path.join(directory, "config.json")
+        with open(path) as f:
+            cfg = json.load(f)
+        cfg.pop("rope_parameters")
+        cfg["rope_theta"] = legacy_rope_theta
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+    return directory
+
+
+def load_reference(directory: str, cls=LlavaForConditionalGeneration):
+    return cls.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def generate_positions(mask: np.ndarray) -> np.ndarray:
+    """Position ids as transformers `generate` builds them for left-padded rows."""
+    pos = np.cumsum(mask, axis=-1) - 1
+    return np.where(mask > 0, pos, 1)
+
+
+def multimodal_batch(seed: int, *, pads: list[int], length: int, features_per_image: int, vocab: int = 99):
+    """Left-padded rows, each with one image whose `<image>` tokens start after a short text prefix."""
+    rng = np.random.default_rng(seed)
+    batch = len(pads)
+    ids = rng.integers(0, vocab, (batch, length))
+    mask = np.ones((batch, length), np.int64)
+    for row, pad in enumerate(pads):
+        mask[row, :pad] = 0
+        ids[row, :pad] = 0
+        ids[row, pad + 2: pad + 2 + features_per_image] = IMAGE_TOKEN
+    pixels = rng.standard_normal((batch, 3, 28, 28)).astype(np.float32)
+    return ids, mask, pixels
+
+
+def rewrite_keys(directory: str, out: str, rename) -> str:
+    """Copy a single-file checkpoint with every tensor key passed through `rename`."""
+    from safetensors import safe_open
+
+    os.makedirs(out, exist_ok=True)
+    with safe_open(os.path.join(directory, "model.safetensors"), "pt") as f:
+        tensors = {rename(k): f.get_tensor(k) for k in f.keys()}
+    save_file({k: v.contiguous() for k, v in tensors.items() if k is not None}, os.path.join(out, "model.safetensors"),
+              metadata={"format": "pt"})
+    for name in os.listdir(directory):
+        if name.endswith(".json"):
+            with open(os.path.join(directory, name)) as src, open(os.path.join(out, name), "w") as dst:
+                dst.write(src.read())
+    return out
