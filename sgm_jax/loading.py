@@ -50,8 +50,8 @@ def read_config(directory: str) -> dict[str, Any]:
         raise FileNotFoundError(f"{directory}: no config.json")
     try:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
-    except ValueError as err:
-        raise UnsupportedConfigError(f"{directory}/config.json: {err}") from err
+    except Exception as err:  # transformers raises several types (ValueError, strict-dataclass errors, KeyError)
+        raise UnsupportedConfigError(f"{directory}/config.json is rejected by transformers: {err}") from err
     return config.to_dict()
 
 

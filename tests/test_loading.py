@@ -1,0 +1,142 @@
+"""load_model: key layouts, sharded files, dtypes, tied heads, the HF cache and processors."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import hf_tiny
+import sgm_jax
+from sgm_jax.convert import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A checkpoint as `save_pretrained` writes it today, and its in-memory state dict."""
+    directory = str(tmp_path_factory.mktemp("saved"))
+    hf_tiny.save_llava(directory, hf_tiny.llava_config(kv_heads=2), seed=11)
+    return directory
+
+
+def _params(model):
+    return {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def _assert_same_params(a, b):
+    pa, pb = _params(a), _params(b)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=str(k))
+
+
+def test_hub_layout_loads_identically(saved, tmp_path):
+    hub = hf_tiny.rewrite_keys(saved, str(tmp_path / "hub"),
+                               lambda k: k.replace("vision_tower.", "vision_tower.vision_model.", 1))
+    _assert_same_params(sgm_jax.load_model(hub)[0], sgm_jax.load_model(saved)[0])
+
+
+def test_in_memory_layout_loads_identically(saved, tmp_path):
+    out = tmp_path / "in_memory"
+    out.mkdir()
+    state = hf_tiny.load_reference(saved).state_dict()
+    assert any(k.startswith("model.language_model.") for k in state)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+    shutil.copy(os.path.join(saved, "config.json"), out / "config.json")
+    _assert_same_params(sgm_jax.load_model(str(out))[0], sgm_jax.load_model(saved)[0])
+
+
+def test_sharded_checkpoint_loads_identically(saved, tmp_path):
+    directory = str(tmp_path / "sharded")
+    hf_tiny.load_reference(saved).save_pretrained(directory, max_shard_size="40KB")
+    assert os.path.exists(os.path.join(directory, "model.safetensors.index.json"))
+    assert len([n for n in os.listdir(directory) if n.endswith(".safetensors")]) > 2
+    _assert_same_params(sgm_jax.load_model(directory)[0], sgm_jax.load_model(saved)[0])
+
+
+def test_bfloat16_loads_and_runs_close_to_float32(saved):
+    model32, _ = sgm_jax.load_model(saved)
+    model16, _ = sgm_jax.load_model(saved, dtype="bfloat16")
+    assert {v.dtype for _, v in nnx.to_flat_state(nnx.state(model16, nnx.Param))} == {jnp.dtype(jnp.bfloat16)}
+    n = model32.spec.features_per_image
+    ids, mask, pixels = hf_tiny.multimodal_batch(4, pads=[0, 4], length=n + 16, features_per_image=n)
+    a = np.asarray(model32(ids, pixel_values=pixels, attention_mask=mask))
+    b = np.asarray(model16(ids, pixel_values=pixels, attention_mask=mask)).astype(np.float32)
+    valid = mask.astype(bool)
+    rel = np.abs(a - b)[valid].max() / np.abs(a[valid]).max()
+    assert rel < 2e-2, rel
+
+
+def test_tied_embeddings_accept_an_identical_head_on_disk_and_reject_a_different_one(tmp_path):
+    directory = hf_tiny.save_llava(str(tmp_path / "tied"), hf_tiny.llava_config(tie=True), seed=2)
+    model, _ = sgm_jax.load_model(directory)
+    assert model.lm_head is None
+    embed = np.asarray(model.model.language_model.embed_tokens.embedding[...])
+    for name, head in [("same", embed), ("different", embed + 1.0)]:
+        out = hf_tiny.rewrite_keys(directory, str(tmp_path / name), lambda k: k)
+        tensors = load_file(os.path.join(out, "model.safetensors"))
+        tensors["language_model.lm_head.weight"] = torch.tensor(head)
+        save_file(tensors, os.path.join(out, "model.safetensors"))
+        if name == "same":
+            _assert_same_params(sgm_jax.load_model(out)[0], model)
+        else:
+            with pytest.raises(CheckpointError, match="language_model.lm_head.weight differs"):
+                sgm_jax.load_model(out)
+
+
+def test_hub_id_loads_from_the_local_cache_offline(saved, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-llava"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(saved, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    _assert_same_params(sgm_jax.load_model("tiny-org/tiny-llava")[0], sgm_jax.load_model(saved)[0])
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        sgm_jax.load_model("tiny-org/not-cached")
+
+
+def test_processor_comes_from_the_directory_and_fills_the_image_tokens(saved, tmp_path):
+    """A real LlavaProcessor: its `<image>` expansion matches the model, and the logits match transformers."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
+
+    directory = str(tmp_path / "with_processor")
+    shutil.copytree(saved, directory)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["a red square above a blue circle", "describe the picture please"] * 20,
+                            trainers.BpeTrainer(vocab_size=90, special_tokens=["<unk>", "<s>", "</s>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    assert tokenizer.convert_tokens_to_ids("<image>") < hf_tiny.IMAGE_TOKEN
+    config_path = os.path.join(directory, "config.json")
+    config = json.load(open(config_path))
+    config["image_token_index"] = tokenizer.convert_tokens_to_ids("<image>")
+    json.dump(config, open(config_path, "w"))
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                                            image_mean=[0.5] * 3, image_std=[0.25] * 3)
+    LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=7,
+                   vision_feature_select_strategy="default", image_token="<image>",
+                   num_additional_image_tokens=1).save_pretrained(directory)
+
+    model, processor = sgm_jax.load_model(directory)
+    assert isinstance(processor, LlavaProcessor)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    batch = processor(images=[image], text=["<image> describe the picture"], return_tensors="np")
+    assert int((batch["input_ids"] == model.spec.image_token_index).sum()) == model.spec.features_per_image
+    ours = np.asarray(model(batch["input_ids"], pixel_values=batch["pixel_values"],
+                            attention_mask=batch["attention_mask"]))
+    hf = hf_tiny.load_reference(directory)
+    with torch.no_grad():
+        ref = hf(**{k: torch.tensor(v) for k, v in batch.items()}).logits.numpy()
+    assert np.abs(ours - ref).max() <= 1e-4
