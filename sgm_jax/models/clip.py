@@ -10,7 +10,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sgm_jax.models.config import check_fields, require
-from sgm_jax.models.layers import ACTIVATIONS, Embedding, LayerNorm, Linear, param
+from sgm_jax.models.layers import ACTIVATIONS, Activation, LayerNorm, Linear, param
+from sgm_jax.models.site import Site
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,22 +58,33 @@ class PatchEmbedding(nnx.Module):
         return x @ self.kernel[...].reshape(p * p * c, -1)
 
 
-class CLIPVisionEmbeddings(nnx.Module):
+class PositionTable(nnx.Module):
+    """CLIP's learned position embeddings, added whole (not a site: HF computes them without the batch)."""
+
+    hf_params: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {"embedding": ("weight", (0, 1))}
+
+    def __init__(self, num: int, features: int, *, dtype, rngs: nnx.Rngs):
+        self.embedding = param(rngs, (num, features), dtype, (None, "embed"))
+
+
+class CLIPVisionEmbeddings(Site):
     hf_params: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {"class_embedding": ("class_embedding", (0,))}
 
     def __init__(self, spec: ClipVisionSpec, *, dtype, rngs: nnx.Rngs):
         self.class_embedding = param(rngs, (spec.hidden_size,), dtype, ("embed",))
         self.patch_embedding = PatchEmbedding(spec, dtype=dtype, rngs=rngs)
-        self.position_embedding = Embedding(spec.num_patches + 1, spec.hidden_size, axes=(None, "embed"), dtype=dtype,
-                                            rngs=rngs)
+        self.position_embedding = PositionTable(spec.num_patches + 1, spec.hidden_size, dtype=dtype, rngs=rngs)
 
-    def __call__(self, pixel_values: jax.Array) -> jax.Array:
+    def site_widths(self) -> tuple[None, int]:
+        return None, self.class_embedding.shape[0]
+
+    def forward(self, pixel_values: jax.Array) -> jax.Array:
         patches = self.patch_embedding(pixel_values.astype(self.class_embedding.dtype))
         cls = jnp.broadcast_to(self.class_embedding[...], (patches.shape[0], 1, patches.shape[-1]))
         return jnp.concatenate([cls, patches], axis=1) + self.position_embedding.embedding[...]
 
 
-class CLIPAttention(nnx.Module):
+class CLIPAttention(Site):
     def __init__(self, spec: ClipVisionSpec, *, dtype, rngs: nnx.Rngs):
         d = spec.hidden_size
         self.num_heads, self.head_dim = spec.num_attention_heads, d // spec.num_attention_heads
@@ -81,7 +93,10 @@ class CLIPAttention(nnx.Module):
         self.v_proj = Linear(d, d, use_bias=True, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
         self.out_proj = Linear(d, d, use_bias=True, axes=("heads", "embed"), dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def site_widths(self) -> tuple[int, int]:
+        return self.out_proj.site_widths()
+
+    def forward(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
         q, k, v = (proj(x).reshape(b, t, self.num_heads, self.head_dim) for proj in (self.q_proj, self.k_proj, self.v_proj))
         scores = jnp.einsum("bqnh,bknh->bnqk", q, k) * (self.head_dim ** -0.5)
@@ -89,24 +104,30 @@ class CLIPAttention(nnx.Module):
         return self.out_proj(jnp.einsum("bnqk,bknh->bqnh", probs, v).reshape(b, t, d))
 
 
-class CLIPMLP(nnx.Module):
+class CLIPMLP(Site):
     def __init__(self, spec: ClipVisionSpec, *, dtype, rngs: nnx.Rngs):
         self.fc1 = Linear(spec.hidden_size, spec.intermediate_size, use_bias=True, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.fc2 = Linear(spec.intermediate_size, spec.hidden_size, use_bias=True, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
-        self.activation_fn = ACTIVATIONS[spec.hidden_act]
+        self.activation_fn = Activation(spec.hidden_act, spec.intermediate_size)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def site_widths(self) -> tuple[int, int]:
+        return self.fc2.kernel.shape[1], self.fc2.kernel.shape[1]
+
+    def forward(self, x: jax.Array) -> jax.Array:
         return self.fc2(self.activation_fn(self.fc1(x)))
 
 
-class CLIPEncoderLayer(nnx.Module):
+class CLIPEncoderLayer(Site):
     def __init__(self, spec: ClipVisionSpec, *, dtype, rngs: nnx.Rngs):
         self.self_attn = CLIPAttention(spec, dtype=dtype, rngs=rngs)
         self.layer_norm1 = LayerNorm(spec.hidden_size, eps=spec.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.mlp = CLIPMLP(spec, dtype=dtype, rngs=rngs)
         self.layer_norm2 = LayerNorm(spec.hidden_size, eps=spec.layer_norm_eps, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def site_widths(self) -> tuple[int, int]:
+        return self.layer_norm1.site_widths()
+
+    def forward(self, x: jax.Array) -> jax.Array:
         x = x + self.self_attn(self.layer_norm1(x))
         return x + self.mlp(self.layer_norm2(x))
 

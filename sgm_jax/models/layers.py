@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sgm_jax.models.site import Site
+
 Axes = tuple[str | None, ...]
 
 _INIT_STD = 0.02
@@ -31,7 +33,7 @@ def param(rngs: nnx.Rngs, shape: tuple[int, ...], dtype, axes: Axes, init: str =
     return nnx.Param(value, logical_axes=axes)
 
 
-class Linear(nnx.Module):
+class Linear(Site):
     """`y = x @ kernel + bias`, kernel `[in, out]` (torch stores the transpose)."""
 
     hf_params: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {"kernel": ("weight", (1, 0)), "bias": ("bias", (0,))}
@@ -41,14 +43,17 @@ class Linear(nnx.Module):
         self.kernel = param(rngs, (in_features, out_features), dtype, axes)
         self.bias = param(rngs, (out_features,), dtype, axes[1:], init="zeros") if use_bias else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def site_widths(self) -> tuple[int, int]:
+        return self.kernel.shape
+
+    def forward(self, x: jax.Array) -> jax.Array:
         y = x @ self.kernel[...]
         if self.bias is not None:
             y = y + self.bias[...]
         return y
 
 
-class Embedding(nnx.Module):
+class Embedding(Site):
     """Token (or position) lookup table `[num, features]`; `attend` is the tied output projection."""
 
     hf_params: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {"embedding": ("weight", (0, 1))}
@@ -57,14 +62,17 @@ class Embedding(nnx.Module):
                  rngs: nnx.Rngs):
         self.embedding = param(rngs, (num_embeddings, features), dtype, axes)
 
-    def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding[...], ids, axis=0)
+    def site_widths(self) -> tuple[None, int]:
+        return None, self.embedding.shape[1]
+
+    def forward(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0, mode="clip")
 
     def attend(self, x: jax.Array) -> jax.Array:
         return x @ self.embedding[...].T
 
 
-class LayerNorm(nnx.Module):
+class LayerNorm(Site):
     """LayerNorm with scale and bias, statistics in float32 (as torch does for half inputs)."""
 
     hf_params: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {"scale": ("weight", (0,)), "bias": ("bias", (0,))}
@@ -74,7 +82,10 @@ class LayerNorm(nnx.Module):
         self.scale = param(rngs, (features,), dtype, ("norm",), init="ones")
         self.bias = param(rngs, (features,), dtype, ("norm",), init="zeros")
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def site_widths(self) -> tuple[int, int]:
+        return self.scale.shape[0], self.scale.shape[0]
+
+    def forward(self, x: jax.Array) -> jax.Array:
         h = x.astype(jnp.float32)
         mean = h.mean(-1, keepdims=True)
         var = jnp.square(h - mean).mean(-1, keepdims=True)
@@ -82,7 +93,7 @@ class LayerNorm(nnx.Module):
         return (h * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
 
 
-class RMSNorm(nnx.Module):
+class RMSNorm(Site):
     """Llama RMSNorm: normalise in float32, cast back, then scale (HF's order of operations)."""
 
     hf_params: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {"scale": ("weight", (0,))}
@@ -91,7 +102,10 @@ class RMSNorm(nnx.Module):
         self.eps = eps
         self.scale = param(rngs, (features,), dtype, ("norm",), init="ones")
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def site_widths(self) -> tuple[int, int]:
+        return self.scale.shape[0], self.scale.shape[0]
+
+    def forward(self, x: jax.Array) -> jax.Array:
         h = x.astype(jnp.float32)
         h = h * jax.lax.rsqrt(jnp.mean(jnp.square(h), axis=-1, keepdims=True) + self.eps)
         return self.scale[...] * h.astype(x.dtype)
@@ -108,3 +122,16 @@ ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
 }
+
+
+class Activation(Site):
+    """An elementwise activation as its own module, so HF's `act_fn` / `activation_fn` / `act` are sites too."""
+
+    def __init__(self, name: str, width: int):
+        self.name, self.width, self.fn = name, width, ACTIVATIONS[name]
+
+    def site_widths(self) -> tuple[int, int]:
+        return self.width, self.width
+
+    def forward(self, x: jax.Array) -> jax.Array:
+        return self.fn(x)

@@ -11,7 +11,8 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
-from sgm_jax.models.layers import ACTIVATIONS, Embedding, Linear, RMSNorm
+from sgm_jax.models.layers import ACTIVATIONS, Activation, Embedding, Linear, RMSNorm
+from sgm_jax.models.site import Site
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +88,7 @@ def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
-class LlamaAttention(nnx.Module):
+class LlamaAttention(Site):
     def __init__(self, spec: LlamaSpec, *, dtype, rngs: nnx.Rngs):
         self.num_heads, self.num_kv_heads, self.head_dim = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
         d, bias = spec.hidden_size, spec.attention_bias
@@ -96,7 +97,10 @@ class LlamaAttention(nnx.Module):
         self.v_proj = Linear(d, self.num_kv_heads * self.head_dim, use_bias=bias, axes=("embed", "kv_heads"), dtype=dtype, rngs=rngs)
         self.o_proj = Linear(self.num_heads * self.head_dim, d, use_bias=bias, axes=("heads", "embed"), dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+    def site_widths(self) -> tuple[int, int]:
+        return self.o_proj.kernel.shape[1], self.o_proj.kernel.shape[1]
+
+    def forward(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
         b, t, _ = x.shape
         groups = self.num_heads // self.num_kv_heads
         q = _rotate(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
@@ -110,26 +114,32 @@ class LlamaAttention(nnx.Module):
         return self.o_proj(out)
 
 
-class LlamaMLP(nnx.Module):
+class LlamaMLP(Site):
     def __init__(self, spec: LlamaSpec, *, dtype, rngs: nnx.Rngs):
         d, f, bias = spec.hidden_size, spec.intermediate_size, spec.mlp_bias
         self.gate_proj = Linear(d, f, use_bias=bias, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.up_proj = Linear(d, f, use_bias=bias, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.down_proj = Linear(f, d, use_bias=bias, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
-        self.act_fn = ACTIVATIONS[spec.hidden_act]
+        self.act_fn = Activation(spec.hidden_act, f)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def site_widths(self) -> tuple[int, int]:
+        return self.down_proj.kernel.shape[1], self.down_proj.kernel.shape[1]
+
+    def forward(self, x: jax.Array) -> jax.Array:
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
-class LlamaDecoderLayer(nnx.Module):
+class LlamaDecoderLayer(Site):
     def __init__(self, spec: LlamaSpec, *, dtype, rngs: nnx.Rngs):
         self.self_attn = LlamaAttention(spec, dtype=dtype, rngs=rngs)
         self.mlp = LlamaMLP(spec, dtype=dtype, rngs=rngs)
         self.input_layernorm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, dtype=dtype, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+    def site_widths(self) -> tuple[int, int]:
+        return self.input_layernorm.site_widths()
+
+    def forward(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 

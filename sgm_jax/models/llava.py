@@ -12,7 +12,8 @@ from flax import nnx
 
 from sgm_jax.models.clip import CLIPVisionModel, ClipVisionSpec
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
-from sgm_jax.models.layers import ACTIVATIONS, Linear
+from sgm_jax.models.layers import ACTIVATIONS, Activation, Linear
+from sgm_jax.models.site import Site
 from sgm_jax.models.llama import LlamaModel, LlamaSpec, output_logits
 
 
@@ -67,14 +68,17 @@ class LlavaSpec:
         )
 
 
-class LlavaMultiModalProjector(nnx.Module):
+class LlavaMultiModalProjector(Site):
     def __init__(self, spec: LlavaSpec, *, dtype, rngs: nnx.Rngs):
         d_in, d, bias = spec.vision.hidden_size * len(spec.feature_layers), spec.text.hidden_size, spec.multimodal_projector_bias
         self.linear_1 = Linear(d_in, d, use_bias=bias, axes=(None, "embed"), dtype=dtype, rngs=rngs)
-        self.act = ACTIVATIONS[spec.projector_hidden_act]
+        self.act = Activation(spec.projector_hidden_act, d)
         self.linear_2 = Linear(d, d, use_bias=bias, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def site_widths(self) -> tuple[int, int]:
+        return self.linear_1.kernel.shape[0], self.linear_2.kernel.shape[1]
+
+    def forward(self, x: jax.Array) -> jax.Array:
         return self.linear_2(self.act(self.linear_1(x)))
 
 
@@ -131,7 +135,7 @@ class LlavaForConditionalGeneration(nnx.Module):
         input_ids = jnp.asarray(input_ids)
         attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
         lm = self.model.language_model
-        embeds = lm.embed_tokens(jnp.where(input_ids == spec.image_token_index, 0, input_ids))
+        embeds = lm.embed_tokens(input_ids)
         vision_hidden = []
         if pixel_values is not None:
             features, vision_hidden = self.model.image_features(jnp.asarray(pixel_values))

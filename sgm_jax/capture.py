@@ -1,0 +1,190 @@
+"""Pooled activation capture inside jit: only `[batch, width]` per site leaves the device.
+
+Site modules sow their activations only when asked (`Site.record`), `nnx.capture`
+collects them, and pooling happens in the same jitted function: over each row's
+valid tokens (optionally only text or only image positions) for token-domain sites,
+over each image's own positions for vision-tower and projector sites. Inputs are
+padded to a few bucketed shapes so a long collection compiles a handful of times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Iterable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sgm_jax.models.llava import check_image_tokens
+from sgm_jax.sites import SiteRef, resolve
+
+POOLINGS = ("mean", "max", "last")
+TOKENS = ("all", "text", "image")
+
+
+def bucket_length(n: int, minimum: int = 16) -> int:
+    """The padded length for `n` tokens: powers of two and their midpoints (16, 24, 32, 48, 64, 96, ...)."""
+    size = minimum
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureSpec:
+    """What to record and how to pool it; hashable, so it is a static argument of the jitted capture."""
+
+    refs: tuple[SiteRef, ...]
+    pooling: str = "mean"
+    tokens: str = "all"
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r} is not one of {list(POOLINGS)}")
+        if self.tokens not in TOKENS:
+            raise ValueError(f"tokens={self.tokens!r} is not one of {list(TOKENS)}")
+
+    @property
+    def image_domain(self) -> bool:
+        return any(ref.image_domain for ref in self.refs)
+
+
+def token_selection(input_ids, attention_mask, tokens: str, image_token: int | None):
+    """Which positions a token-domain site pools over: real tokens, optionally only text or only image ones.
+
+    Works on numpy (host checks) and jax (inside the trace) arrays alike.
+    """
+    valid = attention_mask > 0
+    if tokens == "all":
+        return valid
+    is_image = input_ids == (-1 if image_token is None else image_token)
+    return valid & (is_image if tokens == "image" else ~is_image)
+
+
+def _image_token(model: nnx.Module) -> int | None:
+    return getattr(model.spec, "image_token_index", None)
+
+
+def _record(model: nnx.Module, refs: Iterable[SiteRef]) -> None:
+    wanted: dict[tuple, set[str]] = {}
+    for ref in refs:
+        wanted.setdefault(ref.path, set()).add(ref.end)
+    for path, node in nnx.iter_graph(model):
+        if tuple(path) in wanted:
+            node.record = frozenset(wanted[tuple(path)])
+
+
+def _pool(values: jax.Array, select: jax.Array, pooling: str) -> jax.Array:
+    """Pool `[rows, positions, width]` over the positions where `select` `[rows, positions]` is true."""
+    values = values.astype(jnp.float32)
+    if pooling == "mean":
+        weights = select.astype(jnp.float32)
+        return jnp.einsum("rp,rpw->rw", weights, values) / weights.sum(-1, keepdims=True)
+    if pooling == "max":
+        return jnp.where(select[..., None], values, -jnp.inf).max(axis=1)
+    last = select.shape[1] - 1 - jnp.argmax(select[:, ::-1], axis=1)
+    return jnp.take_along_axis(values, last[:, None, None], axis=1)[:, 0]
+
+
+def pooled_responses(model: nnx.Module, inputs: Mapping[str, jax.Array], spec: CaptureSpec) -> dict[str, jax.Array]:
+    """Traceable: run `model.forward` recording `spec.refs` and pool each site to `[batch, width]`.
+
+    `inputs` holds `input_ids` and `attention_mask`, and with images `pixel_values` plus
+    `image_rows` (the batch row of each image, -1 for a padding image).
+    """
+    _record(model, spec.refs)
+    kwargs = {"attention_mask": inputs["attention_mask"]}
+    if "pixel_values" in inputs:
+        kwargs["pixel_values"] = inputs["pixel_values"]
+    _, sown = nnx.capture(model.forward, nnx.Intermediate)(inputs["input_ids"], **kwargs)
+    sown = {tuple(path): value.get_value()[0] for path, value in nnx.to_flat_state(sown)}
+
+    valid = token_selection(inputs["input_ids"], inputs["attention_mask"], spec.tokens, _image_token(model))
+    out = {}
+    for ref in spec.refs:
+        values = sown[ref.path + (ref.end,)]
+        if not ref.image_domain:
+            out[ref.name] = _pool(values, valid, spec.pooling)
+            continue
+        if values.ndim == 2:  # a per-image vector (the tower's pooled output): one position per image
+            values = values[:, None]
+        per_image = _pool(values, jnp.ones(values.shape[:2], bool), spec.pooling)
+        rows = inputs["image_rows"][None, :] == jnp.arange(valid.shape[0])[:, None]
+        out[ref.name] = _pool(jnp.broadcast_to(per_image, rows.shape + per_image.shape[-1:]), rows, spec.pooling)
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "spec"))
+def _pooled_jit(state, inputs, *, graphdef, spec: CaptureSpec):
+    return pooled_responses(nnx.merge(graphdef, state), inputs, spec)
+
+
+def prepare_batch(batch: Mapping[str, Any], model: nnx.Module, spec: CaptureSpec) -> dict[str, np.ndarray]:
+    """Check a batch and pad it to its bucket: tokens on the left, images to one per row at least."""
+    ids = np.asarray(batch["input_ids"])
+    mask = np.asarray(batch.get("attention_mask", np.ones_like(ids)))
+    if ids.ndim != 2 or mask.shape != ids.shape:
+        raise ValueError(f"input_ids {ids.shape} and attention_mask {mask.shape} must be the same [batch, seq] shape")
+    rows, length = ids.shape
+    target = bucket_length(length)
+    ids = np.pad(ids, ((0, 0), (target - length, 0)))
+    mask = np.pad(mask, ((0, 0), (target - length, 0)))
+    prepared = {"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32)}
+
+    pixels = batch.get("pixel_values")
+    image_spec = model.spec
+    if _image_token(model) is not None:
+        check_image_tokens(ids, 0 if pixels is None else len(pixels), image_spec)
+    elif pixels is not None:
+        raise ValueError("the batch has pixel_values but the model has no vision tower")
+    if pixels is not None:
+        pixels = np.asarray(pixels)
+        per_row = (ids == image_spec.image_token_index).sum(1) // image_spec.features_per_image
+        image_rows = np.repeat(np.arange(rows), per_row)
+        slots = max(rows, -(-len(image_rows) // rows) * rows)
+        prepared["pixel_values"] = np.concatenate(
+            [pixels, np.zeros((slots - len(pixels),) + pixels.shape[1:], pixels.dtype)])
+        prepared["image_rows"] = np.concatenate([image_rows, -np.ones(slots - len(image_rows), np.int64)]).astype(np.int32)
+    _check_pool_targets(prepared, spec, _image_token(model))
+    return prepared
+
+
+def _check_pool_targets(prepared: dict[str, np.ndarray], spec: CaptureSpec, image_token: int | None) -> None:
+    """Every row must have something to pool: real tokens of the asked type, and an image for image-domain sites."""
+    valid = token_selection(prepared["input_ids"], prepared["attention_mask"], spec.tokens, image_token)
+    empty = np.flatnonzero(~valid.any(1))
+    if len(empty):
+        raise ValueError(f"batch rows {empty.tolist()} have no {spec.tokens!r} tokens to pool")
+    if spec.image_domain:
+        image_refs = [r.name for r in spec.refs if r.image_domain]
+        rows = prepared.get("image_rows", np.zeros(0, np.int32))
+        missing = sorted(set(range(valid.shape[0])) - set(rows.tolist()))
+        if missing:
+            raise ValueError(f"batch rows {missing} have no image, but sites {image_refs[:3]} pool over images")
+
+
+def pooled_batch(model: nnx.Module, batch: Mapping[str, Any], spec: CaptureSpec, *, split=None) -> dict[str, np.ndarray]:
+    """Pooled responses of one batch as host arrays `{site: [rows, width]}`."""
+    graphdef, state = split or nnx.split(model)
+    out = _pooled_jit(state, prepare_batch(batch, model, spec), graphdef=graphdef, spec=spec)
+    return {name: np.asarray(value) for name, value in out.items()}
+
+
+def iter_pooled(model: nnx.Module, batches: Iterable[Mapping[str, Any]], spec: CaptureSpec
+                ) -> Iterator[dict[str, np.ndarray]]:
+    split = nnx.split(model)
+    for batch in batches:
+        yield pooled_batch(model, batch, spec, split=split)
+
+
+def collect_responses(model: nnx.Module, batches: Iterable[Mapping[str, Any]], *, sites, pooling: str = "mean",
+                      tokens: str = "all") -> dict[str, np.ndarray]:
+    """Pooled activations `{site: [n_samples, width]}` over `batches`, rows in sample order (globs expanded)."""
+    spec = CaptureSpec(tuple(resolve(model, sites)), pooling, tokens)
+    chunks = list(iter_pooled(model, batches, spec))
+    if not chunks:
+        raise ValueError("collect_responses got no batches")
+    return {ref.name: np.concatenate([c[ref.name] for c in chunks]) for ref in spec.refs}
