@@ -86,3 +86,9 @@ def nearest(pattern: str, names: Iterable[str], n: int = 5) -> list[str]:
     names = list(names)
     close = difflib.get_close_matches(pattern, names, n=n, cutoff=0.0)
     return close or names[:n]
+
+
+def default_sites(model: nnx.Module) -> list[str]:
+    """SGM's sites (as in ml-aura-vl): the outputs of the three MLP projections in every decoder layer."""
+    decoder = "model.language_model.layers" if "model.language_model.embed_tokens" in site_refs(model) else "model.layers"
+    return [f"{decoder}.*.mlp.{name}" for name in ("gate_proj", "up_proj", "down_proj")]

@@ -107,3 +107,63 @@ def rewrite_keys(directory: str, out: str, rename) -> str:
             with open(os.path.join(directory, name)) as src, open(os.path.join(out, name), "w") as dst:
                 dst.write(src.read())
     return out
+
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>\n{% else %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% if message['role'] == 'user' %} {% else %}</s>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+def save_processor(directory: str) -> None:
+    """A BPE tokenizer with `<image>`, a CLIP image processor and a LLaVA chat template, saved beside the model.
+
+    The config's `image_token_index` is pointed at the tokenizer's `<image>` id.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = ["a red square above a blue circle", "describe the picture please", "USER: ASSISTANT:",
+              "three green triangles on the left", "that is a bad word and a nice word"]
+    tok.train_from_iterator(corpus * 20, trainers.BpeTrainer(vocab_size=90, special_tokens=["<unk>", "<s>", "</s>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                        pad_token="<unk>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    path = os.path.join(directory, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["image_token_index"] = image_token
+    with open(path, "w") as f:
+        json.dump(config, f)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                                            image_mean=[0.5] * 3, image_std=[0.25] * 3)
+    LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=7,
+                   vision_feature_select_strategy="default", image_token="<image>", num_additional_image_tokens=1,
+                   chat_template=CHAT_TEMPLATE).save_pretrained(directory)
+
+
+def write_dataset(directory: str, n: int, seed: int = 0, name: str = "data.jsonl") -> str:
+    """A labelled native-JSONL dataset with PNG images: toxic rows get a bright image and a 'bad' response."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(directory, "images"), exist_ok=True)
+    rows = []
+    for i in range(n):
+        label = int(i % 3 == 0)
+        pixels = rng.integers(0, 256 if label else 128, (20 + i % 7, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(os.path.join(directory, "images", f"{i}.png"))
+        words = "that is a bad word" if label else "a red square above a blue circle"
+        rows.append({"id": f"s{i}", "image": f"images/{i}.png", "prompt": "describe the picture please" + " please" * (i % 4),
+                     "response": words, "label": label, "category": "c" + str(i % 2),
+                     "split": "train" if i % 5 else "test"})
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path

@@ -107,30 +107,11 @@ def test_hub_id_loads_from_the_local_cache_offline(saved, tmp_path, monkeypatch)
 
 def test_processor_comes_from_the_directory_and_fills_the_image_tokens(saved, tmp_path):
     """A real LlavaProcessor: its `<image>` expansion matches the model, and the logits match transformers."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
-
     directory = str(tmp_path / "with_processor")
     shutil.copytree(saved, directory)
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(["a red square above a blue circle", "describe the picture please"] * 20,
-                            trainers.BpeTrainer(vocab_size=90, special_tokens=["<unk>", "<s>", "</s>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    assert tokenizer.convert_tokens_to_ids("<image>") < hf_tiny.IMAGE_TOKEN
-    config_path = os.path.join(directory, "config.json")
-    config = json.load(open(config_path))
-    config["image_token_index"] = tokenizer.convert_tokens_to_ids("<image>")
-    json.dump(config, open(config_path, "w"))
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
-                                            image_mean=[0.5] * 3, image_std=[0.25] * 3)
-    LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=7,
-                   vision_feature_select_strategy="default", image_token="<image>",
-                   num_additional_image_tokens=1).save_pretrained(directory)
-
+    hf_tiny.save_processor(directory)
     model, processor = sgm_jax.load_model(directory)
-    assert isinstance(processor, LlavaProcessor)
+    assert type(processor).__name__ == "LlavaProcessor"
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
     batch = processor(images=[image], text=["<image> describe the picture"], return_tensors="np")
     assert int((batch["input_ids"] == model.spec.image_token_index).sum()) == model.spec.features_per_image

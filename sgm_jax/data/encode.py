@@ -1,0 +1,64 @@
+"""Samples -> model inputs through the checkpoint's own chat template and processor."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from sgm_jax.data.samples import DatasetError, Sample
+
+
+def messages(sample: Sample, *, with_image: bool) -> list[dict[str, Any]]:
+    """The sample as a chat: the user turn (image first, as LLaVA does) and, if given, the assistant's response."""
+    if with_image:
+        user = [{"type": "image"}, {"type": "text", "text": sample.prompt}] if sample.image else [
+            {"type": "text", "text": sample.prompt}]
+    else:
+        user = sample.prompt
+    chat = [{"role": "user", "content": user}]
+    if sample.response is not None:
+        assistant = [{"type": "text", "text": sample.response}] if with_image else sample.response
+        chat.append({"role": "assistant", "content": assistant})
+    return chat
+
+
+def render(sample: Sample, processor) -> str:
+    """The prompt text the model sees; a generation prompt follows when the sample has no response."""
+    multimodal = hasattr(processor, "image_processor")
+    if not getattr(processor, "chat_template", None):
+        raise DatasetError(f"the checkpoint's {'processor' if multimodal else 'tokenizer'} has no chat template; "
+                           f"add one to its files (chat_template.jinja) to encode sample {sample.id!r}")
+    return processor.apply_chat_template(messages(sample, with_image=multimodal), tokenize=False,
+                                         add_generation_prompt=sample.response is None)
+
+
+def encode(sample: Sample, processor) -> dict[str, np.ndarray]:
+    """`input_ids` `[tokens]` and, with an image, `pixel_values` `[1, 3, H, W]` for one sample."""
+    text = render(sample, processor)
+    if sample.image is None:
+        tokenizer = getattr(processor, "tokenizer", processor)
+        return {"input_ids": np.asarray(tokenizer(text, return_tensors="np")["input_ids"][0], np.int32)}
+    if not hasattr(processor, "image_processor"):
+        raise DatasetError(f"sample {sample.id!r} has an image but the model has no image processor")
+    with Image.open(sample.image) as image:
+        out = processor(images=[image.convert("RGB")], text=[text], return_tensors="np")
+    return {"input_ids": np.asarray(out["input_ids"][0], np.int32),
+            "pixel_values": np.asarray(out["pixel_values"], np.float32)}
+
+
+def collate(encoded: Sequence[dict[str, np.ndarray]], pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Left-pad a list of encoded samples into one batch."""
+    length = max(len(e["input_ids"]) for e in encoded)
+    ids = np.full((len(encoded), length), pad_id, np.int32)
+    mask = np.zeros((len(encoded), length), np.int32)
+    for row, e in enumerate(encoded):
+        n = len(e["input_ids"])
+        ids[row, length - n:] = e["input_ids"]
+        mask[row, length - n:] = 1
+    batch = {"input_ids": ids, "attention_mask": mask}
+    pixels = [e["pixel_values"] for e in encoded if "pixel_values" in e]
+    if pixels:
+        batch["pixel_values"] = np.concatenate(pixels)
+    return batch

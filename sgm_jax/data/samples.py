@@ -1,0 +1,123 @@
+"""The native dataset format: one JSON object per line (MM-TOXIC-QA style).
+
+Fields:
+  id        unique string (or integer) naming the sample
+  prompt    the user's text
+  image     optional image path, relative to the JSONL file
+  response  optional assistant text, teacher-forced after the prompt (how the SGM release
+            scored the model's own transcripts)
+  label     1 toxic / harmful, 0 benign (needed to score experts)
+  category  optional category name (e.g. an MM-SafetyBench scenario)
+  split     optional split name (train / test / ...)
+  options   optional list of answer options (multiple-choice items)
+  answer    optional correct option (multiple-choice items)
+  meta      optional object with anything else
+
+Any other field is an error, so a misspelt `lable` cannot silently drop labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from typing import Any, Iterable
+
+FIELDS = ("id", "prompt", "image", "response", "label", "category", "split", "options", "answer", "meta")
+
+
+class DatasetError(ValueError):
+    """A dataset file or row is malformed; the message names the file and line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    id: str
+    prompt: str
+    image: str | None = None
+    response: str | None = None
+    label: int | None = None
+    category: str | None = None
+    split: str | None = None
+    options: tuple[str, ...] | None = None
+    answer: str | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+
+
+def _sample(row: Any, where: str, base: str) -> Sample:
+    if not isinstance(row, dict):
+        raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    unknown = sorted(set(row) - set(FIELDS))
+    if unknown:
+        raise DatasetError(f"{where}: unknown fields {unknown} (known: {list(FIELDS)}; put extras under 'meta')")
+    for name in ("id", "prompt"):
+        if row.get(name) in (None, ""):
+            raise DatasetError(f"{where}: missing {name!r}")
+    if not isinstance(row["prompt"], str):
+        raise DatasetError(f"{where}: 'prompt' must be a string")
+    label = row.get("label")
+    if label is not None and (isinstance(label, bool) or label not in (0, 1)):
+        raise DatasetError(f"{where}: label must be 0 or 1, got {label!r}")
+    image = row.get("image")
+    if image is not None:
+        image = os.path.normpath(os.path.join(base, image))
+    options = row.get("options")
+    if options is not None and not (isinstance(options, list) and all(isinstance(o, str) for o in options)):
+        raise DatasetError(f"{where}: 'options' must be a list of strings")
+    return Sample(id=str(row["id"]), prompt=row["prompt"], image=image, response=row.get("response"),
+                  label=None if label is None else int(label), category=row.get("category"), split=row.get("split"),
+                  options=None if options is None else tuple(options), answer=row.get("answer"),
+                  meta=row.get("meta") or {})
+
+
+def read_jsonl(path: str, *, split: str | None = None, skip_missing_images: bool = False) -> list[Sample]:
+    """Read a native JSONL dataset, optionally one split; every problem names the file and line.
+
+    Missing image files are errors unless `skip_missing_images`, which drops those rows
+    (the count is in the warning printed to stderr).
+    """
+    if not os.path.exists(path):
+        raise DatasetError(f"{path}: no such file")
+    base = os.path.dirname(os.path.abspath(path))
+    samples, seen, skipped = [], {}, 0
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DatasetError(f"{where}: not valid JSON ({err.msg})") from None
+            sample = _sample(row, where, base)
+            if sample.id in seen:
+                raise DatasetError(f"{where}: id {sample.id!r} already used on line {seen[sample.id]}")
+            seen[sample.id] = line_no
+            if split is not None and sample.split != split:
+                continue
+            if sample.image is not None and not os.path.exists(sample.image):
+                if skip_missing_images:
+                    skipped += 1
+                    continue
+                raise DatasetError(f"{where}: image {row['image']!r} not found (looked for {sample.image})")
+            samples.append(sample)
+    if skipped:
+        print(f"{path}: skipped {skipped} rows whose image is missing", file=sys.stderr)
+    if not samples:
+        raise DatasetError(f"{path}: no samples" + (f" in split {split!r}" if split is not None else ""))
+    return samples
+
+
+def dataset_hash(samples: Iterable[Sample]) -> str:
+    """A content hash of the samples, their order and the bytes of their images."""
+    digest = hashlib.sha256()
+    for s in samples:
+        fields = dataclasses.asdict(s)
+        fields["image"] = None if s.image is None else os.path.basename(s.image)
+        digest.update(json.dumps(fields, sort_keys=True, default=list).encode())
+        if s.image is not None:
+            with open(s.image, "rb") as f:
+                digest.update(hashlib.sha256(f.read()).digest())
+    return digest.hexdigest()
