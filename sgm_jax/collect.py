@@ -1,0 +1,59 @@
+"""Dataset -> response store: encode, batch by length, capture pooled responses, write resumable chunks."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from sgm_jax.capture import CaptureSpec, pooled_batch
+from sgm_jax.data.encode import collate, encode, render
+from sgm_jax.data.samples import Sample, dataset_hash
+from sgm_jax.fingerprint import model_fingerprint
+from sgm_jax.sites import resolve
+from sgm_jax.store import ResponseStore
+
+
+def plan_batches(samples: Sequence[Sample], processor, batch_size: int, image_tokens: int = 0) -> list[list[int]]:
+    """Sample indices grouped into batches of similar length (deterministic: the plan of a resumed run is the same).
+
+    Lengths are the rendered text's token count plus the image's expansion, an estimate that only orders samples.
+    """
+    tokenizer = getattr(processor, "tokenizer", processor)
+    lengths = [len(tokenizer(render(s, processor))["input_ids"]) + (image_tokens if s.image else 0) for s in samples]
+    order = sorted(range(len(samples)), key=lambda i: (lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collect_to_store(model: nnx.Module, processor, samples: Sequence[Sample], out_dir: str, *, sites,
+                     pooling: str = "mean", tokens: str = "all", batch_size: int = 8, model_name: str = "",
+                     dataset_name: str = "", progress: bool = True) -> ResponseStore:
+    """Collect pooled responses of `samples` at `sites` into the store at `out_dir`, resuming if it exists."""
+    if processor is None:
+        raise ValueError("the checkpoint has no tokenizer/processor files, so samples cannot be encoded")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    spec = CaptureSpec(tuple(resolve(model, sites)), pooling, tokens)
+    manifest = {
+        "model": model_name, "model_fingerprint": model_fingerprint(model),
+        "sites": {ref.name: ref.width for ref in spec.refs}, "pooling": pooling, "tokens": tokens,
+        "dataset": dataset_name, "dataset_hash": dataset_hash(samples), "batch_size": batch_size,
+        "sample_ids": [s.id for s in samples], "labels": [s.label for s in samples],
+        "categories": [s.category for s in samples],
+    }
+    store = ResponseStore.create_or_resume(out_dir, manifest)
+    if store.complete:
+        return store
+    plan = plan_batches(samples, processor, batch_size, getattr(model.spec, "features_per_image", 0))
+    todo = [i for i in range(len(plan)) if i not in store.done_batches()]
+    pad_id = getattr(getattr(processor, "tokenizer", processor), "pad_token_id", None) or 0
+    split = nnx.split(model)
+    for index in tqdm(todo, desc="collect", unit="batch", disable=not progress,
+                      initial=len(plan) - len(todo), total=len(plan)):
+        rows = plan[index]
+        batch = collate([encode(samples[i], processor) for i in rows], pad_id)
+        store.write_batch(index, np.asarray(rows), pooled_batch(model, batch, spec, split=split))
+    store.finalize(plan)
+    return store
