@@ -12,7 +12,6 @@ default backend.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 
@@ -20,39 +19,11 @@ import jax
 import numpy as np
 import torch
 from flax import nnx
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
 import sgm_jax
-
-IMAGE_TOKEN = 7999
-
-
-def mid_size_config() -> LlavaConfig:
-    vision = CLIPVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
-                              image_size=112, patch_size=14)
-    text = LlamaConfig(hidden_size=512, intermediate_size=1408, num_hidden_layers=6, num_attention_heads=8,
-                       num_key_value_heads=8, vocab_size=8000, rms_norm_eps=1e-5)
-    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN)
-
-
-def make_inputs(batch: int, length: int, n_image: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, IMAGE_TOKEN, (batch, length))
-    ids[:, 1:1 + n_image] = IMAGE_TOKEN
-    mask = np.ones((batch, length), np.int64)
-    pixels = rng.standard_normal((batch, 3, 112, 112)).astype(np.float32)
-    return ids, mask, pixels
-
-
-def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from shapes import make_inputs, mid_size_config
+from timing import median_seconds
 
 
 def main() -> None:

@@ -26,11 +26,16 @@ TOKENS = ("all", "text", "image")
 
 
 def bucket_length(n: int, minimum: int = 16) -> int:
-    """The padded length for `n` tokens: powers of two and their midpoints (16, 24, 32, 48, 64, 96, ...)."""
-    size = minimum
-    while size < n:
-        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
-    return size
+    """The padded length for `n` tokens: four steps per octave (..., 64, 80, 96, 112, 128, 160, ...).
+
+    At most 25% padding (less after sorting by length), and a dataset whose lengths span
+    one octave compiles at most five shapes.
+    """
+    if n <= minimum:
+        return minimum
+    octave = 1 << (n - 1).bit_length() - 1
+    step = max(1, octave // 4)
+    return -(-n // step) * step
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,15 +16,19 @@ from sgm_jax.sites import resolve
 from sgm_jax.store import ResponseStore
 
 
-def plan_batches(samples: Sequence[Sample], processor, batch_size: int, image_tokens: int = 0) -> list[list[int]]:
-    """Sample indices grouped into batches of similar length (deterministic: the plan of a resumed run is the same).
+def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Sample indices grouped into batches of similar length, so little compute goes to padding.
 
-    Lengths are the rendered text's token count plus the image's expansion, an estimate that only orders samples.
+    Deterministic, so a resumed run follows the same plan and computes bitwise the same rows.
     """
-    tokenizer = getattr(processor, "tokenizer", processor)
-    lengths = [len(tokenizer(render(s, processor))["input_ids"]) + (image_tokens if s.image else 0) for s in samples]
-    order = sorted(range(len(samples)), key=lambda i: (lengths[i], i))
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def estimated_lengths(samples: Sequence[Sample], processor, image_tokens: int) -> list[int]:
+    """Token count of each rendered sample plus its image's expansion: cheap, and enough to order samples."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return [len(tokenizer(render(s, processor))["input_ids"]) + (image_tokens if s.image else 0) for s in samples]
 
 
 def collect_to_store(model: nnx.Module, processor, samples: Sequence[Sample], out_dir: str, *, sites,
@@ -46,7 +50,7 @@ def collect_to_store(model: nnx.Module, processor, samples: Sequence[Sample], ou
     store = ResponseStore.create_or_resume(out_dir, manifest)
     if store.complete:
         return store
-    plan = plan_batches(samples, processor, batch_size, getattr(model.spec, "features_per_image", 0))
+    plan = plan_batches(estimated_lengths(samples, processor, getattr(model.spec, "features_per_image", 0)), batch_size)
     todo = [i for i in range(len(plan)) if i not in store.done_batches()]
     pad_id = getattr(getattr(processor, "tokenizer", processor), "pad_token_id", None) or 0
     split = nnx.split(model)
