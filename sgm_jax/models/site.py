@@ -1,9 +1,11 @@
-"""Neuron sites: modules whose output (and input, the `:in` site) can be recorded by their HF name.
+"""Neuron sites: modules whose output (and input, the `:in` site) can be gated and recorded by their HF name.
 
-A site module runs `forward` and, only when a capture configuration asks for
-it, sows its input and/or output as `nnx.Intermediate` for `nnx.capture` to
-collect. The request lives in a static attribute (`record`), so a model that
-records nothing traces exactly as the plain model does.
+A site module runs `forward` between two optional per-neuron gates (`Gate`
+variables, multiplied into its input and output) and, only when a capture
+configuration asks for it, sows what it saw and gave as `nnx.Intermediate` for
+`nnx.capture` to collect. The capture request lives in a static attribute
+(`record`) and gates are absent until set, so a plain model traces exactly as
+one without sites would; gates are state, so new alpha values never recompile.
 """
 
 from __future__ import annotations
@@ -12,21 +14,32 @@ import jax
 from flax import nnx
 
 OUT, IN = "site_out", "site_in"
+GATE_ATTRS = {OUT: "gate_out", IN: "gate_in"}
+
+
+class Gate(nnx.Variable):
+    """Per-neuron multipliers of a site (float32 `[width]`); its own type, so gates split apart from `nnx.Param`."""
 
 
 class Site(nnx.Module):
     """Base of every module that is a neuron site; subclasses define `forward(x, *args)` and `site_widths`."""
 
     record: frozenset[str] = frozenset()
+    gate_in: Gate | None = None
+    gate_out: Gate | None = None
 
     def site_widths(self) -> tuple[int | None, int]:
         """`(input width, output width)` of the neurons this site exposes; input None when it has no `:in` site."""
         raise NotImplementedError
 
     def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
+        if self.gate_in is not None:
+            x = x * self.gate_in[...].astype(x.dtype)
         if IN in self.record:
             self.sow(nnx.Intermediate, IN, x)
         y = self.forward(x, *args, **kwargs)
+        if self.gate_out is not None:
+            y = y * self.gate_out[...].astype(y.dtype)
         if OUT in self.record:
             self.sow(nnx.Intermediate, OUT, y)
         return y
