@@ -1,0 +1,52 @@
+"""Expert scores: per-site AUROC of a response store, saved as safetensors with JSON metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+from tqdm.auto import tqdm
+
+from sgm_jax.auroc import auroc
+from sgm_jax.atomic import atomic_write
+from sgm_jax.store import ResponseStore
+
+METADATA_KEY = "sgm_jax"
+
+
+def score_store(store: ResponseStore, *, mesh=None, progress: bool = True) -> dict[str, np.ndarray]:
+    """`{site: AUROC [width]}` of every site in a complete store, labels from its manifest."""
+    labels = store.labels
+    unlabelled = [sid for sid, label in zip(store.sample_ids, labels) if label is None]
+    if unlabelled:
+        raise ValueError(f"store {store.directory}: {len(unlabelled)} samples have no label "
+                         f"(first: {unlabelled[:5]}); AUROC needs label 0/1 on every sample")
+    labels = np.asarray(labels, np.int32)
+    return {site: auroc(store.load(site), labels, mesh=mesh)
+            for site in tqdm(list(store.sites), desc="score", unit="site", disable=not progress)}
+
+
+def save_scores(path: str, scores: dict[str, np.ndarray], metadata: dict) -> None:
+    tensors = {site: np.ascontiguousarray(s, np.float32) for site, s in scores.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(metadata)}))
+
+
+def load_scores(path: str) -> tuple[dict[str, np.ndarray], dict]:
+    """`({site: AUROC}, metadata)` from a scores file written by `save_scores`."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such scores file")
+    with safe_open(path, "numpy") as f:
+        metadata = json.loads((f.metadata() or {}).get(METADATA_KEY, "{}"))
+        return {k: f.get_tensor(k) for k in f.keys()}, metadata
+
+
+def store_metadata(store: ResponseStore) -> dict:
+    """What a scores file records about where its numbers came from."""
+    m = store.manifest
+    labels = np.asarray(m["labels"])
+    return {"store": os.path.abspath(store.directory), "model": m["model"], "model_fingerprint": m["model_fingerprint"],
+            "pooling": m["pooling"], "tokens": m["tokens"], "dataset": m["dataset"], "dataset_hash": m["dataset_hash"],
+            "n_positive": int((labels == 1).sum()), "n_negative": int((labels == 0).sum()), "sites": m["sites"]}
