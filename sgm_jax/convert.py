@@ -37,6 +37,17 @@ LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "llama": (),
 }
 
+# In-memory prefix -> the prefix `save_pretrained` writes (transformers 5.23), for export.
+SAVE_LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "llava": (
+        ("model.language_model.", "language_model.model."),
+        ("lm_head.", "language_model.lm_head."),
+        ("model.vision_tower.", "vision_tower."),
+        ("model.multi_modal_projector.", "multi_modal_projector."),
+    ),
+    "llama": (),
+}
+
 # Buffers that older checkpoints stored although transformers recomputes them on load.
 _DERIVED_BUFFERS = re.compile(r"(\.rotary_emb\.inv_freq|\.embeddings\.position_ids)$")
 
@@ -81,11 +92,21 @@ def hf_targets(model: nnx.Module) -> dict[str, Target]:
     return targets
 
 
-def canonical_name(key: str, family: str) -> str:
-    for prefix, replacement in LAYOUTS[family]:
+def _rename(key: str, layout: tuple[tuple[str, str], ...]) -> str:
+    for prefix, replacement in layout:
         if key.startswith(prefix):
             return replacement + key[len(prefix):]
     return key
+
+
+def canonical_name(key: str, family: str) -> str:
+    """A file's tensor name in any supported layout -> the in-memory name."""
+    return _rename(key, LAYOUTS[family])
+
+
+def saved_name(name: str, family: str) -> str:
+    """An in-memory tensor name -> the name `save_pretrained` writes."""
+    return _rename(name, SAVE_LAYOUTS[family])
 
 
 def checkpoint_files(directory: str) -> dict[str, str]:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
+
+from sgm_jax.atomic import atomic_write, write_json
 
 FORMAT = "sgm_jax.responses/1"
 # Fields that must agree for a store to be resumed or read back for the same purpose.
@@ -31,28 +32,6 @@ IDENTITY = ("model_fingerprint", "sites", "pooling", "tokens", "dataset_hash", "
 
 class StoreError(ValueError):
     """A store that is malformed or was made for something else."""
-
-
-def atomic_write(path: str, write) -> None:
-    """Call `write(tmp_path)`, then rename the result onto `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json(path: str, data: Any) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-    atomic_write(path, write)
 
 
 def site_filename(site: str) -> str:

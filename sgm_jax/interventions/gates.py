@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.interventions.intervention import Intervention
+from sgm_jax.models.copying import shallow_copy
 from sgm_jax.models.site import GATE_ATTRS, Gate, Site
 from sgm_jax.sites import SiteError, nearest, site_refs
 
@@ -39,7 +40,7 @@ def intervene(model: nnx.Module, intervention: Intervention, *, keep_identity: b
     intervention compute bitwise what the plain model computes (and costs nothing).
     """
     refs = _check(model, intervention)
-    gated = nnx.merge(*nnx.split(model))
+    gated = shallow_copy(model)
     modules = _site_modules(gated)
     for site, alpha in intervention.alphas.items():
         if not keep_identity and (alpha == 1).all():

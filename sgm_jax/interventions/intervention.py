@@ -15,7 +15,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from sgm_jax.store import atomic_write
+from sgm_jax.atomic import atomic_write
 
 METADATA_KEY = "sgm_jax.intervention"
 
