@@ -8,7 +8,7 @@ import pytest
 
 import hf_tiny
 import sgm_jax
-from sgm_jax.data import DatasetError, dataset_hash, read_jsonl
+from sgm_jax.data import DatasetError, dataset_hash, read_jsonl, write_jsonl
 from sgm_jax.data.encode import collate, encode, render
 
 
@@ -86,3 +86,14 @@ def test_encoding_uses_the_chat_template_and_fills_image_tokens(checkpoint, tmp_
     lengths = [len(e["input_ids"]) for e in encoded]
     assert batch["attention_mask"].sum(1).tolist() == lengths
     assert batch["attention_mask"][np.argmin(lengths), 0] == 0  # padding is on the left
+
+
+def test_written_samples_read_back_identically(tmp_path):
+    samples = read_jsonl(hf_tiny.write_dataset(str(tmp_path / "a"), 6))
+    samples[1] = type(samples[1])(id="mcq", prompt="which colour?", image=samples[1].image, options=("red", "blue"),
+                                  answer="A", condition="typo", meta={"source": "test"})
+    out = tmp_path / "b" / "copy.jsonl"
+    out.parent.mkdir()
+    write_jsonl(samples, str(out))
+    assert read_jsonl(str(out)) == samples
+    assert json.loads(out.read_text().splitlines()[0])["image"] == "../a/images/0.png"

@@ -9,6 +9,8 @@ Fields:
   label     1 toxic / harmful, 0 benign (needed to score experts)
   category  optional category name (e.g. an MM-SafetyBench scenario)
   split     optional split name (train / test / ...)
+  condition optional evaluation condition: "standard" (the default) or an adversarial one
+            (e.g. "typo", "sd_typo", "trigger", "jailbreak"); reports keep conditions apart
   options   optional list of answer options (multiple-choice items)
   answer    optional correct option (multiple-choice items)
   meta      optional object with anything else
@@ -25,7 +27,10 @@ import os
 import sys
 from typing import Any, Iterable
 
-FIELDS = ("id", "prompt", "image", "response", "label", "category", "split", "options", "answer", "meta")
+from sgm_jax.atomic import atomic_write
+
+FIELDS = ("id", "prompt", "image", "response", "label", "category", "split", "condition", "options", "answer",
+          "meta")
 
 
 class DatasetError(ValueError):
@@ -41,6 +46,7 @@ class Sample:
     label: int | None = None
     category: str | None = None
     split: str | None = None
+    condition: str = "standard"
     options: tuple[str, ...] | None = None
     answer: str | None = None
     meta: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
@@ -68,6 +74,7 @@ def _sample(row: Any, where: str, base: str) -> Sample:
         raise DatasetError(f"{where}: 'options' must be a list of strings")
     return Sample(id=str(row["id"]), prompt=row["prompt"], image=image, response=row.get("response"),
                   label=None if label is None else int(label), category=row.get("category"), split=row.get("split"),
+                  condition=row.get("condition") or "standard",
                   options=None if options is None else tuple(options), answer=row.get("answer"),
                   meta=row.get("meta") or {})
 
@@ -121,3 +128,30 @@ def dataset_hash(samples: Iterable[Sample]) -> str:
             with open(s.image, "rb") as f:
                 digest.update(hashlib.sha256(f.read()).digest())
     return digest.hexdigest()
+
+
+def to_row(sample: Sample, base: str) -> dict[str, Any]:
+    """The JSONL row of a sample, its image path made relative to `base` (the output file's folder)."""
+    row = {"id": sample.id, "prompt": sample.prompt}
+    if sample.image is not None:
+        row["image"] = os.path.relpath(sample.image, base)
+    for name in ("response", "label", "category", "split", "options", "answer"):
+        value = getattr(sample, name)
+        if value is not None:
+            row[name] = list(value) if name == "options" else value
+    if sample.condition != "standard":
+        row["condition"] = sample.condition
+    if sample.meta:
+        row["meta"] = sample.meta
+    return row
+
+
+def write_jsonl(samples: Iterable[Sample], path: str) -> None:
+    """Write samples in the native format (atomically); `read_jsonl` reads back the same samples."""
+    base = os.path.dirname(os.path.abspath(path))
+    lines = [json.dumps(to_row(s, base), ensure_ascii=False) for s in samples]
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+    atomic_write(path, write)
