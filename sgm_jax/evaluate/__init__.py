@@ -1,0 +1,1 @@
+"""Evaluation: judges, metrics (harmful rate, fluency, multiple-choice reasoning) and reports."""
