@@ -1,0 +1,72 @@
+"""`read_dataset`: one entry point for every supported format, named or told from the file itself."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any, Callable
+
+from sgm_jax.data.readers import jailbreakv, mcq, mmsafetybench, sgm_sheet
+from sgm_jax.data.readers.table import TABLE_SUFFIXES, columns
+from sgm_jax.data.samples import DatasetError, Sample, read_jsonl
+
+READERS: dict[str, Callable[..., list[Sample]]] = {
+    "native": read_jsonl,
+    "mmsafetybench": mmsafetybench.read_mmsafetybench,
+    "sgm-sheet": sgm_sheet.read_sgm_sheet,
+    "jailbreakv": jailbreakv.read_jailbreakv,
+    "mcq": mcq.read_mcq,
+}
+
+FORMATS = {
+    "native": "the project's JSONL (MM-TOXIC-QA style): id, prompt, image, label, ...",
+    "mmsafetybench": "an MM-SafetyBench data root with processed_questions/ and imgs/",
+    "sgm-sheet": "the SGM release's .xlsx/.csv sheet: name, prompt, output, label",
+    "jailbreakv": "JailBreakV-28K's CSV: id, jailbreak_query, redteam_query, format, policy, image_path",
+    "mcq": "multiple-choice VQA (MMBench-like): question, A, B, C, D, answer, image",
+}
+
+
+def _formats_list() -> str:
+    return "\n".join(f"  {name}: {text}" for name, text in FORMATS.items())
+
+
+def detect_format(path: str) -> str:
+    """The format of `path`, told from what it holds; an unrecognised file is an error listing the formats."""
+    if os.path.isdir(path):
+        if os.path.isdir(os.path.join(path, mmsafetybench.QUESTIONS_DIR)):
+            return "mmsafetybench"
+        raise DatasetError(f"{path}: a folder, but not an MM-SafetyBench data root (no "
+                           f"{mmsafetybench.QUESTIONS_DIR}/); the formats are:\n{_formats_list()}")
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: no such file or folder")
+    if not path.lower().endswith(TABLE_SUFFIXES):
+        raise DatasetError(f"{path}: cannot tell the dataset format from a file named so (expected a folder or "
+                           f"one of {list(TABLE_SUFFIXES)}); the formats are:\n{_formats_list()}")
+    names = set(columns(path))
+    if not names:
+        raise DatasetError(f"{path}: empty file")
+    if "jailbreak_query" in names:
+        return "jailbreakv"
+    if {"question", "A", "B", "answer"} <= names:
+        return "mcq"
+    if path.lower().endswith(".jsonl") and {"id", "prompt"} <= names:
+        return "native"
+    if {"name", "prompt"} <= names:
+        return "sgm-sheet"
+    raise DatasetError(f"{path}: cannot tell the dataset format from its columns {sorted(names)}; "
+                       f"pass format= one of:\n{_formats_list()}")
+
+
+def read_dataset(path: str, format: str | None = None, **options: Any) -> list[Sample]:
+    """Samples from `path` in `format` (one of FORMATS, or told from the file); `options` go to that format's reader."""
+    if format is None:
+        format = detect_format(path)
+    if format not in READERS:
+        raise DatasetError(f"{path}: unknown dataset format {format!r}; the formats are:\n{_formats_list()}")
+    reader = READERS[format]
+    accepted = [name for name, p in inspect.signature(reader).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DatasetError(f"{path}: the {format} reader has no options {unknown} (it takes {accepted})")
+    return reader(path, **options)
