@@ -1,4 +1,4 @@
-"""The `sgm-jax` command: collect pooled responses, score experts, list sites."""
+"""The `sgm-jax` command: collect pooled responses, score experts, list sites, generate with interventions."""
 
 from __future__ import annotations
 
@@ -66,6 +66,30 @@ def cmd_sites(args) -> None:
         print(f"{name}\t{widths[name]}")
 
 
+def cmd_generate(args) -> None:
+    import sgm_jax
+    from sgm_jax.data import DatasetError, Sample
+    from sgm_jax.data.encode import encode
+
+    if args.image and not os.path.exists(args.image):
+        raise SystemExit(f"--image {args.image}: no such file")
+    model, processor = _load(args)
+    if processor is None:
+        raise SystemExit(f"{args.model} has no tokenizer/processor files, so the prompt cannot be encoded")
+    if args.intervention:
+        parts = [sgm_jax.load_intervention(path).with_strength(args.strength) for path in args.intervention]
+        model = sgm_jax.intervene(model, sgm_jax.compose(*parts))
+    try:
+        encoded = encode(Sample(id="prompt", prompt=args.prompt, image=args.image), processor)
+    except DatasetError as err:
+        raise SystemExit(str(err))
+    tokens = sgm_jax.generate(model, encoded["input_ids"][None], pixel_values=encoded.get("pixel_values"),
+                              max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, seed=args.seed, processor=processor)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    print(tokenizer.decode(tokens[0], skip_special_tokens=True).strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sgm-jax", description="Neuron-level safety interventions (SGM) for "
                                      "multimodal LLMs in JAX.")
@@ -118,6 +142,28 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(p)
     p.add_argument("pattern", nargs="*", help="names or glob patterns to expand (default: all sites)")
     p.set_defaults(func=cmd_sites)
+
+    p = sub.add_parser("generate", help="generate a reply to one prompt, optionally with interventions",
+                       description="Render the prompt (and image) through the checkpoint's chat template, "
+                                   "generate with the KV-cached jitted decoder and print the reply. Interventions "
+                                   "(files written by Intervention.save) are composed: their alphas multiply.")
+    model_options(p)
+    p.add_argument("--prompt", required=True, help="the user's message")
+    p.add_argument("--image", help="an image file shown with the prompt (default: text only)")
+    p.add_argument("--intervention", action="append", metavar="FILE",
+                   help="an intervention file to apply; repeat to compose several (default: none)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="scale of each intervention: alpha -> 1 - s (1 - alpha), 0 is off, 1 as saved (default: 1)")
+    p.add_argument("--max-new-tokens", type=int, default=128,
+                   help="most tokens to generate; stops earlier at the tokenizer's EOS (default: 128)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
+    p.add_argument("--top-k", type=int, default=0,
+                   help="sample only among the k most likely tokens; 0 is off (default: 0)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="sample only within the smallest set of tokens holding this probability; 1 is off "
+                        "(default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
+    p.set_defaults(func=cmd_generate)
     return parser
 
 

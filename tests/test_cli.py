@@ -51,7 +51,7 @@ def test_sites_command_lists_names_and_widths(checkpoint, capsys):
 
 
 def test_every_option_is_documented():
-    for command in ("collect", "score", "sites"):
+    for command in ("collect", "score", "sites", "generate"):
         out = subprocess.run([sys.executable, "-m", "sgm_jax.cli", command, "--help"], capture_output=True,
                              text=True, check=True).stdout
         parser = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices.items() if a[0] == command)[1]

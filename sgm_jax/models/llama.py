@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sgm_jax.kv_cache import KVCache, LayerCache
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, Embedding, Linear, RMSNorm
 from sgm_jax.models.site import Site
@@ -74,6 +75,17 @@ def causal_padding_mask(attention_mask: jax.Array) -> jax.Array:
     return causal[None, None] & (attention_mask[:, None, None, :] > 0)
 
 
+def cached_attention_mask(token_mask: jax.Array, cache: KVCache) -> tuple[jax.Array, jax.Array]:
+    """`[batch, 1, new, max_len]` booleans for new tokens written at `cache.length`, and the updated slot validity.
+
+    A new token sees the real tokens in the slots up to its own.
+    """
+    valid = jax.lax.dynamic_update_slice(cache.valid, token_mask > 0, (0, cache.length))
+    query_slots = cache.length + jnp.arange(token_mask.shape[1])
+    causal = jnp.arange(cache.max_len)[None, :] <= query_slots[:, None]
+    return causal[None, None] & valid[:, None, None, :], valid
+
+
 def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float, dtype) -> tuple[jax.Array, jax.Array]:
     """HF's default RoPE tables `[batch, seq, head_dim]`, computed in float32 and cast to `dtype`."""
     inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
@@ -100,12 +112,16 @@ class LlamaAttention(Site):
     def site_widths(self) -> tuple[int, int]:
         return self.o_proj.kernel.shape[1], self.o_proj.kernel.shape[1]
 
-    def forward(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+    def forward(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                cache: LayerCache | None = None) -> jax.Array:
+        """With `cache`, the new keys and values are appended to it and the queries attend over all its slots."""
         b, t, _ = x.shape
         groups = self.num_heads // self.num_kv_heads
         q = _rotate(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
         k = _rotate(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        if cache is not None:
+            k, v = cache.append(k, v)
         q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
         scores = jnp.einsum("bqkgh,bskh->bkgqs", q, k) * (self.head_dim ** -0.5)
         scores = jnp.where(mask[:, :, None], scores, jnp.finfo(scores.dtype).min)
@@ -139,8 +155,9 @@ class LlamaDecoderLayer(Site):
     def site_widths(self) -> tuple[int, int]:
         return self.input_layernorm.site_widths()
 
-    def forward(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def forward(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                cache: LayerCache | None = None) -> jax.Array:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache=cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -163,6 +180,31 @@ class LlamaModel(nnx.Module):
             h = layer(h, cos, sin, mask)
             stream.append(h)
         return self.norm(h), stream
+
+    def init_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty cache with room for `max_len` tokens per row, in the compute dtype."""
+        spec = self.spec
+        return KVCache.empty(layers=spec.num_hidden_layers, batch=batch, max_len=max_len,
+                             kv_heads=spec.num_key_value_heads, head_dim=spec.head_dim,
+                             dtype=self.embed_tokens.embedding.dtype)
+
+    def forward_with_cache(self, inputs_embeds: jax.Array, token_mask: jax.Array,
+                           cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Run new tokens after those in `cache`: the final normed hidden state of the new tokens and the new cache.
+
+        `token_mask` `[batch, new]` is 1 for real tokens; their positions continue each row's count.
+        """
+        positions = cache.next_position[:, None] + positions_from_mask(token_mask)
+        cos, sin = rope_cos_sin(positions, self.spec.head_dim, self.spec.rope_theta, inputs_embeds.dtype)
+        mask, valid = cached_attention_mask(token_mask, cache)
+        layer_caches = [LayerCache(k, v, cache.length) for k, v in zip(cache.keys, cache.values)]
+        h = inputs_embeds
+        for layer, layer_cache in zip(self.layers, layer_caches):
+            h = layer(h, cos, sin, mask, cache=layer_cache)
+        updated = KVCache(keys=tuple(c.keys for c in layer_caches), values=tuple(c.values for c in layer_caches),
+                          valid=valid, length=cache.length + token_mask.shape[1],
+                          next_position=cache.next_position + token_mask.sum(-1, dtype=jnp.int32))
+        return self.norm(h), updated
 
 
 def output_logits(lm_head: Linear | None, embed_tokens: Embedding, hidden: jax.Array) -> jax.Array:
@@ -189,6 +231,22 @@ class LlamaForCausalLM(nnx.Module):
         hidden, stream = self.model(self.model.embed_tokens(input_ids), attention_mask)
         return {"logits": output_logits(self.lm_head, self.model.embed_tokens, hidden), "text_stream": stream,
                 "text_final": hidden}
+
+    def init_cache(self, batch: int, max_len: int) -> KVCache:
+        return self.model.init_cache(batch, max_len)
+
+    def forward_with_cache(self, input_ids, cache: KVCache, *, attention_mask=None,
+                           last_only: bool = False) -> tuple[jax.Array, KVCache]:
+        """Traceable: the logits of new tokens run after those in `cache`, and the updated cache.
+
+        With `last_only`, only the last position's logits `[batch, vocab]` (all a decoding step needs).
+        """
+        input_ids = jnp.asarray(input_ids)
+        attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
+        hidden, cache = self.model.forward_with_cache(self.model.embed_tokens(input_ids), attention_mask, cache)
+        if last_only:
+            hidden = hidden[:, -1]
+        return output_logits(self.lm_head, self.model.embed_tokens, hidden), cache
 
     def __call__(self, input_ids, *, attention_mask=None) -> jax.Array:
         """Logits; concrete inputs run through one cached jit."""

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sgm_jax.kv_cache import KVCache
 from sgm_jax.models.clip import CLIPVisionModel, ClipVisionSpec
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, Linear
@@ -129,20 +130,42 @@ class LlavaForConditionalGeneration(nnx.Module):
     def spec(self) -> LlavaSpec:
         return self.model.spec
 
+    def input_embeddings(self, input_ids: jax.Array, pixel_values=None) -> tuple[jax.Array, list[jax.Array]]:
+        """Token embeddings with the image features in the `<image>` positions, and the tower's hidden states."""
+        embeds = self.model.language_model.embed_tokens(input_ids)
+        if pixel_values is None:
+            return embeds, []
+        features, vision_hidden = self.model.image_features(jnp.asarray(pixel_values))
+        return scatter_image_features(embeds, input_ids, features, self.spec.image_token_index), vision_hidden
+
     def forward(self, input_ids, *, pixel_values=None, attention_mask=None) -> dict[str, Any]:
         """Traceable forward: logits, the vision tower's hidden states and the decoder's residual stream."""
-        spec = self.spec
         input_ids = jnp.asarray(input_ids)
         attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
         lm = self.model.language_model
-        embeds = lm.embed_tokens(input_ids)
-        vision_hidden = []
-        if pixel_values is not None:
-            features, vision_hidden = self.model.image_features(jnp.asarray(pixel_values))
-            embeds = scatter_image_features(embeds, input_ids, features, spec.image_token_index)
+        embeds, vision_hidden = self.input_embeddings(input_ids, pixel_values)
         hidden, stream = lm(embeds, attention_mask)
         return {"logits": output_logits(self.lm_head, lm.embed_tokens, hidden), "vision_hidden_states": vision_hidden,
                 "text_stream": stream, "text_final": hidden}
+
+    def init_cache(self, batch: int, max_len: int) -> KVCache:
+        return self.model.language_model.init_cache(batch, max_len)
+
+    def forward_with_cache(self, input_ids, cache: KVCache, *, pixel_values=None, attention_mask=None,
+                           last_only: bool = False) -> tuple[jax.Array, KVCache]:
+        """Traceable: the logits of new tokens run after those in `cache`, and the updated cache.
+
+        Images fill the new tokens' `<image>` positions as in `forward`. With `last_only`, only
+        the last position's logits `[batch, vocab]` (all a decoding step needs).
+        """
+        input_ids = jnp.asarray(input_ids)
+        attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
+        lm = self.model.language_model
+        embeds, _ = self.input_embeddings(input_ids, pixel_values)
+        hidden, cache = lm.forward_with_cache(embeds, attention_mask, cache)
+        if last_only:
+            hidden = hidden[:, -1]
+        return output_logits(self.lm_head, lm.embed_tokens, hidden), cache
 
     def __call__(self, input_ids, *, pixel_values=None, attention_mask=None) -> jax.Array:
         """Logits; concrete inputs are checked (image-token count) and run through one cached jit."""

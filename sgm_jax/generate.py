@@ -1,0 +1,153 @@
+"""KV-cached, jit-compiled decoding: one prefill over the prompt, then a `lax.while_loop` of one-token steps.
+
+Both phases run through the same modules (so the same gates: an intervention acts
+identically on the prompt and on every new token), in one jitted function of the
+model's split state, so new alpha values never recompile. The cache is built fresh
+by each call from the gated model's own prefill and never outlives it, so no step
+can read keys or values that were computed without the intervention. Prompts are
+left-padded to a bucketed length (`sgm_jax.capture.bucket_length`) so a research
+loop over many prompts compiles a handful of shapes.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sgm_jax.capture import bucket_length
+from sgm_jax.models.llava import check_image_tokens
+
+
+def generate(model: nnx.Module, input_ids, *, pixel_values=None, attention_mask=None, max_new_tokens: int = 32,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
+             processor=None) -> np.ndarray:
+    """New tokens `[batch, n]` after each left-padded prompt row (numpy int32).
+
+    Greedy when `temperature == 0`; otherwise samples from `softmax(logits / temperature)`
+    restricted to the `top_k` most likely tokens (0 = all) and then to the smallest set
+    holding `top_p` of the probability (1.0 = all), reproducibly per `seed`.
+
+    A row stops at its first EOS token and emits `pad_token_id` after it; generation ends
+    when every row has stopped (then `n < max_new_tokens`, as in transformers) or after
+    `max_new_tokens`. `eos_token_id` (one id or several) and `pad_token_id` default to
+    the tokenizer's when `processor` is given; with no EOS id (None and no processor, or
+    an empty list) every row runs the full `max_new_tokens`. The pad id falls back to the
+    first EOS id, then 0.
+    """
+    ids, mask = _prompt(input_ids, attention_mask)
+    _check_sampling(max_new_tokens, temperature, top_k, top_p)
+    if hasattr(model.spec, "image_token_index"):
+        check_image_tokens(ids, 0 if pixel_values is None else len(pixel_values), model.spec)
+    elif pixel_values is not None:
+        raise ValueError("pixel_values were given but the model has no vision tower (a text-only LM)")
+    eos, pad = _special_ids(processor, eos_token_id, pad_token_id)
+
+    length = bucket_length(ids.shape[1])
+    ids = np.pad(ids, ((0, 0), (length - ids.shape[1], 0)))
+    mask = np.pad(mask, ((0, 0), (length - mask.shape[1], 0)))
+    if pixel_values is not None:
+        pixel_values = np.asarray(pixel_values)
+    graphdef, state = nnx.split(model)
+    sampling = {"temperature": np.float32(temperature if temperature > 0 else 1.0), "top_k": np.int32(top_k),
+                "top_p": np.float32(top_p)}
+    tokens, steps = _generate_jit(state, ids, mask, pixel_values, np.asarray(eos, np.int32), np.int32(pad),
+                                  jax.random.key(seed), sampling, graphdef=graphdef,
+                                  max_new_tokens=int(max_new_tokens), greedy=temperature == 0)
+    return np.asarray(tokens)[:, :int(steps)]
+
+
+def _prompt(input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, seq], got shape {ids.shape}")
+    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask {mask.shape} and input_ids {ids.shape} must have the same shape")
+    mask = (mask > 0).astype(np.int32)
+    empty = np.flatnonzero(mask.sum(1) == 0)
+    if len(empty):
+        raise ValueError(f"prompt rows {empty.tolist()} have no tokens (attention_mask is all 0)")
+    right_padded = np.flatnonzero((np.diff(mask, axis=1) < 0).any(1))
+    if len(right_padded):
+        raise ValueError(f"prompt rows {right_padded.tolist()} have padding after their tokens; generation needs "
+                         f"padding on the left (tokenizer.padding_side = 'left')")
+    return ids.astype(np.int32), mask
+
+
+def _check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
+    if int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 keeps every token), got {top_p}")
+
+
+def _special_ids(processor, eos_token_id, pad_token_id) -> tuple[tuple[int, ...], int]:
+    """EOS ids and the pad id: as given, else the tokenizer's, else none (never stop) and the first EOS or 0."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if eos_token_id is None and tokenizer is not None:
+        eos_token_id = tokenizer.eos_token_id
+    if pad_token_id is None and tokenizer is not None:
+        pad_token_id = tokenizer.pad_token_id
+    eos = () if eos_token_id is None else (
+        (int(eos_token_id),) if np.isscalar(eos_token_id) else tuple(int(i) for i in eos_token_id))
+    if pad_token_id is None:
+        pad_token_id = eos[0] if eos else 0
+    return eos, int(pad_token_id)
+
+
+def next_token(logits: jax.Array, key: jax.Array, sampling: dict[str, jax.Array], *, greedy: bool) -> jax.Array:
+    """Traceable: one token per row from `[batch, vocab]` logits (transformers' order: temperature, top-k, top-p)."""
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / sampling["temperature"]
+    vocab = logits.shape[-1]
+    descending = -jnp.sort(-logits, axis=-1)
+    kth = jnp.take(descending, jnp.clip(sampling["top_k"], 1, vocab) - 1, axis=-1)[:, None]
+    logits = jnp.where((sampling["top_k"] > 0) & (logits < kth), -jnp.inf, logits)
+    descending = jnp.where((sampling["top_k"] > 0) & (descending < kth), -jnp.inf, descending)
+    probs = jax.nn.softmax(descending, axis=-1)
+    keep = (jnp.cumsum(probs, axis=-1) - probs < sampling["top_p"]) | (sampling["top_p"] >= 1)
+    cutoff = jnp.min(jnp.where(keep, descending, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy"))
+def _generate_jit(state, input_ids, attention_mask, pixel_values, eos, pad, key, sampling, *, graphdef,
+                  max_new_tokens: int, greedy: bool):
+    model = nnx.merge(graphdef, state)
+    batch, length = input_ids.shape
+    choose = functools.partial(next_token, sampling=sampling, greedy=greedy)
+    finished = lambda token: jnp.isin(token, eos)
+
+    images = {} if pixel_values is None else {"pixel_values": pixel_values}
+    cache = model.init_cache(batch, length + max_new_tokens)
+    logits, cache = model.forward_with_cache(input_ids, cache, attention_mask=attention_mask, last_only=True,
+                                             **images)
+    first = choose(logits, jax.random.fold_in(key, 0))
+    tokens = jnp.full((batch, max_new_tokens), pad, jnp.int32).at[:, 0].set(first)
+
+    def running(carry):
+        step, _, done, _ = carry
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def step_once(carry):
+        step, tokens, done, cache = carry
+        previous = jax.lax.dynamic_slice_in_dim(tokens, step - 1, 1, axis=1)
+        logits, cache = model.forward_with_cache(previous, cache, last_only=True)
+        token = jnp.where(done, pad, choose(logits, jax.random.fold_in(key, step)))
+        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, token[:, None], step, axis=1)
+        return step + 1, tokens, done | finished(token), cache
+
+    steps, tokens, _, _ = jax.lax.while_loop(running, step_once, (jnp.int32(1), tokens, finished(first), cache))
+    return tokens, steps
