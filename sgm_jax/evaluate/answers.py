@@ -1,0 +1,75 @@
+"""Generated answers, batched and cached on disk so an interrupted evaluation resumes.
+
+The cache is a JSONL file, one line per answered sample, appended and flushed batch by
+batch. A killed run leaves at most a torn last line, which is ignored; answers are
+keyed by sample id, so a resumed run neither loses nor repeats one. The first line
+records the generation settings, and a cache made with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from sgm_jax.data.encode import collate, encode
+from sgm_jax.data.samples import Sample
+from sgm_jax.fingerprint import model_fingerprint
+from sgm_jax.generate import generate
+
+
+def _read_cache(path: str, settings: dict) -> dict[str, str]:
+    if not os.path.exists(path):
+        return {}
+    answers = {}
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    header = json.loads(lines[0])
+    if header.get("settings") != settings:
+        raise ValueError(f"answer cache {path} was made with other settings ({header.get('settings')}), "
+                         f"not {settings}; remove it or use another output directory")
+    for line in lines[1:]:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the torn last line of a killed run
+        answers[row["id"]] = row["answer"]
+    return answers
+
+
+def generate_answers(model: nnx.Module, processor, samples: Sequence[Sample], *, cache_path: str,
+                     max_new_tokens: int = 32, batch_size: int = 8, temperature: float = 0.0, seed: int = 0,
+                     progress: bool = True) -> dict[str, str]:
+    """`{sample id: decoded answer}`, generating only what the cache at `cache_path` does not hold yet."""
+    settings = {"model_fingerprint": model_fingerprint(model), "max_new_tokens": max_new_tokens,
+                "temperature": temperature, "seed": seed}
+    answers = _read_cache(cache_path, settings)
+    todo = [s for s in samples if s.id not in answers]
+    tokenizer = getattr(processor, "tokenizer", processor)
+    os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
+    if not os.path.exists(cache_path):
+        with open(cache_path, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"settings": settings}) + "\n")
+    order = sorted(todo, key=lambda s: (len(s.prompt), s.id))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    with open(cache_path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        torn = f.read(1) != b"\n"
+    with open(cache_path, "a", encoding="utf-8") as f:
+        if torn:  # end the torn line so the next answer starts on its own
+            f.write("\n")
+        for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
+            inputs = collate([encode(s, processor) for s in batch], tokenizer.pad_token_id or 0)
+            tokens = generate(model, inputs["input_ids"], pixel_values=inputs.get("pixel_values"),
+                              attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens,
+                              temperature=temperature, seed=seed, processor=processor)
+            for sample, row in zip(batch, np.asarray(tokens)):
+                answers[sample.id] = tokenizer.decode(row, skip_special_tokens=True).strip()
+                f.write(json.dumps({"id": sample.id, "answer": answers[sample.id]}, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    return {s.id: answers[s.id] for s in samples}
