@@ -90,6 +90,67 @@ def cmd_generate(args) -> None:
     print(tokenizer.decode(tokens[0], skip_special_tokens=True).strip())
 
 
+def cmd_intervention(args) -> None:
+    import sgm_jax
+
+    scores, metadata = sgm_jax.load_scores(args.scores)
+    if args.method == "aura":
+        iv = sgm_jax.aura(scores, threshold=args.threshold, source=metadata)
+    elif args.k is None:
+        raise SystemExit(f"--method {args.method} needs --k (how many top neurons)")
+    elif args.method == "damp":
+        iv = sgm_jax.damp(scores, args.k, args.alpha, source=metadata)
+    else:
+        iv = sgm_jax.det0(scores, args.k, source=metadata)
+    if args.strength != 1.0:
+        iv = iv.with_strength(args.strength)
+    iv.save(args.out)
+    print(f"{args.method}: {iv.num_changed()} of {sum(len(a) for a in iv.alphas.values())} neurons changed "
+          f"-> {args.out}")
+
+
+def _load_samples(args):
+    from sgm_jax.data.readers import read_dataset
+
+    samples = read_dataset(args.data, args.format, skip_missing_images=args.skip_missing)
+    if args.split:
+        samples = [s for s in samples if s.split == args.split]
+        if not samples:
+            raise SystemExit(f"{args.data}: no samples in split {args.split!r}")
+    if args.mcq:
+        samples += read_dataset(args.mcq, None, skip_missing_images=args.skip_missing)
+    return samples[:args.limit] if args.limit else samples
+
+
+def cmd_evaluate(args) -> None:
+    import sgm_jax
+    from sgm_jax.evaluate.judges import make_judge
+    from sgm_jax.evaluate.report import table
+    from sgm_jax.evaluate.runner import EvalOptions, evaluate
+
+    samples = _load_samples(args)
+    model, processor = _load(args)
+    intervention = None
+    if args.intervention:
+        parts = [sgm_jax.load_intervention(path).with_strength(args.strength) for path in args.intervention]
+        intervention = parts[0] if len(parts) == 1 else sgm_jax.compose(*parts)
+    judge_options = {"model": model, "processor": processor} if args.judge == "self" else {}
+    judge = make_judge(args.judge, **judge_options)
+    neutral = []
+    if args.neutral:
+        with open(args.neutral, encoding="utf-8") as f:
+            neutral = [line.strip() for line in f if line.strip()]
+    scores = sgm_jax.load_scores(args.scores)[0] if args.scores else None
+    options = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                          temperature=args.temperature, seed=args.seed, circular=args.circular,
+                          progress=not args.quiet)
+    results = evaluate(model, processor, samples, judge=judge, out_dir=args.out, intervention=intervention,
+                       neutral_texts=neutral, scores=scores, options=options,
+                       info={"model": args.model, "data": args.data, "interventions": args.intervention or []})
+    print(table(results))
+    print(f"results.json, report.md and plots in {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sgm-jax", description="Neuron-level safety interventions (SGM) for "
                                      "multimodal LLMs in JAX.")
@@ -164,6 +225,59 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("intervention", help="build an intervention file from expert scores",
+                       description="Turn a scores file (from `sgm-jax score`) into per-neuron gates: aura (SGM's "
+                                   "expertise-weighted damping, alpha = 1 - 2 (AUROC - 0.5) above the threshold), "
+                                   "damp (a fixed alpha on the global top-k neurons) or det0 (alpha 0 on the top-k).")
+    p.add_argument("--scores", required=True, help="a scores file written by `sgm-jax score`")
+    p.add_argument("--method", choices=["aura", "damp", "det0"], default="aura", help="how to set the gates "
+                   "(default: aura)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="aura: neurons with AUROC above this are damped (default 0.5 as AurA; the SGM release "
+                        "used 0.3, which also amplifies AUROC in (0.3, 0.5))")
+    p.add_argument("--k", type=int, help="damp/det0: how many top neurons by AUROC, across all sites")
+    p.add_argument("--alpha", type=float, default=0.5, help="damp: the gate value of the top-k neurons "
+                   "(default: 0.5)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="scale the effect: alpha -> 1 - s (1 - alpha), 0 is off, 1 as learned (default: 1)")
+    p.add_argument("--out", required=True, help="output intervention file (.safetensors)")
+    p.set_defaults(func=cmd_intervention)
+
+    p = sub.add_parser("evaluate", help="harmful rate, fluency and reasoning before and after interventions",
+                       description="Generate answers to harmful and benign items with and without the "
+                                   "interventions, judge them, measure perplexity and multiple-choice accuracy, "
+                                   "and write results.json, report.md and plots. Answers are cached in the output "
+                                   "directory, so an interrupted run resumes.")
+    model_options(p)
+    p.add_argument("--data", required=True,
+                   help="the evaluation set: native JSONL, an MM-SafetyBench root, an SGM release sheet, a "
+                        "JailBreakV CSV or an MCQ file (see --format)")
+    p.add_argument("--format", choices=["native", "mmsafetybench", "sgm-sheet", "jailbreakv", "mcq"],
+                   help="the format of --data (default: detected from the file)")
+    p.add_argument("--split", help="only the samples of this split (default: all)")
+    p.add_argument("--mcq", help="an extra file of multiple-choice items (options + answer) for reasoning accuracy")
+    p.add_argument("--neutral", help="a text file of neutral sentences, one per line, for perplexity")
+    p.add_argument("--intervention", action="append", metavar="FILE",
+                   help="an intervention file; repeat to compose several (default: measure the model alone)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="scale of each intervention: alpha -> 1 - s (1 - alpha) (default: 1)")
+    p.add_argument("--judge", default="refusal",
+                   help="refusal | lexicon:PATH | classifier:DIR | chat | self (default: refusal); chat reads "
+                        "SGM_JAX_JUDGE_BASE_URL, SGM_JAX_JUDGE_MODEL and SGM_JAX_JUDGE_API_KEY")
+    p.add_argument("--scores", help="the scores file the intervention came from, for AUROC and expert plots")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens per answer (default: 64)")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per generation batch (default: 8)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for sampling and bootstrap (default: 0)")
+    p.add_argument("--circular", action="store_true",
+                   help="multiple-choice items rotate their options (MMBench CircularEval)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N samples (a quick look)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="skip (and count) samples whose image file is missing instead of stopping")
+    p.add_argument("--out", required=True, help="output directory (created; resumed if it holds cached answers)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

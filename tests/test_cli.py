@@ -1,5 +1,6 @@
 """`sgm-jax collect` + `sgm-jax score` from the command line on a tiny checkpoint and a JSONL file."""
 
+import json
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import hf_tiny
+import sgm_jax
 from sgm_jax import cli
 from sgm_jax.scores import load_scores
 from sgm_jax.store import ResponseStore
@@ -43,6 +45,33 @@ def test_collect_then_score_from_the_command_line(checkpoint, tmp_path, capsys):
         np.testing.assert_allclose(scores[site], expected, atol=1e-6, err_msg=site)
 
 
+def test_intervention_then_evaluate_from_the_command_line(checkpoint, tmp_path, capsys):
+    directory, data = checkpoint
+    store_dir, scores_path = str(tmp_path / "store"), str(tmp_path / "scores.safetensors")
+    cli.main(["collect", "--model", directory, "--data", data, "--out", store_dir, "--quiet"])
+    cli.main(["score", "--store", store_dir, "--out", scores_path, "--quiet"])
+    iv_path = str(tmp_path / "iv.safetensors")
+    cli.main(["intervention", "--scores", scores_path, "--threshold", "0.3", "--out", iv_path])
+    assert "aura:" in capsys.readouterr().out
+    iv = sgm_jax.load_intervention(iv_path)
+    assert iv.metadata["threshold"] == 0.3 and iv.metadata["pooling"] == "mean" and iv.num_changed() > 0
+    lexicon = tmp_path / "lexicon.txt"
+    lexicon.write_text("bad\nword\n")
+    neutral = tmp_path / "neutral.txt"
+    neutral.write_text("a red square above a blue circle\ndescribe the picture please\n")
+    out = str(tmp_path / "eval")
+    cli.main(["evaluate", "--model", directory, "--data", data, "--split", "test", "--intervention", iv_path,
+              "--judge", f"lexicon:{lexicon}", "--neutral", str(neutral), "--scores", scores_path,
+              "--max-new-tokens", "3", "--out", out, "--quiet"])
+    printed = capsys.readouterr().out
+    assert "| harmful rate |" in printed and "| perplexity (neutral text) |" in printed
+    results = json.loads(open(f"{out}/results.json").read())
+    assert results["settings"]["after"]["harmful_rate"]["all"]["n"] == 2  # s0 and s15 are the harmful test items
+    assert results["intervention"]["method"] == "aura"
+    with pytest.raises(SystemExit, match="needs --k"):
+        cli.main(["intervention", "--scores", scores_path, "--method", "det0", "--out", iv_path])
+
+
 def test_sites_command_lists_names_and_widths(checkpoint, capsys):
     cli.main(["sites", "--model", checkpoint[0], "model.language_model.layers.1.mlp.*"])
     lines = capsys.readouterr().out.splitlines()
@@ -51,7 +80,7 @@ def test_sites_command_lists_names_and_widths(checkpoint, capsys):
 
 
 def test_every_option_is_documented():
-    for command in ("collect", "score", "sites", "generate"):
+    for command in ("collect", "score", "sites", "generate", "intervention", "evaluate"):
         out = subprocess.run([sys.executable, "-m", "sgm_jax.cli", command, "--help"], capture_output=True,
                              text=True, check=True).stdout
         parser = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices.items() if a[0] == command)[1]
