@@ -25,7 +25,8 @@ def setup(tmp_path_factory):
     model, processor = sgm_jax.load_model(directory)
     samples = read_jsonl(hf_tiny.write_dataset(str(root / "data"), 8))
     samples = [Sample(id=s.id, prompt=s.prompt, image=s.image, label=s.label, category=s.category,
-                      condition="typo" if i % 4 == 3 else "standard") for i, s in enumerate(samples)]
+                      response=s.response if i % 2 else None, condition="typo" if i % 4 == 3 else "standard")
+               for i, s in enumerate(samples)]
     samples += [Sample(id=f"mcq{i}", prompt="which colour?", image=samples[i].image, options=("red", "blue"),
                        answer="AB"[i % 2]) for i in range(2)]
     lexicon = root / "lexicon.txt"
@@ -86,6 +87,9 @@ def test_generated_answers_resume_after_an_interruption(setup, tmp_path, monkeyp
     resumed = answers_module.generate_answers(model, processor, open_ended, cache_path=cache, max_new_tokens=4,
                                               batch_size=3, progress=False)
     assert resumed == full and len(calls) == 2  # 3 batches planned, 1 done before the interruption
+    without_references = [Sample(id=s.id, prompt=s.prompt, image=s.image) for s in open_ended]
+    assert answers_module.generate_answers(model, processor, without_references, cache_path=str(tmp_path / "bare.jsonl"),
+                                           max_new_tokens=4, batch_size=3, progress=False) == full
     lines = [json.loads(line) for line in open(cache).read().splitlines()[1:] if line.startswith('{"id": "s')]
     assert sorted(row["id"] for row in lines) == sorted(s.id for s in open_ended)
     with pytest.raises(ValueError, match="other settings"):

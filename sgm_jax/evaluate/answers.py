@@ -8,6 +8,7 @@ records the generation settings, and a cache made with other settings is refused
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Sequence
@@ -63,7 +64,8 @@ def generate_answers(model: nnx.Module, processor, samples: Sequence[Sample], *,
         if torn:  # end the torn line so the next answer starts on its own
             f.write("\n")
         for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
-            inputs = collate([encode(s, processor) for s in batch], tokenizer.pad_token_id or 0)
+            prompts = [dataclasses.replace(s, response=None) for s in batch]  # a reference answer is not shown
+            inputs = collate([encode(s, processor) for s in prompts], tokenizer.pad_token_id or 0)
             tokens = generate(model, inputs["input_ids"], pixel_values=inputs.get("pixel_values"),
                               attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens,
                               temperature=temperature, seed=seed, processor=processor)
