@@ -1,7 +1,6 @@
 """The evaluation runner end to end on a tiny checkpoint: answers cached and resumed, results, report and plots."""
 
 import json
-import os
 
 import numpy as np
 import pytest

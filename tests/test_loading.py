@@ -1,10 +1,8 @@
 """load_model: key layouts, sharded files, dtypes, tied heads, the HF cache and processors."""
 
-import json
 import os
 import shutil
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import sys
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from sgm_jax.atomic import atomic_write
 
@@ -52,9 +52,31 @@ class Sample:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
 
+def utf8_lines(lines: Iterator[str], path: str) -> Iterator[str]:
+    """Lines of a text file opened as UTF-8, with a clear error if it is not."""
+    try:
+        yield from lines
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not UTF-8 text ({err.reason}); save it as UTF-8") from None
+
+
+def jsonl_objects(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`(line number, object)` for each non-blank line of a JSONL file; bad JSON names the file and line."""
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(utf8_lines(f, path), 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DatasetError(f"{where}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            yield line_no, row
+
+
 def _sample(row: Any, where: str, base: str) -> Sample:
-    if not isinstance(row, dict):
-        raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
     unknown = sorted(set(row) - set(FIELDS))
     if unknown:
         raise DatasetError(f"{where}: unknown fields {unknown} (known: {list(FIELDS)}; put extras under 'meta')")
@@ -89,27 +111,20 @@ def read_jsonl(path: str, *, split: str | None = None, skip_missing_images: bool
         raise DatasetError(f"{path}: no such file")
     base = os.path.dirname(os.path.abspath(path))
     samples, seen, skipped = [], {}, 0
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
+    for line_no, row in jsonl_objects(path):
+        where = f"{path}:{line_no}"
+        sample = _sample(row, where, base)
+        if sample.id in seen:
+            raise DatasetError(f"{where}: id {sample.id!r} already used on line {seen[sample.id]}")
+        seen[sample.id] = line_no
+        if split is not None and sample.split != split:
+            continue
+        if sample.image is not None and not os.path.exists(sample.image):
+            if skip_missing_images:
+                skipped += 1
                 continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetError(f"{where}: not valid JSON ({err.msg})") from None
-            sample = _sample(row, where, base)
-            if sample.id in seen:
-                raise DatasetError(f"{where}: id {sample.id!r} already used on line {seen[sample.id]}")
-            seen[sample.id] = line_no
-            if split is not None and sample.split != split:
-                continue
-            if sample.image is not None and not os.path.exists(sample.image):
-                if skip_missing_images:
-                    skipped += 1
-                    continue
-                raise DatasetError(f"{where}: image {row['image']!r} not found (looked for {sample.image})")
-            samples.append(sample)
+            raise DatasetError(f"{where}: image {row['image']!r} not found (looked for {sample.image})")
+        samples.append(sample)
     if skipped:
         print(f"{path}: skipped {skipped} rows whose image is missing", file=sys.stderr)
     if not samples:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import os
 from typing import Any, Iterator, NamedTuple, Sequence
 
-from sgm_jax.data.samples import DatasetError
+from sgm_jax.data.samples import DatasetError, jsonl_objects, utf8_lines
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".xlsx", ".jsonl")
 
@@ -45,17 +44,10 @@ def _suffix(path: str) -> str:
     return suffix
 
 
-def _utf8_lines(lines: Iterator[str], path: str) -> Iterator[str]:
-    try:
-        yield from lines
-    except UnicodeDecodeError as err:
-        raise DatasetError(f"{path}: not UTF-8 text ({err.reason}); save it as UTF-8") from None
-
-
 def _delimited(path: str, delimiter: str) -> Iterator[list[Any]]:
     with open(path, encoding="utf-8-sig", newline="") as f:
         try:
-            yield from csv.reader(_utf8_lines(f, path), delimiter=delimiter)
+            yield from csv.reader(utf8_lines(f, path), delimiter=delimiter)
         except csv.Error as err:
             raise DatasetError(f"{path}: not a readable {'CSV' if delimiter == ',' else 'TSV'} file ({err})") from None
 
@@ -113,26 +105,11 @@ def check_columns(columns: Sequence[str], required: Sequence[str], optional: Seq
                            f"and optionally {list(optional)})")
 
 
-def _jsonl_objects(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(_utf8_lines(f, path), 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield line_no, row
-
-
 def columns(path: str) -> list[str]:
     """The column names of a table (a JSONL file's first object's keys), to tell which format it is."""
     suffix = _suffix(path)
     if suffix == ".jsonl":
-        with contextlib.closing(_jsonl_objects(path)) as objects:
+        with contextlib.closing(jsonl_objects(path)) as objects:
             return list(next(objects, (0, {}))[1])
     with contextlib.closing(_grid(path, suffix)) as grid:
         for row_no, cells in enumerate(grid, 1):
@@ -148,7 +125,7 @@ def read_rows(path: str, *, required: Sequence[str], optional: Sequence[str], wh
     suffix = _suffix(path)
     rows = []
     if suffix == ".jsonl":
-        for line_no, row in _jsonl_objects(path):
+        for line_no, row in jsonl_objects(path):
             where = f"{path}:{line_no}"
             check_columns(list(row), required, optional, where, what)
             rows.append(Row(where, line_no, {c: _text(row.get(c), where, c) for c in (*required, *optional)}))
