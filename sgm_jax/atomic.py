@@ -8,14 +8,19 @@ import os
 import tempfile
 from typing import Any
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str, write) -> None:
-    """Call `write(tmp_path)`, then rename the result onto `path`."""
+    """Call `write(tmp_path)`, then rename the result onto `path` (with ordinary, umask-given permissions,
+    not the private ones of a temporary file)."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
