@@ -1,11 +1,13 @@
 """Gate benchmark: what an SGM intervention costs in the forward pass, and what a vmapped sweep saves.
 
-On the mid-size LLaVA shape (shapes.py), batch 4 x 256 tokens, float32:
+On the mid-size LLaVA shape (shapes.py), batch 4 x 256 tokens, float32, timed in turns so
+a load change on a shared machine hits both sides alike:
 1. the jitted forward without gates vs with an SGM-style intervention (random alphas in
    [0, 1.4] on the gate/up/down MLP projections of every decoder layer): overhead in %;
 2. K interventions on one batch, each way as a user writes it: `sgm_jax.intervene` + the
    gated model's call, K times (one compile, new alphas each time) vs one `sgm_jax.sweep`
-   call (a jax.vmap over the gate state): seconds per intervention.
+   call (a jax.vmap over the gate state): seconds per intervention. Each returns the
+   last position's logits, what a sweep over a next-token score needs.
 
     python experiments/bench_gates.py [--repeats 20] [--sweep 8]
 """
@@ -25,7 +27,7 @@ import sgm_jax
 from sgm_jax.interventions import Intervention, stacked_gates
 from sgm_jax.sites import default_sites, resolve
 from shapes import make_inputs, mid_size_config
-from timing import median_seconds
+from timing import interleaved_medians
 
 
 def sgm_like(model, seed: int) -> Intervention:
@@ -49,26 +51,31 @@ def main() -> None:
     def forward(m):
         return m.forward(ids, pixel_values=pixels, attention_mask=mask)["logits"]
 
-    plain_fn = jax.jit(lambda state: forward(nnx.merge(graphdef_plain, state)))
     graphdef_plain, plain_state = nnx.split(model)
+    plain_fn = jax.jit(lambda state: forward(nnx.merge(graphdef_plain, state)))
     ivs = [sgm_like(model, seed) for seed in range(args.sweep)]
     graphdef, gates, rest = stacked_gates(model, ivs)
     gated_fn = jax.jit(lambda g, r: forward(nnx.merge(graphdef, g, r)))
     one = [jax.tree.map(lambda x, k=k: x[k], gates) for k in range(args.sweep)]
-
-    t_plain = median_seconds(lambda: plain_fn(plain_state).block_until_ready(), args.repeats)
-    t_gated = median_seconds(lambda: gated_fn(one[0], rest).block_until_ready(), args.repeats)
+    forward_times = interleaved_medians({
+        "plain": lambda: plain_fn(plain_state).block_until_ready(),
+        "gated": lambda: gated_fn(one[0], rest).block_until_ready()}, args.repeats)
     gated_fn(one[1], rest).block_until_ready()
-    t_plain_again = median_seconds(lambda: plain_fn(plain_state).block_until_ready(), args.repeats)
-    t_plain = min(t_plain, t_plain_again)
+    assert gated_fn._cache_size() == 1, "new alphas recompiled"
 
     def one_by_one():
         for iv in ivs:
-            sgm_jax.intervene(model, iv)(ids, pixel_values=pixels, attention_mask=mask).block_until_ready()
+            sgm_jax.intervene(model, iv)(ids, pixel_values=pixels, attention_mask=mask)[:, -1].block_until_ready()
 
-    t_loop = median_seconds(one_by_one, max(3, args.repeats // 4))
-    assert gated_fn._cache_size() == 1, "new alphas recompiled"
-    t_sweep = median_seconds(lambda: jax.block_until_ready(sgm_jax.sweep(model, ivs, forward)), max(3, args.repeats // 4))
+    def last_logits(m):
+        return forward(m)[:, -1]
+
+    sweep_times = interleaved_medians({
+        "loop": one_by_one,
+        "sweep": lambda: sgm_jax.sweep(model, ivs, last_logits).block_until_ready()},
+        max(3, args.repeats // 4))
+    t_plain, t_gated = forward_times["plain"], forward_times["gated"]
+    t_loop, t_sweep = sweep_times["loop"], sweep_times["sweep"]
     n_gated = sum(len(a) for a in ivs[0].alphas.values())
     print(f"mid-size LLaVA, batch 4 x 256 tokens, float32; intervention on {len(ivs[0].alphas)} sites "
           f"({n_gated} neurons)")

@@ -15,3 +15,18 @@ def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median seconds of each callable, timed in turns (A, B, A, B, ...) so a load change on a shared
+    machine hits every side alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}

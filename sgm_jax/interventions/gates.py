@@ -75,7 +75,8 @@ def stacked_gates(model: nnx.Module, interventions: Sequence[Intervention]):
 def sweep(model: nnx.Module, interventions: Sequence[Intervention], fn: Callable[..., Any], *args) -> Any:
     """`fn(gated_model, *args)` for each intervention, as one `jax.vmap` over the gate state under one compile.
 
-    Every leaf of the result gets a leading axis of length K. `fn` must be traceable.
+    Every leaf of the result gets a leading axis of length K. `fn` must be traceable, and is part of
+    the compile's key: pass the same function object (not a fresh lambda) to reuse the compile.
     """
     graphdef, gates, rest = stacked_gates(model, interventions)
     return _swept(graphdef, fn, gates, rest, args)

@@ -47,10 +47,28 @@ class Linear(Site):
         return self.kernel.shape
 
     def forward(self, x: jax.Array) -> jax.Array:
-        y = x @ self.kernel[...]
-        if self.bias is not None:
-            y = y + self.bias[...]
-        return y
+        return self.gated_forward(x, None, None)
+
+    def gated_forward(self, x: jax.Array, gate_in: jax.Array | None, gate_out: jax.Array | None) -> jax.Array:
+        """Gates scale whichever is smaller, the activations or the kernel: on a long prompt scaling the
+        kernel's rows (input gate) or columns and bias (output gate) costs less than a pass over the
+        activations, in a decode step the activations are the smaller. Both are exact up to rounding."""
+        kernel = self.kernel[...]
+        bias = None if self.bias is None else self.bias[...]
+        rows = x.size // x.shape[-1]
+        if gate_in is not None:
+            if rows > kernel.shape[1]:
+                kernel = kernel * gate_in.astype(kernel.dtype)[:, None]
+            else:
+                x = x * gate_in.astype(x.dtype)
+        scale_output = gate_out is not None and rows <= kernel.shape[0]
+        if gate_out is not None and not scale_output:
+            kernel = kernel * gate_out.astype(kernel.dtype)
+            bias = None if bias is None else bias * gate_out.astype(bias.dtype)
+        y = x @ kernel
+        if bias is not None:
+            y = y + bias
+        return y * gate_out.astype(y.dtype) if scale_output else y
 
 
 class Embedding(Site):

@@ -33,13 +33,19 @@ class Site(nnx.Module):
         raise NotImplementedError
 
     def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
-        if self.gate_in is not None:
-            x = x * self.gate_in[...].astype(x.dtype)
+        gate_in = None if self.gate_in is None else self.gate_in[...]
+        gate_out = None if self.gate_out is None else self.gate_out[...]
         if IN in self.record:
-            self.sow(nnx.Intermediate, IN, x)
-        y = self.forward(x, *args, **kwargs)
-        if self.gate_out is not None:
-            y = y * self.gate_out[...].astype(y.dtype)
+            self.sow(nnx.Intermediate, IN, x if gate_in is None else x * gate_in.astype(x.dtype))
+        y = self.gated_forward(x, gate_in, gate_out, *args, **kwargs)
         if OUT in self.record:
             self.sow(nnx.Intermediate, OUT, y)
         return y
+
+    def gated_forward(self, x: jax.Array, gate_in: jax.Array | None, gate_out: jax.Array | None, *args,
+                      **kwargs) -> jax.Array:
+        """`forward` with the input and output multiplied by the gates; layers with a cheaper equivalent override it."""
+        if gate_in is not None:
+            x = x * gate_in.astype(x.dtype)
+        y = self.forward(x, *args, **kwargs)
+        return y if gate_out is None else y * gate_out.astype(y.dtype)
