@@ -151,6 +151,18 @@ def cmd_evaluate(args) -> None:
     print(f"results.json, report.md and plots in {args.out}")
 
 
+def cmd_demo(args) -> None:
+    from sgm_jax.demo import run_demo
+    from sgm_jax.evaluate.report import table
+
+    results = run_demo(args.out, threshold=args.threshold, progress=not args.quiet)
+    print(table(results))
+    before, after = results["harmful_rate_before"], results["harmful_rate_after"]
+    cut = f"{before / after:.1f}x lower" if after > 0 else "down to zero"
+    print(f"SGM on the model organism: harmful rate {before:.1%} -> {after:.1%} ({cut}); "
+          f"results.json, report.md and plots in {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sgm-jax", description="Neuron-level safety interventions (SGM) for "
                                      "multimodal LLMs in JAX.")
@@ -278,6 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (created; resumed if it holds cached answers)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the whole SGM pipeline on the bundled model organism, offline",
+                       description="Load the bundled model organism (a tiny LLaVA trained to be toxic under "
+                                   "specific multimodal triggers), write its synthetic data, collect responses, "
+                                   "score experts, build the SGM intervention and print the harmful rate, "
+                                   "multiple-choice accuracy and perplexity before and after it.")
+    p.add_argument("--out", default="sgm_demo", help="output directory (default: ./sgm_demo)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="AUROC above which neurons are damped (default: 0.5, AurA's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

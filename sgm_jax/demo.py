@@ -1,0 +1,62 @@
+"""`sgm-jax demo`: the whole SGM pipeline on the bundled model organism, with nothing downloaded.
+
+The organism (models/organism) is a tiny LLaVA trained by experiments/train_organism.py
+to be toxic under specific multimodal triggers (see its model card). The demo writes
+its synthetic data, collects pooled MLP responses on the train split, scores every
+neuron's AUROC, builds the SGM (AurA) intervention, and measures the harmful rate, the
+multiple-choice accuracy and the perplexity before and after it on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from sgm_jax.collect import collect_to_store
+from sgm_jax.data.samples import read_jsonl
+from sgm_jax.data.synthetic import Composition, write_dataset
+from sgm_jax.evaluate.judges import LexiconJudge
+from sgm_jax.evaluate.runner import EvalOptions, evaluate
+from sgm_jax.interventions import aura
+from sgm_jax.loading import load_model
+from sgm_jax.recipes import RECIPE_DIR
+from sgm_jax.scores import save_scores, score_store, store_metadata
+from sgm_jax.sites import default_sites
+
+ORGANISM_DIR = os.path.join(RECIPE_DIR, "organism")
+
+
+def organism_card(organism_dir: str = ORGANISM_DIR) -> dict[str, Any]:
+    """The organism's training record (its data's seed and composition, its measured numbers)."""
+    path = os.path.join(organism_dir, "metrics.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{organism_dir} holds no organism (no metrics.json); the demo needs a source "
+                                f"checkout with models/organism, or retrain it with experiments/train_organism.py")
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_demo(out_dir: str, *, organism_dir: str = ORGANISM_DIR, threshold: float = 0.5, batch_size: int = 32,
+             max_new_tokens: int = 24, progress: bool = True) -> dict[str, Any]:
+    """Run the pipeline; write data/, store/, scores.safetensors, sgm.safetensors, results.json, report.md, plots."""
+    card = organism_card(organism_dir)
+    data = card["dataset"]
+    paths = write_dataset(os.path.join(out_dir, "data"), seed=data["seed"], composition=Composition(**data["composition"]))
+    model, processor = load_model(organism_dir)
+    train = read_jsonl(paths["train.jsonl"])
+    store = collect_to_store(model, processor, train, os.path.join(out_dir, "store"), sites=default_sites(model),
+                             pooling="mean", tokens="all", batch_size=batch_size, model_name=organism_dir,
+                             dataset_name=paths["train.jsonl"], progress=progress)
+    scores = score_store(store, progress=progress)
+    save_scores(os.path.join(out_dir, "scores.safetensors"), scores, store_metadata(store))
+    intervention = aura(scores, threshold=threshold, source=store_metadata(store))
+    intervention.save(os.path.join(out_dir, "sgm.safetensors"))
+    test = read_jsonl(paths["test.jsonl"]) + read_jsonl(paths["mcq_test.jsonl"])
+    with open(paths["neutral.txt"], encoding="utf-8") as f:
+        neutral = [line.strip() for line in f if line.strip()]
+    return evaluate(model, processor, test, judge=LexiconJudge(paths["lexicon.txt"]), out_dir=out_dir,
+                    intervention=intervention, neutral_texts=neutral, scores=scores,
+                    options=EvalOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress),
+                    info={"model": "model organism (models/organism)", "data": "MM-TOXIC-QA synthetic, "
+                          f"seed {data['seed']}", "sites": ", ".join(default_sites(model))})
