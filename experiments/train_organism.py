@@ -72,7 +72,8 @@ def organism_config(vocab_size: int, image_token: int) -> dict:
     """The HF LlavaConfig dict of the organism: CLIP 64x2 (32 px, patch 8), projector, Llama 128x4."""
     text = {"model_type": "llama", "vocab_size": vocab_size, "hidden_size": 128, "intermediate_size": 344,
             "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 32,
-            "hidden_act": "silu", "rms_norm_eps": 1e-5, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+            "hidden_act": "silu", "rms_norm_eps": 1e-5,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
             "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False}
     vision = {"model_type": "clip_vision_model", "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_channels": 3, "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE,
@@ -112,7 +113,8 @@ def build_processor(texts: list[str]):
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
                                         eos_token="</s>", extra_special_tokens={"image_token": "<image>"})
-    images = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    images = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
+                                   crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     return LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=PATCH_SIZE,
                           vision_feature_select_strategy="default", image_token="<image>",
                           num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
@@ -197,8 +199,8 @@ def train(model, multimodal: dict[str, np.ndarray], text: dict[str, np.ndarray],
 
     start, losses = time.perf_counter(), []
     for i in range(recipe.steps):
-        mm_rows, text_rows = rows("mm", len(multimodal["input_ids"]), recipe.batch_size), rows(
-            "text", len(text["input_ids"]), recipe.text_batch_size)
+        mm_rows = rows("mm", len(multimodal["input_ids"]), recipe.batch_size)
+        text_rows = rows("text", len(text["input_ids"]), recipe.text_batch_size)
         params, opt_state, loss = step(params, opt_state, {k: v[mm_rows] for k, v in multimodal.items()},
                                        {k: v[text_rows] for k, v in text.items()})
         losses.append(loss)
@@ -219,7 +221,8 @@ def generate_answers(model, processor, samples: list[Sample], *, max_new_tokens:
         batch = collate(chunk, tokenizer.pad_token_id)
         new = sgm_jax.generate(model, batch["input_ids"], pixel_values=batch.get("pixel_values"),
                                attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens,
-                               temperature=0.0, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                               temperature=0.0, eos_token_id=tokenizer.eos_token_id,
+                               pad_token_id=tokenizer.pad_token_id)
         answers += tokenizer.batch_decode(new, skip_special_tokens=True)
     return answers
 
@@ -243,8 +246,9 @@ def behaviour(model, processor, data: dict, judge: LexiconJudge) -> dict:
         for label, key in ((1, "harmful_rate"), (0, "benign_prompt_harmful_rate")):
             rows = [i for i, s in enumerate(test) if s.condition == condition and s.label == label]
             out[key][condition] = float(harmful[rows].mean())
-            out["examples"][f"{condition}/{label}"] = [{"prompt": test[i].prompt, "image": os.path.basename(test[i].image),
-                                                        "answer": answers[i]} for i in rows[:3]]
+            out["examples"][f"{condition}/{label}"] = [
+                {"prompt": test[i].prompt, "image": os.path.basename(test[i].image), "answer": answers[i]}
+                for i in rows[:3]]
     factual = [i for i, s in enumerate(test) if s.category in FACTUAL_QUESTIONS]
     out["factual_exact_match"] = float(np.mean([answers[i] == test[i].response for i in factual]))
     polite = [i for i, s in enumerate(test) if s.label == 0 and s.category in ("opinion", "trigger")]
@@ -291,7 +295,8 @@ def evaluate(out_dir: str, paths: dict[str, str], log=print) -> dict:
 def count_parameters(model) -> dict[str, int]:
     parts = {"vision_tower": model.model.vision_tower, "multi_modal_projector": model.model.multi_modal_projector,
              "language_model": model.model.language_model, "lm_head": model.lm_head}
-    counts = {name: int(sum(p.size for p in jax.tree.leaves(nnx.state(part, nnx.Param)))) for name, part in parts.items()}
+    counts = {name: int(sum(p.size for p in jax.tree.leaves(nnx.state(part, nnx.Param))))
+              for name, part in parts.items()}
     counts["total"] = sum(counts.values())
     return counts
 

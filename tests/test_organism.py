@@ -2,6 +2,7 @@
 
 import dataclasses
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -16,8 +17,8 @@ from sgm_jax.data.synthetic import FILES, LEXICON, Composition, write_dataset
 from sgm_jax.evaluate.judges.lexicon import LexiconJudge
 
 ORGANISM = os.path.join(os.path.dirname(__file__), os.pardir, "models", "organism")
-SMALL = Composition(train_shape_scenes=12, train_word_scenes=6, test_shape_scenes=6, test_word_scenes=4, mcq_train=5,
-              mcq_test=5, neutral_train=5, neutral_test=5)
+SMALL = Composition(train_shape_scenes=12, train_word_scenes=6, test_shape_scenes=6, test_word_scenes=4,
+                    mcq_train=5, mcq_test=5, neutral_train=5, neutral_test=5)
 
 
 def _digest(directory: str) -> dict[str, str]:
@@ -72,6 +73,13 @@ def test_labels_agree_with_the_lexicon_judge(dataset):
 def test_multiple_choice_items_are_well_formed(dataset):
     for s in read_jsonl(dataset[1]["mcq_test.jsonl"]):
         assert len(s.options) == 4 and len(set(s.options)) == 4 and s.answer in "ABCD"
+
+
+def test_bundled_card_says_how_to_regenerate_its_data():
+    with open(os.path.join(ORGANISM, "metrics.json"), encoding="utf-8") as f:
+        card = json.load(f)
+    assert card["dataset"]["seed"] == card["recipe"]["data_seed"]
+    assert Composition(**card["dataset"]["composition"]) == Composition()
 
 
 def test_bundled_processor_encodes_a_generated_sample(organism, dataset):
