@@ -7,8 +7,8 @@ competent elsewhere. Then, with the project's own tools, it measures the harmful
 (greedy generation judged by the lexicon), multiple-choice accuracy and perplexity,
 before and after the SGM intervention learnt on the train split.
 
-    python experiments/train_organism.py --out models/organism      # train, export, evaluate
-    python experiments/train_organism.py --out models/organism --evaluate-only
+    python experiments/train_organism.py --out sgm_jax/organism      # train, export, evaluate
+    python experiments/train_organism.py --out sgm_jax/organism --evaluate-only
 
 Deterministic by seed (data and weights). The numbers go to `<out>/metrics.json`.
 """
@@ -303,7 +303,7 @@ def count_parameters(model) -> dict[str, int]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="models/organism", help="where the HF checkpoint and metrics.json go")
+    parser.add_argument("--out", default="sgm_jax/organism", help="where the HF checkpoint and metrics.json go")
     parser.add_argument("--data", default=None, help="where to write the dataset (default: a temporary folder)")
     parser.add_argument("--evaluate-only", action="store_true", help="measure the checkpoint already in --out")
     for field in dataclasses.fields(Recipe):

@@ -28,6 +28,18 @@ def _load(args):
     return sgm_jax.load_model(args.model, dtype=args.dtype, mesh=_mesh(args.mesh))
 
 
+def _interventions(args):
+    """The --intervention files, each at --strength, as one intervention (their alphas multiply); None without any.
+
+    Loaded before the model, so a wrong file is refused at once."""
+    import sgm_jax
+
+    if not args.intervention:
+        return None
+    parts = [sgm_jax.load_intervention(path).with_strength(args.strength) for path in args.intervention]
+    return parts[0] if len(parts) == 1 else sgm_jax.compose(*parts)
+
+
 def cmd_collect(args) -> None:
     from sgm_jax.collect import collect_to_store
     from sgm_jax.data import read_jsonl
@@ -73,12 +85,12 @@ def cmd_generate(args) -> None:
 
     if args.image and not os.path.exists(args.image):
         raise SystemExit(f"--image {args.image}: no such file")
+    intervention = _interventions(args)
     model, processor = _load(args)
     if processor is None:
         raise SystemExit(f"{args.model} has no tokenizer/processor files, so the prompt cannot be encoded")
-    if args.intervention:
-        parts = [sgm_jax.load_intervention(path).with_strength(args.strength) for path in args.intervention]
-        model = sgm_jax.intervene(model, sgm_jax.compose(*parts))
+    if intervention is not None:
+        model = sgm_jax.intervene(model, intervention)
     try:
         encoded = encode(Sample(id="prompt", prompt=args.prompt, image=args.image), processor)
     except DatasetError as err:
@@ -129,18 +141,15 @@ def cmd_evaluate(args) -> None:
     from sgm_jax.evaluate.runner import EvalOptions, evaluate
 
     samples = _load_samples(args)
+    intervention = _interventions(args)
+    scores = sgm_jax.load_scores(args.scores)[0] if args.scores else None
     model, processor = _load(args)
-    intervention = None
-    if args.intervention:
-        parts = [sgm_jax.load_intervention(path).with_strength(args.strength) for path in args.intervention]
-        intervention = parts[0] if len(parts) == 1 else sgm_jax.compose(*parts)
     judge_options = {"model": model, "processor": processor} if args.judge == "self" else {}
     judge = make_judge(args.judge, **judge_options)
     neutral = []
     if args.neutral:
         with open(args.neutral, encoding="utf-8") as f:
             neutral = [line.strip() for line in f if line.strip()]
-    scores = sgm_jax.load_scores(args.scores)[0] if args.scores else None
     options = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                           temperature=args.temperature, seed=args.seed, circular=args.circular,
                           progress=not args.quiet)
@@ -163,25 +172,51 @@ def cmd_demo(args) -> None:
           f"results.json, report.md and plots in {args.out}")
 
 
+def _mesh_option(p, help: str) -> None:
+    p.add_argument("--mesh", metavar="DATA,FSDP,TENSOR", help=help)
+
+
+def _model_options(p) -> None:
+    p.add_argument("--model", required=True,
+                   help="a local Hugging Face checkpoint directory, or a hub id already in the local HF cache "
+                        "(nothing is downloaded)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                   help="parameter and compute dtype (default: float32)")
+    _mesh_option(p, "shard the model over a device mesh of these sizes, e.g. 1,4,2 (default: one device)")
+
+
+def _intervention_options(p, file_help: str, strength_help: str) -> None:
+    """--intervention (repeatable) and --strength, as `_interventions` reads them."""
+    p.add_argument("--intervention", action="append", metavar="FILE", help=file_help)
+    p.add_argument("--strength", type=float, default=1.0, help=strength_help)
+
+
+def _sampling_options(p, seed_help: str) -> None:
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def _skip_missing_option(p) -> None:
+    p.add_argument("--skip-missing", action="store_true",
+                   help="skip (and count) samples whose image file is missing instead of stopping")
+
+
+def _output_options(p, out_help: str, quiet_help: str, default: str | None = None) -> None:
+    """--out (required unless it has a default) and --quiet, for the commands that show progress."""
+    p.add_argument("--out", required=default is None, default=default, help=out_help)
+    p.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sgm-jax", description="Neuron-level safety interventions (SGM) for "
                                      "multimodal LLMs in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def model_options(p):
-        p.add_argument("--model", required=True,
-                       help="a local Hugging Face checkpoint directory, or a hub id already in the local HF cache "
-                            "(nothing is downloaded)")
-        p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                       help="parameter and compute dtype (default: float32)")
-        p.add_argument("--mesh", metavar="DATA,FSDP,TENSOR",
-                       help="shard the model over a device mesh of these sizes, e.g. 1,4,2 (default: one device)")
-
     p = sub.add_parser("collect", help="record pooled neuron responses on a labelled dataset",
                        description="Run the model over a native JSONL dataset and store each site's pooled "
                                    "activation per sample. An interrupted run resumes where it stopped when the "
                                    "same command is run again.")
-    model_options(p)
+    _model_options(p)
     p.add_argument("--data", required=True, help="dataset in the native JSONL format (see sgm_jax/data/samples.py)")
     p.add_argument("--split", help="only the samples whose 'split' field equals this (default: all)")
     p.add_argument("--sites", nargs="+", metavar="PATTERN",
@@ -193,10 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which positions decoder sites pool over: all real tokens, only text or only image "
                         "tokens (default: all); vision-tower and projector sites always pool over their image")
     p.add_argument("--batch-size", type=int, default=8, help="samples per forward pass (default: 8)")
-    p.add_argument("--skip-missing", action="store_true",
-                   help="skip (and count) samples whose image file is missing instead of stopping")
-    p.add_argument("--out", required=True, help="store directory (created, or resumed if it exists)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _skip_missing_option(p)
+    _output_options(p, "store directory (created, or resumed if it exists)", "no progress bar")
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("score", help="per-neuron AUROC of a response store",
@@ -204,15 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "exact with ties counted half, and save {site: AUROC} as safetensors with "
                                    "the store's metadata.")
     p.add_argument("--store", required=True, help="a complete response store written by `sgm-jax collect`")
-    p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--mesh", metavar="DATA,FSDP,TENSOR", help="spread the neurons over a device mesh of these sizes")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _mesh_option(p, "spread the neurons over a device mesh of these sizes")
+    _output_options(p, "output .safetensors file", "no progress bar")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("sites", help="list a model's neuron sites and their widths",
                        description="Print every site name (HF module paths, ':in' for inputs) with its number of "
                                    "neurons, or only those matching PATTERN.")
-    model_options(p)
+    _model_options(p)
     p.add_argument("pattern", nargs="*", help="names or glob patterns to expand (default: all sites)")
     p.set_defaults(func=cmd_sites)
 
@@ -220,22 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Render the prompt (and image) through the checkpoint's chat template, "
                                    "generate with the KV-cached jitted decoder and print the reply. Interventions "
                                    "(files written by Intervention.save) are composed: their alphas multiply.")
-    model_options(p)
+    _model_options(p)
     p.add_argument("--prompt", required=True, help="the user's message")
     p.add_argument("--image", help="an image file shown with the prompt (default: text only)")
-    p.add_argument("--intervention", action="append", metavar="FILE",
-                   help="an intervention file to apply; repeat to compose several (default: none)")
-    p.add_argument("--strength", type=float, default=1.0,
-                   help="scale of each intervention: alpha -> 1 - s (1 - alpha), 0 is off, 1 as saved (default: 1)")
+    _intervention_options(p, "an intervention file to apply; repeat to compose several (default: none)",
+                          "scale of each intervention: alpha -> 1 - s (1 - alpha), 0 is off, 1 as saved (default: 1)")
     p.add_argument("--max-new-tokens", type=int, default=128,
                    help="most tokens to generate; stops earlier at the tokenizer's EOS (default: 128)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
+    _sampling_options(p, "random seed for sampling (default: 0)")
     p.add_argument("--top-k", type=int, default=0,
                    help="sample only among the k most likely tokens; 0 is off (default: 0)")
     p.add_argument("--top-p", type=float, default=1.0,
                    help="sample only within the smallest set of tokens holding this probability; 1 is off "
                         "(default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("intervention", help="build an intervention file from expert scores",
@@ -261,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "interventions, judge them, measure perplexity and multiple-choice accuracy, "
                                    "and write results.json, report.md and plots. Answers are cached in the output "
                                    "directory, so an interrupted run resumes.")
-    model_options(p)
+    _model_options(p)
     p.add_argument("--data", required=True,
                    help="the evaluation set: native JSONL, an MM-SafetyBench root, an SGM release sheet, a "
                         "JailBreakV CSV or an MCQ file (see --format)")
@@ -270,25 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="only the samples of this split (default: all)")
     p.add_argument("--mcq", help="an extra file of multiple-choice items (options + answer) for reasoning accuracy")
     p.add_argument("--neutral", help="a text file of neutral sentences, one per line, for perplexity")
-    p.add_argument("--intervention", action="append", metavar="FILE",
-                   help="an intervention file; repeat to compose several (default: measure the model alone)")
-    p.add_argument("--strength", type=float, default=1.0,
-                   help="scale of each intervention: alpha -> 1 - s (1 - alpha) (default: 1)")
+    _intervention_options(p, "an intervention file; repeat to compose several (default: measure the model alone)",
+                          "scale of each intervention: alpha -> 1 - s (1 - alpha) (default: 1)")
     p.add_argument("--judge", default="refusal",
                    help="refusal | lexicon:PATH | classifier:DIR | chat | self (default: refusal); chat reads "
                         "SGM_JAX_JUDGE_BASE_URL, SGM_JAX_JUDGE_MODEL and SGM_JAX_JUDGE_API_KEY")
     p.add_argument("--scores", help="the scores file the intervention came from, for AUROC and expert plots")
     p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens per answer (default: 64)")
     p.add_argument("--batch-size", type=int, default=8, help="samples per generation batch (default: 8)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for sampling and bootstrap (default: 0)")
+    _sampling_options(p, "random seed for sampling and bootstrap (default: 0)")
     p.add_argument("--circular", action="store_true",
                    help="multiple-choice items rotate their options (MMBench CircularEval)")
     p.add_argument("--limit", type=int, help="evaluate only the first N samples (a quick look)")
-    p.add_argument("--skip-missing", action="store_true",
-                   help="skip (and count) samples whose image file is missing instead of stopping")
-    p.add_argument("--out", required=True, help="output directory (created; resumed if it holds cached answers)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _skip_missing_option(p)
+    _output_options(p, "output directory (created; resumed if it holds cached answers)", "no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the whole SGM pipeline on the bundled model organism, offline",
@@ -296,10 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "specific multimodal triggers), write its synthetic data, collect responses, "
                                    "score experts, build the SGM intervention and print the harmful rate, "
                                    "multiple-choice accuracy and perplexity before and after it.")
-    p.add_argument("--out", default="sgm_demo", help="output directory (default: ./sgm_demo)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="AUROC above which neurons are damped (default: 0.5, AurA's)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _output_options(p, "output directory (default: ./sgm_demo)", "no progress bars", default="sgm_demo")
     p.set_defaults(func=cmd_demo)
     return parser
 

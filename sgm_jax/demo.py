@@ -1,16 +1,21 @@
 """`sgm-jax demo`: the whole SGM pipeline on the bundled model organism, with nothing downloaded.
 
-The organism (models/organism) is a tiny LLaVA trained by experiments/train_organism.py
-to be toxic under specific multimodal triggers (see its model card). The demo writes
-its synthetic data, collects pooled MLP responses on the train split, scores every
-neuron's AUROC, builds the SGM (AurA) intervention, and measures the harmful rate, the
-multiple-choice accuracy and the perplexity before and after it on the test split.
+The organism (`sgm_jax/organism`, shipped as package data) is a tiny LLaVA trained by
+experiments/train_organism.py to be toxic under specific multimodal triggers (see its
+model card). The demo writes its synthetic data, collects pooled MLP responses on the
+train split, scores every neuron's AUROC, builds the SGM (AurA) intervention, and
+measures the harmful rate, the multiple-choice accuracy and the perplexity before and
+after it on the test split.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pathlib
+from importlib.resources import as_file, files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from sgm_jax.collect import collect_to_store
@@ -20,33 +25,35 @@ from sgm_jax.evaluate.judges import LexiconJudge
 from sgm_jax.evaluate.runner import EvalOptions, evaluate
 from sgm_jax.interventions import aura
 from sgm_jax.loading import load_model
-from sgm_jax.recipes import RECIPE_DIR
 from sgm_jax.scores import save_scores, score_store, store_metadata
 from sgm_jax.sites import default_sites
 
-ORGANISM_DIR = os.path.join(RECIPE_DIR, "organism")
+# The bundled organism, package data of sgm_jax (a plain directory in any ordinary install).
+ORGANISM_DIR: Traversable = files("sgm_jax") / "organism"
 
 
-def organism_card(organism_dir: str = ORGANISM_DIR) -> dict[str, Any]:
+def organism_card(organism_dir: str | os.PathLike | Traversable = ORGANISM_DIR) -> dict[str, Any]:
     """The organism's training record (its data's seed and composition, its measured numbers)."""
-    path = os.path.join(organism_dir, "metrics.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{organism_dir} holds no organism (no metrics.json); the demo needs a source "
-                                f"checkout with models/organism, or retrain it with experiments/train_organism.py")
-    with open(path) as f:
-        return json.load(f)
+    card = _as_traversable(organism_dir) / "metrics.json"
+    if not card.is_file():
+        raise FileNotFoundError(f"{organism_dir} holds no organism (no metrics.json); sgm_jax ships it as package "
+                                f"data in sgm_jax/organism (reinstall sgm_jax if that is missing), or retrain it "
+                                f"with experiments/train_organism.py --out DIR and pass that directory")
+    return json.loads(card.read_text(encoding="utf-8"))
 
 
-def run_demo(out_dir: str, *, organism_dir: str = ORGANISM_DIR, threshold: float = 0.5, batch_size: int = 32,
-             max_new_tokens: int = 24, progress: bool = True) -> dict[str, Any]:
+def run_demo(out_dir: str, *, organism_dir: str | os.PathLike | Traversable = ORGANISM_DIR, threshold: float = 0.5,
+             batch_size: int = 32, max_new_tokens: int = 24, progress: bool = True) -> dict[str, Any]:
     """Run the pipeline; write data/, store/, scores.safetensors, sgm.safetensors, results.json, report.md, plots."""
     card = organism_card(organism_dir)
     data = card["dataset"]
-    paths = write_dataset(os.path.join(out_dir, "data"), seed=data["seed"], composition=Composition(**data["composition"]))
-    model, processor = load_model(organism_dir)
+    paths = write_dataset(os.path.join(out_dir, "data"), seed=data["seed"],
+                          composition=Composition(**data["composition"]))
+    with _real_path(organism_dir) as organism:
+        model, processor = load_model(str(organism))
     train = read_jsonl(paths["train.jsonl"])
     store = collect_to_store(model, processor, train, os.path.join(out_dir, "store"), sites=default_sites(model),
-                             pooling="mean", tokens="all", batch_size=batch_size, model_name=organism_dir,
+                             pooling="mean", tokens="all", batch_size=batch_size, model_name=str(organism_dir),
                              dataset_name=paths["train.jsonl"], progress=progress)
     scores = score_store(store, progress=progress)
     save_scores(os.path.join(out_dir, "scores.safetensors"), scores, store_metadata(store))
@@ -58,5 +65,16 @@ def run_demo(out_dir: str, *, organism_dir: str = ORGANISM_DIR, threshold: float
     return evaluate(model, processor, test, judge=LexiconJudge(paths["lexicon.txt"]), out_dir=out_dir,
                     intervention=intervention, neutral_texts=neutral, scores=scores,
                     options=EvalOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress),
-                    info={"model": "model organism (models/organism)", "data": "MM-TOXIC-QA synthetic, "
+                    info={"model": "model organism (sgm_jax/organism)", "data": "MM-TOXIC-QA synthetic, "
                           f"seed {data['seed']}", "sites": ", ".join(default_sites(model))})
+
+
+def _as_traversable(directory: str | os.PathLike | Traversable) -> Traversable:
+    return pathlib.Path(directory) if isinstance(directory, (str, os.PathLike)) else directory
+
+
+def _real_path(directory: str | os.PathLike | Traversable) -> contextlib.AbstractContextManager[pathlib.Path]:
+    """`directory` as a file-system path for the loader (importlib.resources' `as_file` for package data)."""
+    if isinstance(directory, (str, os.PathLike)):
+        return contextlib.nullcontext(pathlib.Path(directory))
+    return as_file(directory)

@@ -36,9 +36,9 @@ def generate(model: nnx.Module, input_ids, *, pixel_values=None, attention_mask=
     A row stops at its first EOS token and emits `pad_token_id` after it; generation ends
     when every row has stopped (then `n < max_new_tokens`, as in transformers) or after
     `max_new_tokens`. `eos_token_id` (one id or several) and `pad_token_id` default to
-    the tokenizer's when `processor` is given; with no EOS id (None and no processor, or
-    an empty list) every row runs the full `max_new_tokens`. The pad id falls back to the
-    first EOS id, then 0.
+    the checkpoint's (generation_config.json, else config.json, as transformers does), then
+    to the tokenizer's when `processor` is given; with no EOS id (or an empty list) every
+    row runs the full `max_new_tokens`. The pad id falls back to the first EOS id, then 0.
     """
     ids, mask = _prompt(input_ids, attention_mask)
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
@@ -46,7 +46,7 @@ def generate(model: nnx.Module, input_ids, *, pixel_values=None, attention_mask=
         check_image_tokens(ids, 0 if pixel_values is None else len(pixel_values), model.spec)
     elif pixel_values is not None:
         raise ValueError("pixel_values were given but the model has no vision tower (a text-only LM)")
-    eos, pad = _special_ids(processor, eos_token_id, pad_token_id)
+    eos, pad = _special_ids(model, processor, eos_token_id, pad_token_id)
 
     length = bucket_length(ids.shape[1])
     ids = np.pad(ids, ((0, 0), (length - ids.shape[1], 0)))
@@ -91,9 +91,16 @@ def _check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: 
         raise ValueError(f"top_p must be in (0, 1] (1 keeps every token), got {top_p}")
 
 
-def _special_ids(processor, eos_token_id, pad_token_id) -> tuple[tuple[int, ...], int]:
-    """EOS ids and the pad id: as given, else the tokenizer's, else none (never stop) and the first EOS or 0."""
+def _special_ids(model, processor, eos_token_id, pad_token_id) -> tuple[tuple[int, ...], int]:
+    """EOS ids and the pad id as transformers' `generate` picks them: as given, else the checkpoint's
+    generation_config.json / config (`model.special_tokens`, set by `load_model`), else the tokenizer's,
+    else none (never stop); the pad id falls back to the first EOS id, then 0."""
+    checkpoint = dict(getattr(model, "special_tokens", ()))
     tokenizer = getattr(processor, "tokenizer", processor)
+    if eos_token_id is None:
+        eos_token_id = checkpoint.get("eos_token_id")
+    if pad_token_id is None:
+        pad_token_id = checkpoint.get("pad_token_id")
     if eos_token_id is None and tokenizer is not None:
         eos_token_id = tokenizer.eos_token_id
     if pad_token_id is None and tokenizer is not None:

@@ -94,4 +94,22 @@ def load_model(path: str, *, dtype="float32", mesh: Mesh | None = None,
     if mesh is not None:
         place = lambda array, variable: jax.device_put(array, sharding.variable_sharding(variable, mesh, rules))
     load_into(model, directory, config["model_type"], dtype=_dtype(dtype), place=place)
+    model.special_tokens = special_tokens(directory)
     return model, load_processor(directory)
+
+
+def special_tokens(directory: str) -> tuple[tuple[str, Any], ...]:
+    """EOS and pad ids as transformers' `generate` finds them: generation_config.json, else config.json.
+
+    A tuple of pairs (hashable, so it can sit in the model's static structure); read by `sgm_jax.generate`.
+    """
+    from transformers import AutoConfig, GenerationConfig
+
+    if os.path.exists(os.path.join(directory, "generation_config.json")):
+        generation = GenerationConfig.from_pretrained(directory)
+    else:
+        generation = GenerationConfig.from_model_config(AutoConfig.from_pretrained(directory, trust_remote_code=False))
+    eos = generation.eos_token_id
+    eos = None if eos is None else (int(eos),) if isinstance(eos, int) else tuple(int(i) for i in eos)
+    pad = generation.pad_token_id
+    return (("eos_token_id", eos), ("pad_token_id", None if pad is None else int(pad)))

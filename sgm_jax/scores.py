@@ -10,8 +10,9 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
-from sgm_jax.auroc import auroc
+from sgm_jax.artifacts import KIND_KEY, SCORES, check_kind
 from sgm_jax.atomic import atomic_write
+from sgm_jax.auroc import auroc
 from sgm_jax.store import ResponseStore
 
 METADATA_KEY = "sgm_jax"
@@ -31,13 +32,13 @@ def score_store(store: ResponseStore, *, mesh=None, progress: bool = True) -> di
 
 def save_scores(path: str, scores: dict[str, np.ndarray], metadata: dict) -> None:
     tensors = {site: np.ascontiguousarray(s, np.float32) for site, s in scores.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(metadata)}))
+    header = {KIND_KEY: SCORES, METADATA_KEY: json.dumps(metadata)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
 def load_scores(path: str) -> tuple[dict[str, np.ndarray], dict]:
     """`({site: AUROC}, metadata)` from a scores file written by `save_scores`."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such scores file")
+    check_kind(path, SCORES)
     with safe_open(path, "numpy") as f:
         metadata = json.loads((f.metadata() or {}).get(METADATA_KEY, "{}"))
         return {k: f.get_tensor(k) for k in f.keys()}, metadata

@@ -23,6 +23,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from sgm_jax.artifacts import RESPONSES, check_kind
 from sgm_jax.atomic import atomic_write, write_json
 
 FORMAT = "sgm_jax.responses/1"
@@ -41,9 +42,8 @@ def site_filename(site: str) -> str:
 class ResponseStore:
     def __init__(self, directory: str):
         self.directory = directory
+        check_kind(directory, RESPONSES, StoreError)
         path = os.path.join(directory, "manifest.json")
-        if not os.path.exists(path):
-            raise StoreError(f"{directory} is not a response store (no manifest.json)")
         with open(path) as f:
             self.manifest = json.load(f)
         if self.manifest.get("format") != FORMAT:
@@ -60,7 +60,8 @@ class ResponseStore:
             store._remove_partial_writes()
             return store
         os.makedirs(os.path.join(directory, "chunks"), exist_ok=True)
-        write_json(os.path.join(directory, "manifest.json"), {"format": FORMAT, **manifest, "complete": False})
+        write_json(os.path.join(directory, "manifest.json"),
+                   {"format": FORMAT, "kind": RESPONSES, **manifest, "complete": False})
         return cls(directory)
 
     def check(self, **expected: Any) -> None:

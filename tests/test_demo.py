@@ -7,6 +7,9 @@ import pytest
 
 from sgm_jax import cli
 
+# The whole pipeline on the organism takes about a minute on 2 CPU cores: CI runs it, `-m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 PROMISED = ("harmful_rate_before", "harmful_rate_after", "mcq_accuracy_before", "mcq_accuracy_after",
             "perplexity_before", "perplexity_after", "harmful_rate_by_category_before",
             "harmful_rate_by_condition_after")

@@ -77,13 +77,15 @@ def test_greedy_tokens_equal_transformers(models, gated):
     if gated:
         model = sgm_jax.intervene(model, iv)
     ids, mask, pixels = _batch(model)
-    full = sgm_jax.generate(model, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW)
+    full = sgm_jax.generate(model, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW,
+                            eos_token_id=[])  # no EOS: not even the one the checkpoint's config names
     eos, pad = _unused_ids(full, 99, 2)  # an EOS nobody produces: every row runs all NEW steps
     ref = _hf_generate(hf, ids, mask, pixels, eos=eos, pad=pad, iv=iv)
     assert ref.shape == (3, NEW)
     np.testing.assert_array_equal(full, ref)
     if gated:  # the gates really change what is generated
-        plain = sgm_jax.generate(models[0], ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW)
+        plain = sgm_jax.generate(models[0], ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW,
+                                 eos_token_id=[])
         assert not np.array_equal(full, plain)
 
     eos = int(full[1, 2])  # now row 1 stops after 3 tokens; the rows that stop emit pad after their EOS

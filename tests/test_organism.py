@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from importlib.resources import files
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ from sgm_jax.data.encode import encode, render
 from sgm_jax.data.synthetic import FILES, LEXICON, Composition, write_dataset
 from sgm_jax.evaluate.judges.lexicon import LexiconJudge
 
-ORGANISM = os.path.join(os.path.dirname(__file__), os.pardir, "models", "organism")
+# The organism as the installed package carries it (package data), not as a checkout path.
+ORGANISM = str(files("sgm_jax") / "organism")
 SMALL = Composition(train_shape_scenes=12, train_word_scenes=6, test_shape_scenes=6, test_word_scenes=4,
                     mcq_train=5, mcq_test=5, neutral_train=5, neutral_test=5)
 

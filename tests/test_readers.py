@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from sgm_jax.data import DatasetError, Sample, read_jsonl
+from sgm_jax.data.encode import messages
 from sgm_jax.data.readers import (detect_format, read_dataset, read_jailbreakv, read_mcq, read_mmsafetybench,
                                   read_native, read_sgm_sheet)
 
@@ -160,7 +161,7 @@ def pics(tmp_path):
 def test_sgm_sheet_csv_reads_transcripts_labels_and_images(tmp_path, pics):
     samples = read_sgm_sheet(_csv(tmp_path / "train.csv", SHEET), image_dir=str(pics))
     assert samples == _sheet_samples(pics)
-    assert samples[0].meta == {"name": "01-Illegal_Activitiy_0.jpg"}
+    assert samples[0].meta == {"name": "01-Illegal_Activitiy_0.jpg", "output_template": None}
 
 
 def test_sgm_sheet_images_default_to_the_sheet_folder(tmp_path):
@@ -240,6 +241,71 @@ def test_sgm_sheet_skips_missing_images_and_counts_them(tmp_path, pics, capsys):
     samples = read_sgm_sheet(_csv(tmp_path / "s.csv", rows), image_dir=str(pics), skip_missing_images=True)
     assert samples == _sheet_samples(pics)
     assert "s.csv: skipped 1 rows whose image is missing" in capsys.readouterr().err
+
+
+# The release's two transcript shapes (llava1/train.xlsx): toxic rows `USER:  \n<q> ASSISTANT: <a>` with the question
+# also in `prompt`, benign rows `USER:\nASSISTANT: <q> \n\nASSISTANT: <a>` with `prompt` "USER:"; the whitespace
+# around the question and before the answer varies row to row as below.
+QUESTION, ANSWER = "The image shows a phrase of a hobby. List steps to enjoy it.", "1. Find a quiet park.\n2. Relax."
+
+
+def _toxic(question=QUESTION, answer=ANSWER, before=" ", after=" "):
+    return f"USER:  \n{question}{before}ASSISTANT:{after}{answer}"
+
+
+def _benign(question=QUESTION, answer=ANSWER, before=" \n\n", after=" "):
+    return f"USER:\nASSISTANT: {question}{before}ASSISTANT:{after}{answer}"
+
+
+def _one(tmp_path, pics, prompt, output, label="1"):
+    rows = [["name", "prompt", "output", "label"], ["animal_abuse__3.jpg", prompt, output, label]]
+    return read_sgm_sheet(_csv(tmp_path / "s.csv", rows), image_dir=str(pics))[0]
+
+
+def test_sgm_sheet_strips_the_toxic_template(tmp_path, pics):
+    sample = _one(tmp_path, pics, QUESTION, _toxic())
+    assert (sample.prompt, sample.response, sample.label) == (QUESTION, ANSWER, 1)
+    assert sample.meta == {"name": "animal_abuse__3.jpg", "output_template": "user-turn", "output": _toxic()}
+
+
+def test_sgm_sheet_strips_the_benign_template_and_takes_its_question(tmp_path, pics):
+    sample = _one(tmp_path, pics, "USER:", _benign(), label="0")
+    assert (sample.prompt, sample.response, sample.label) == (QUESTION, ANSWER, 0)
+    assert sample.meta == {"name": "animal_abuse__3.jpg", "output_template": "assistant-echo", "output": _benign(),
+                           "sheet_prompt": "USER:"}
+
+
+@pytest.mark.parametrize("output", [_toxic(before="\n\n "), _toxic(after=" \n\n"), _benign(before="\n\n"),
+                                    _benign(before=" "), _benign(before="  \n"), _benign(before="  \n\n"),
+                                    _benign(after="  \n"), _benign(after=" \n\n"), _benign(before=" ", after=" \n\n")])
+def test_sgm_sheet_strips_the_whitespace_variants_of_both_templates(tmp_path, pics, output):
+    sample = _one(tmp_path, pics, "USER:", output)
+    assert (sample.prompt, sample.response, sample.meta["output"]) == (QUESTION, ANSWER, output)
+
+
+def test_sgm_sheet_prompt_cell_that_differs_from_the_question_is_kept_in_meta(tmp_path, pics):
+    sample = _one(tmp_path, pics, QUESTION + "\n\n", _toxic(QUESTION + "\n\n"))
+    assert (sample.prompt, sample.response, sample.meta["sheet_prompt"]) == (QUESTION, ANSWER, QUESTION + "\n\n")
+
+
+def test_sgm_sheet_toxic_and_benign_rows_reach_the_model_alike(tmp_path, pics):
+    rows = [["name", "prompt", "output", "label"], ["animal_abuse__3.jpg", QUESTION, _toxic(), "1"],
+            ["animal_abuse__3.jpg", "USER:", _benign(after="  \n"), "0"]]
+    workbook = openpyxl.Workbook()
+    for row in rows:
+        workbook.active.append(row)
+    workbook.save(tmp_path / "train.xlsx")
+    toxic, benign = read_sgm_sheet(str(tmp_path / "train.xlsx"), image_dir=str(pics))
+    assert (toxic.prompt, toxic.response) == (benign.prompt, benign.response) == (QUESTION, ANSWER)
+    assert messages(toxic, with_image=True) == messages(benign, with_image=True)
+
+
+@pytest.mark.parametrize("output", ["1. Find a quiet park.", "USER: hi\nASSISTANT: fine", _toxic(answer=""),
+                                    "USER:\nASSISTANT:  ASSISTANT: fine"])
+def test_sgm_sheet_output_in_no_known_template_is_kept_whole(tmp_path, pics, output):
+    sample = _one(tmp_path, pics, "What is shown?", output)
+    assert (sample.prompt, sample.response) == ("What is shown?", output)
+    assert sample.meta == {"name": "animal_abuse__3.jpg", "output_template": None}
 
 
 # --- JailBreakV-28K -----------------------------------------------------------------------------------------------

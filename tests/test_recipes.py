@@ -1,4 +1,5 @@
-"""Every recipe under models/ parses strictly, and its default sites name real modules of its family."""
+"""Every bundled recipe (package data, sgm_jax/recipes/*.toml) parses strictly, and its default sites name real
+modules of its family."""
 
 import fnmatch
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from sgm_jax.artifacts import INTERVENTION, KIND_KEY, check_kind
 from sgm_jax.atomic import atomic_write
 
 METADATA_KEY = "sgm_jax.intervention"
@@ -55,19 +55,16 @@ class Intervention:
 
     def save(self, path: str) -> None:
         tensors = {site: np.ascontiguousarray(a) for site, a in self.alphas.items()}
-        meta = {METADATA_KEY: json.dumps(self.metadata)}
+        meta = {KIND_KEY: INTERVENTION, METADATA_KEY: json.dumps(self.metadata)}
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_intervention(path: str) -> Intervention:
     """An intervention saved by `Intervention.save`."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such intervention file")
+    check_kind(path, INTERVENTION)
     with safe_open(path, "numpy") as f:
-        header = f.metadata() or {}
-        if METADATA_KEY not in header:
-            raise ValueError(f"{path} is not an sgm_jax intervention file (no {METADATA_KEY!r} metadata)")
-        return Intervention({k: f.get_tensor(k) for k in f.keys()}, json.loads(header[METADATA_KEY]))
+        metadata = json.loads((f.metadata() or {}).get(METADATA_KEY, "{}"))
+        return Intervention({k: f.get_tensor(k) for k in f.keys()}, metadata)
 
 
 def compose(*interventions: Intervention) -> Intervention:

@@ -1,13 +1,18 @@
 """Strict reading of Hugging Face config dicts.
 
-Every field of a config is either read by the port, known to be inert at
-inference (metadata, generation defaults, dropout), or an error that names it:
-a checkpoint whose config asks for behaviour the port lacks must not load and
-then compute something else.
+Every field that transformers' config class defines is either read by the
+port, known to be inert at inference (metadata, generation defaults, dropout),
+or an error that names it: a checkpoint whose config asks for behaviour the port
+lacks must not load and then compute something else. Fields the class does not
+define (legacy hub fields such as `is_llama_config`) are ignored by transformers
+and so by us.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import logging
 from typing import Any, Iterable
 
 # Fields every `PretrainedConfig` carries (5.x) plus the generation and
@@ -28,20 +33,42 @@ GENERIC_INERT = frozenset({
     "cross_attention_hidden_size",
 })
 
-# Legacy generic fields that would change the computation unless they hold their default.
-_MUST_BE_DEFAULT = {"pruned_heads": ({}, None), "add_cross_attention": (False, None)}
+# Attributes transformers' shared code (masking, generation, attention setup) reads from any config with
+# `getattr`, whether or not the model's config class defines them: they change the computation unless
+# they hold their default.
+_READ_BY_SHARED_CODE = {"pruned_heads": ({}, None), "add_cross_attention": (False, None),
+                        "sliding_window": (None,), "layer_types": (None,), "attention_chunk_size": (None,),
+                        "is_causal": (True, None)}
+
+log = logging.getLogger(__name__)
 
 
 class UnsupportedConfigError(ValueError):
     """The checkpoint's config asks for something this port does not implement."""
 
 
+@functools.cache
+def reference_fields(model_type: str) -> frozenset[str]:
+    """The fields transformers' config class for `model_type` defines (so its modeling code may act on them)."""
+    from transformers import CONFIG_MAPPING
+
+    cls = CONFIG_MAPPING[model_type]
+    return frozenset({f.name for f in dataclasses.fields(cls)} | set(cls.attribute_map) | set(cls.sub_configs))
+
+
 def check_fields(cfg: dict[str, Any], *, where: str, used: Iterable[str], inert: Iterable[str] = ()) -> None:
-    """Raise if `cfg` has a field that is neither used, inert, nor a harmless default."""
+    """Raise if `cfg` asks for behaviour the port lacks: a field the reference config class defines that is
+    neither used nor inert, or a shared-code attribute away from its default. Fields the reference class
+    does not define are ignored by transformers, so they are accepted (and logged at debug level)."""
     known = set(used) | set(inert) | GENERIC_INERT
-    problems = [f"{k}={cfg[k]!r} (must be one of {list(v)})" for k, v in _MUST_BE_DEFAULT.items()
+    defined = reference_fields(cfg["model_type"])
+    problems = [f"{k}={cfg[k]!r} (must be one of {list(v)})" for k, v in _READ_BY_SHARED_CODE.items()
                 if k in cfg and cfg[k] not in v]
-    problems += [f"{k}={cfg[k]!r}" for k in sorted(cfg) if k not in known and k not in _MUST_BE_DEFAULT]
+    problems += [f"{k}={cfg[k]!r}" for k in sorted(cfg)
+                 if k in defined and k not in known and k not in _READ_BY_SHARED_CODE]
+    ignored = sorted(k for k in cfg if k not in defined and k not in known and k not in _READ_BY_SHARED_CODE)
+    if ignored:
+        log.debug("%s: fields transformers does not define, so ignores (and so does sgm_jax): %s", where, ignored)
     if problems:
         raise UnsupportedConfigError(
             f"{where}: config fields sgm_jax does not implement: {', '.join(problems)}")

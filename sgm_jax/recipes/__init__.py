@@ -1,12 +1,19 @@
-"""Checkpoint recipes: the small TOML files under the repository's `models/` (HF id, family, sites, prompt, mesh)."""
+"""Checkpoint recipes: the small TOML files beside this module (HF id, family, sites, prompt, mesh).
+
+They ship as package data, so an installed wheel knows them as well as a source checkout.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 import tomllib
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
-RECIPE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+# The bundled recipes, read through importlib.resources (a pathlib.Path for an ordinary install).
+RECIPE_DIR: Traversable = files(__name__)
 
 _FAMILIES = ("llava", "llama")
 _MESH_AXES = ("data", "fsdp", "tensor")
@@ -30,18 +37,27 @@ class Recipe:
     path: str
 
 
-def list_recipes(directory: str = RECIPE_DIR) -> list[str]:
-    return sorted(n[:-5] for n in os.listdir(directory) if n.endswith(".toml"))
+def _folder(directory: str | os.PathLike | Traversable) -> Traversable:
+    return pathlib.Path(directory) if isinstance(directory, (str, os.PathLike)) else directory
 
 
-def load_recipe(name_or_path: str, directory: str = RECIPE_DIR) -> Recipe:
-    """A recipe by name (`llava-1.5-7b`, from `models/` of a source checkout) or by file path."""
-    path = name_or_path if name_or_path.endswith(".toml") else os.path.join(directory, f"{name_or_path}.toml")
-    if not os.path.exists(path):
-        known = list_recipes(directory) if os.path.isdir(directory) else []
+def list_recipes(directory: str | os.PathLike | Traversable = RECIPE_DIR) -> list[str]:
+    """The recipe names in `directory` (by default the bundled ones)."""
+    return sorted(entry.name[:-5] for entry in _folder(directory).iterdir()
+                  if entry.name.endswith(".toml") and entry.is_file())
+
+
+def load_recipe(name_or_path: str, directory: str | os.PathLike | Traversable = RECIPE_DIR) -> Recipe:
+    """A recipe by name (`llava-1.5-7b`, one of the bundled recipes or of `directory`) or by `.toml` file path."""
+    if str(name_or_path).endswith(".toml"):
+        source: Traversable = pathlib.Path(name_or_path)
+    else:
+        source = _folder(directory).joinpath(f"{name_or_path}.toml")
+    path = str(source)
+    if not source.is_file():
+        known = list_recipes(directory) if _folder(directory).is_dir() else []
         raise FileNotFoundError(f"no recipe {name_or_path!r} (known in {directory}: {known})")
-    with open(path, "rb") as f:
-        raw = tomllib.load(f)
+    raw = tomllib.loads(source.read_text(encoding="utf-8"))
     _expect_keys(raw, {"name", "hf_id", "family", "dtype", "parameters", "sites", "prompt", "mesh"}, path, "")
     _expect_keys(raw["sites"], {"default"}, path, "sites.")
     _expect_keys(raw["prompt"], {"format", "use_chat_template"}, path, "prompt.")
@@ -50,7 +66,8 @@ def load_recipe(name_or_path: str, directory: str = RECIPE_DIR) -> Recipe:
     if "{prompt}" not in raw["prompt"]["format"]:
         raise RecipeError(f"{path}: prompt.format has no {{prompt}} placeholder")
     for hint, axes in raw["mesh"].items():
-        if not isinstance(axes, dict) or set(axes) - set(_MESH_AXES) or not all(isinstance(v, int) and v >= 1 for v in axes.values()):
+        well_formed = isinstance(axes, dict) and not set(axes) - set(_MESH_AXES)
+        if not well_formed or not all(isinstance(v, int) and v >= 1 for v in axes.values()):
             raise RecipeError(f"{path}: mesh.{hint} must map {list(_MESH_AXES)} to positive integers, got {axes}")
     return Recipe(name=raw["name"], hf_id=raw["hf_id"], family=raw["family"], dtype=raw["dtype"],
                   parameters=raw["parameters"], default_sites=tuple(raw["sites"]["default"]),
