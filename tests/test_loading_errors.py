@@ -124,3 +124,19 @@ def test_wrong_image_size_is_explained(saved):
     with pytest.raises(ValueError, match=r"pixel_values has shape \(1, 3, 32, 32\); the vision tower expects "
                                          r"\[images, 3, 28, 28\]"):
         model(ids, pixel_values=np.zeros((1, 3, 32, 32), np.float32), attention_mask=mask)
+
+
+def test_fields_transformers_does_not_define_are_accepted(tmp_path):
+    """Legacy hub fields (SmolLM2's `is_llama_config`, `rope_interleaved`) are inert to the reference, so they load;
+    the logits still equal transformers' on the same directory."""
+    directory = hf_tiny.save_llama(str(tmp_path))
+    path = os.path.join(directory, "config.json")
+    config = json.load(open(path))
+    config.update(is_llama_config=True, rope_interleaved=False)
+    json.dump(config, open(path, "w"))
+    model, _ = sgm_jax.load_model(directory)
+    hf = hf_tiny.load_reference(directory, hf_tiny.LlamaForCausalLM)
+    ids = np.arange(1, 9)[None]
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids)).logits.numpy()
+    assert np.abs(np.asarray(model(ids)) - ref).max() <= 1e-4
