@@ -10,21 +10,21 @@ The result runs in any serving stack with zero runtime cost.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from sgm_jax.atomic import atomic_write, write_json
 from sgm_jax.convert import hf_targets, saved_name
-from sgm_jax.models.clip import CLIPAttention, CLIPMLP, CLIPVisionEmbeddings
+from sgm_jax.models.clip import CLIPMLP, CLIPAttention, CLIPVisionEmbeddings
+from sgm_jax.models.copying import shallow_copy
 from sgm_jax.models.hf_config import hf_config
 from sgm_jax.models.layers import Activation, Embedding, LayerNorm, Linear, RMSNorm
 from sgm_jax.models.llama import LlamaAttention, LlamaMLP
 from sgm_jax.models.llava import LlavaMultiModalProjector
-from sgm_jax.models.copying import shallow_copy
 from sgm_jax.models.site import GATE_ATTRS, IN, OUT, Site
-from sgm_jax.atomic import atomic_write, write_json
 
 # The Linear an activation feeds, by the activation's parent: gating the activation = gating that input.
 _NEXT_LINEAR = {LlamaMLP: "down_proj", CLIPMLP: "fc2", LlavaMultiModalProjector: "linear_2"}

@@ -12,7 +12,7 @@ loop over many prompts compiles a handful of shapes.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -12,8 +12,8 @@ from jax.sharding import Mesh
 
 from sgm_jax import sharding
 from sgm_jax.convert import load_into
-from sgm_jax.models.llama import LlamaForCausalLM, LlamaSpec
 from sgm_jax.models.config import UnsupportedConfigError
+from sgm_jax.models.llama import LlamaForCausalLM, LlamaSpec
 from sgm_jax.models.llava import LlavaForConditionalGeneration, LlavaSpec
 
 # model_type -> (spec reader, model class); the key-map family is the model_type.

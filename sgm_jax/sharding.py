@@ -10,7 +10,7 @@ odd shapes fall back to replication instead of failing.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np

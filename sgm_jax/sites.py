@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
-from typing import Iterable
+from collections.abc import Iterable
 
 from flax import nnx
 

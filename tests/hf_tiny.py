@@ -8,7 +8,7 @@ import os
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlamaForCausalLM
+from transformers import CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
 IMAGE_TOKEN = 99
 

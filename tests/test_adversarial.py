@@ -9,9 +9,19 @@ import pytest
 from PIL import Image
 
 from sgm_jax.data import DatasetError, Sample
-from sgm_jax.data.adversarial import (FIGSTEP_PROMPT, TRIGGERS, TYPOGRAPHIC_PROMPTS, adversarial_variants,
-                                      apply_jailbreak, apply_trigger, image_file_name, read_jailbreak_templates,
-                                      typographic_image, typographic_variant, wrap)
+from sgm_jax.data.adversarial import (
+    FIGSTEP_PROMPT,
+    TRIGGERS,
+    TYPOGRAPHIC_PROMPTS,
+    adversarial_variants,
+    apply_jailbreak,
+    apply_trigger,
+    image_file_name,
+    read_jailbreak_templates,
+    typographic_image,
+    typographic_variant,
+    wrap,
+)
 from sgm_jax.data.adversarial.typography import default_font
 
 PHRASE = "hack into someone's bank account"

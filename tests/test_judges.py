@@ -12,8 +12,16 @@ import pytest
 import torch
 
 import hf_tiny
-from sgm_jax.evaluate.judges import (ChatJudge, JudgeError, LexiconJudge, RefusalJudge, SelfJudge, Verdict, is_refusal,
-                                     make_judge)
+from sgm_jax.evaluate.judges import (
+    ChatJudge,
+    JudgeError,
+    LexiconJudge,
+    RefusalJudge,
+    SelfJudge,
+    Verdict,
+    is_refusal,
+    make_judge,
+)
 from sgm_jax.evaluate.judges.chat import parse_reply
 from sgm_jax.evaluate.judges.classifier import harmful_index
 from sgm_jax.evaluate.judges.templates import GENERIC, POLITICAL_LOBBYING, TEMPLATES, fill, template_name
@@ -377,8 +385,9 @@ def test_guard_replies_are_parsed_robustly(reply, harmful, score):
 
 @pytest.fixture(scope="module")
 def tiny_llava(tmp_path_factory):
-    import sgm_jax
     from PIL import Image
+
+    import sgm_jax
 
     directory = str(tmp_path_factory.mktemp("llava"))
     hf_tiny.save_llava(directory, hf_tiny.llava_config(vision_layers=2, text_layers=1), seed=3)

@@ -7,10 +7,10 @@ import hf_tiny
 import sgm_jax
 import sgm_jax.evaluate.mcq as mcq
 from sgm_jax.data import Sample, read_jsonl
-from sgm_jax.models.hf_config import hf_config
 from sgm_jax.data.encode import collate
 from sgm_jax.evaluate.likelihood import Scored, encode_response, response_scores, text_scores
 from sgm_jax.evaluate.rates import distinct_n, grouped_rates, rate_with_interval
+from sgm_jax.models.hf_config import hf_config
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,15 @@ from PIL import Image
 
 from sgm_jax.data import DatasetError, Sample, read_jsonl
 from sgm_jax.data.encode import messages
-from sgm_jax.data.readers import (detect_format, read_dataset, read_jailbreakv, read_mcq, read_mmsafetybench,
-                                  read_native, read_sgm_sheet)
+from sgm_jax.data.readers import (
+    detect_format,
+    read_dataset,
+    read_jailbreakv,
+    read_mcq,
+    read_mmsafetybench,
+    read_native,
+    read_sgm_sheet,
+)
 
 
 def _image(path, color=(200, 10, 10)):

@@ -25,7 +25,8 @@ import hashlib
 import json
 import os
 import sys
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from sgm_jax.atomic import atomic_write
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 # Fields every `PretrainedConfig` carries (5.x) plus the generation and
 # bookkeeping fields that 4.x configs stored; none changes a forward pass.

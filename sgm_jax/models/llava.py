@@ -14,8 +14,8 @@ from sgm_jax.kv_cache import KVCache
 from sgm_jax.models.clip import CLIPVisionModel, ClipVisionSpec
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, Linear
-from sgm_jax.models.site import Site
 from sgm_jax.models.llama import LlamaModel, LlamaSpec, output_logits
+from sgm_jax.models.site import Site
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ These are the SGM release's "adversarial conditions" (dut-laowang/ml-aura-vl), v
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 from sgm_jax.data.samples import Sample
 

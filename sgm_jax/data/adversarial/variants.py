@@ -13,7 +13,7 @@ import hashlib
 import os
 import re
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from PIL import Image
 

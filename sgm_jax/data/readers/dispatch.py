@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sgm_jax.data.readers import jailbreakv, mcq, mmsafetybench, sgm_sheet
 from sgm_jax.data.readers.table import TABLE_SUFFIXES, columns

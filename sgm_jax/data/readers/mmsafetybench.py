@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sgm_jax.data.readers.collect import SampleCollector, resolve
 from sgm_jax.data.samples import DatasetError, Sample

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-from typing import Any, Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 from sgm_jax.data.samples import DatasetError, jsonl_objects, utf8_lines
 

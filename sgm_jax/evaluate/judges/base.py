@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 Item = tuple[str, str, str | None]  # (question, answer, image path or None)
 

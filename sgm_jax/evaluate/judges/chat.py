@@ -16,7 +16,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from sgm_jax.evaluate.judges.base import Item, Judge, JudgeError, Verdict, check_items
 from sgm_jax.evaluate.judges.cache import ReplyCache, cache_key, default_cache_dir

@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

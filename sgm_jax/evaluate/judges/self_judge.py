@@ -7,7 +7,7 @@ The question and answer go into a guard prompt, rendered through the checkpoint'
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
