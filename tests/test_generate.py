@@ -207,3 +207,19 @@ def test_generate_command_prints_the_same_text_as_the_api(tmp_path, capsys):
     tokens = sgm_jax.generate(gated, encoded["input_ids"][None], pixel_values=encoded["pixel_values"],
                               max_new_tokens=6, processor=processor)
     assert printed == processor.tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
+
+
+def test_eos_and_pad_default_to_the_checkpoints(models):
+    """With no ids given, generation stops at the EOS the checkpoint's config names, as transformers does."""
+    model, _ = models
+    eos, pad = dict(model.special_tokens)["eos_token_id"], dict(model.special_tokens)["pad_token_id"]
+    ids, mask, pixels = _batch(model)
+    never = sgm_jax.generate(model, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW, eos_token_id=[])
+    default = sgm_jax.generate(model, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW)
+    explicit = sgm_jax.generate(model, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW,
+                                eos_token_id=list(eos), pad_token_id=eos[0] if pad is None else pad)
+    np.testing.assert_array_equal(default, explicit)
+    assert (never == eos[0]).any(), "the fixture should produce the config's EOS somewhere"
+    row, col = np.argwhere(never == eos[0])[0]
+    assert (default[row, :col + 1] == never[row, :col + 1]).all() and (default[row, col + 1:] == explicit[row, col + 1:]).all()
+    assert (default[row, col + 1:] == (eos[0] if pad is None else pad)).all()  # stopped: only pad after its EOS
