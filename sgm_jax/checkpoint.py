@@ -20,7 +20,6 @@ from sgm_jax import sharding
 from sgm_jax.atomic import write_json
 from sgm_jax.interventions import Intervention, intervene
 from sgm_jax.loading import build_model
-from sgm_jax.models.hf_config import hf_config
 from sgm_jax.models.site import GATE_ATTRS, IN, Site
 
 MANIFEST = "sgm_jax_model.json"
@@ -48,8 +47,9 @@ def save_checkpoint(model: nnx.Module, directory: str) -> None:
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(state_dir, nnx.state(model))
         checkpointer.wait_until_finished()
-    write_json(os.path.join(directory, MANIFEST), {"config": hf_config(model.spec), "dtype": dtype.pop(),
-                                                   "gates": _gated_sites(model)})
+    write_json(os.path.join(directory, MANIFEST), {"config": model.spec.to_hf(), "dtype": dtype.pop(),
+                                                   "gates": _gated_sites(model),
+                                                   "special_tokens": dict(model.special_tokens)})
 
 
 def load_checkpoint(directory: str, *, mesh: Mesh | None = None,
@@ -74,4 +74,7 @@ def load_checkpoint(directory: str, *, mesh: Mesh | None = None,
         variable.set_value(jax.ShapeDtypeStruct(variable.shape, variable.dtype, sharding=placement))
     with ocp.StandardCheckpointer() as checkpointer:
         restored = checkpointer.restore(os.path.join(directory, "state"), state)
-    return nnx.merge(graphdef, restored)
+    model = nnx.merge(graphdef, restored)
+    model.special_tokens = tuple((key, tuple(value) if isinstance(value, list) else value)
+                                 for key, value in manifest.get("special_tokens", {}).items())
+    return model

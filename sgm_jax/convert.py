@@ -21,32 +21,7 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
-# File key prefix -> in-memory (site) prefix, first match wins. The hub layout
-# (`language_model.model.`, `vision_tower.vision_model.`), the one
-# `save_pretrained` writes in transformers 5.23 (`vision_tower.` without
-# `vision_model.`) and the `state_dict()` layout (`model.…`) all land on the
-# in-memory names.
-LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "llava": (
-        ("language_model.model.", "model.language_model."),
-        ("language_model.lm_head.", "lm_head."),
-        ("vision_tower.vision_model.", "model.vision_tower."),
-        ("vision_tower.", "model.vision_tower."),
-        ("multi_modal_projector.", "model.multi_modal_projector."),
-    ),
-    "llama": (),
-}
-
-# In-memory prefix -> the prefix `save_pretrained` writes (transformers 5.23), for export.
-SAVE_LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "llava": (
-        ("model.language_model.", "language_model.model."),
-        ("lm_head.", "language_model.lm_head."),
-        ("model.vision_tower.", "vision_tower."),
-        ("model.multi_modal_projector.", "multi_modal_projector."),
-    ),
-    "llama": (),
-}
+from sgm_jax.models.causal_lm import Layout
 
 # Buffers that older checkpoints stored although transformers recomputes them on load.
 _DERIVED_BUFFERS = re.compile(r"(\.rotary_emb\.inv_freq|\.embeddings\.position_ids)$")
@@ -92,21 +67,12 @@ def hf_targets(model: nnx.Module) -> dict[str, Target]:
     return targets
 
 
-def _rename(key: str, layout: tuple[tuple[str, str], ...]) -> str:
+def renamed(key: str, layout: Layout) -> str:
+    """`key` with the first matching prefix of `layout` replaced (a family's load or save layout)."""
     for prefix, replacement in layout:
         if key.startswith(prefix):
             return replacement + key[len(prefix):]
     return key
-
-
-def canonical_name(key: str, family: str) -> str:
-    """A file's tensor name in any supported layout -> the in-memory name."""
-    return _rename(key, LAYOUTS[family])
-
-
-def saved_name(name: str, family: str) -> str:
-    """An in-memory tensor name -> the name `save_pretrained` writes."""
-    return _rename(name, SAVE_LAYOUTS[family])
 
 
 def checkpoint_files(directory: str) -> dict[str, str]:
@@ -155,10 +121,11 @@ def file_shapes(files: dict[str, str], keys: list[str]) -> dict[str, tuple[int, 
     return shapes
 
 
-def load_into(model: nnx.Module, directory: str, family: str, *, dtype,
+def load_into(model: nnx.Module, directory: str, layout: Layout, *, dtype,
               place: Callable[[np.ndarray, nnx.Variable], jax.Array] | None = None) -> None:
     """Fill an abstract (`nnx.eval_shape`) model from `directory`'s safetensors, strictly.
 
+    `layout` maps the checkpoint's key prefixes to in-memory names (the family's `load_layout`);
     `place(array, variable)` puts each converted host array on devices (default: the default device).
     """
     files = checkpoint_files(directory)
@@ -166,13 +133,18 @@ def load_into(model: nnx.Module, directory: str, family: str, *, dtype,
     by_name: dict[str, str] = {}
     duplicates = []
     for key in files:
-        name = canonical_name(key, family)
+        name = renamed(key, layout)
         if _DERIVED_BUFFERS.search(name):
             continue
         if name in by_name:
             duplicates.append(f"{by_name[name]} and {key}")
         by_name[name] = key
-    tied_head = by_name.pop("lm_head.weight") if "lm_head.weight" not in targets and "lm_head.weight" in by_name else None
+    tied_head = None
+    if "lm_head.weight" in by_name and "lm_head.weight" not in targets:
+        tied_head = by_name.pop("lm_head.weight")
+        embedding = next((name for name in targets if name.endswith("embed_tokens.weight")), None)
+        if embedding is not None and embedding not in by_name:  # `safetensors.torch.save_model` keeps one name
+            by_name[embedding], tied_head = tied_head, None     # of a tied pair, and it may be the head's
 
     problems = []
     missing = sorted(set(targets) - set(by_name))

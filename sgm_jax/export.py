@@ -10,76 +10,34 @@ The result runs in any serving stack with zero runtime cost.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
 from sgm_jax.atomic import atomic_write, write_json
-from sgm_jax.convert import hf_targets, saved_name
-from sgm_jax.models.clip import CLIPMLP, CLIPAttention, CLIPVisionEmbeddings
+from sgm_jax.convert import hf_targets, renamed
 from sgm_jax.models.copying import shallow_copy
-from sgm_jax.models.hf_config import hf_config
-from sgm_jax.models.layers import Activation, Embedding, LayerNorm, Linear, RMSNorm
-from sgm_jax.models.llama import LlamaAttention, LlamaMLP
-from sgm_jax.models.llava import LlavaMultiModalProjector
-from sgm_jax.models.site import GATE_ATTRS, IN, OUT, Site
-
-# The Linear an activation feeds, by the activation's parent: gating the activation = gating that input.
-_NEXT_LINEAR = {LlamaMLP: "down_proj", CLIPMLP: "fc2", LlavaMultiModalProjector: "linear_2"}
-# Composite sites: their output is one Linear's output, their input several Linears' input.
-_OUTPUT_LINEAR = {LlamaMLP: "down_proj", LlamaAttention: "o_proj", CLIPMLP: "fc2", CLIPAttention: "out_proj",
-                  LlavaMultiModalProjector: "linear_2"}
-_INPUT_LINEARS = {LlamaMLP: ("gate_proj", "up_proj"), LlamaAttention: ("q_proj", "k_proj", "v_proj"),
-                  CLIPMLP: ("fc1",), CLIPAttention: ("q_proj", "k_proj", "v_proj"),
-                  LlavaMultiModalProjector: ("linear_1",)}
+from sgm_jax.models.layers import Activation, Embedding
+from sgm_jax.models.site import GATE_ATTRS, IN, OUT, Fold, Site
 
 
 class NotFoldableError(ValueError):
     """Some gates have no exact weight-space equivalent."""
 
 
-def _scale(variable: nnx.Variable, alpha: np.ndarray, axis: int) -> None:
-    shape = [1] * variable[...].ndim
-    shape[axis] = -1
-    variable.set_value(variable[...] * alpha.reshape(shape).astype(variable.dtype))
+def _folder(node: Site, parent: nnx.Module | None, end: str, tied: bool) -> Fold | None:
+    """How to fold a gate at `node`'s `end` into weights, or None if no exact fold exists.
 
-
-def _fold_linear(linear: Linear, end: str, alpha) -> None:
-    if end == OUT:
-        _scale(linear.kernel, alpha, 1)
-        if linear.bias is not None:
-            _scale(linear.bias, alpha, 0)
-    else:
-        _scale(linear.kernel, alpha, 0)
-
-
-def _folder(node: Site, parent: nnx.Module | None, end: str, tied: bool) -> Callable[[np.ndarray], None] | None:
-    """How to fold a gate at `node`'s `end` into weights, or None if no exact fold exists."""
-    if isinstance(node, Linear):
-        return lambda a: _fold_linear(node, end, a)
-    if end == OUT and isinstance(node, (RMSNorm, LayerNorm)):
-        def fold_norm(a):
-            _scale(node.scale, a, 0)
-            if isinstance(node, LayerNorm):
-                _scale(node.bias, a, 0)
-        return fold_norm
-    if end == OUT and isinstance(node, Embedding) and not tied:
-        return lambda a: _scale(node.embedding, a, 1)
-    if end == OUT and isinstance(node, Activation) and type(parent) in _NEXT_LINEAR:
-        return lambda a: _fold_linear(getattr(parent, _NEXT_LINEAR[type(parent)]), IN, a)
-    if end == OUT and type(node) in _OUTPUT_LINEAR:
-        return lambda a: _fold_linear(getattr(node, _OUTPUT_LINEAR[type(node)]), OUT, a)
-    if end == IN and type(node) in _INPUT_LINEARS:
-        return lambda a: [_fold_linear(getattr(node, name), IN, a) for name in _INPUT_LINEARS[type(node)]]
-    if end == OUT and isinstance(node, CLIPVisionEmbeddings):
-        def fold_embeddings(a):
-            _scale(node.class_embedding, a, 0)
-            _scale(node.patch_embedding.kernel, a, 3)
-            _scale(node.position_embedding.embedding, a, 1)
-        return fold_embeddings
-    return None
+    Each site knows its own fold (`Site.folder`); an activation's output is the input of the Linear its
+    parent says it feeds, and a tied embedding is also the LM head, so scaling it would change the logits.
+    """
+    if isinstance(node, Embedding) and tied:
+        return None
+    if end == OUT and isinstance(node, Activation):
+        feeds = getattr(parent, "activation_feeds", None)
+        return getattr(parent, feeds).folder(IN) if feeds else None
+    return node.folder(end)
 
 
 def fold_gates(model: nnx.Module) -> nnx.Module:
@@ -115,17 +73,20 @@ def fold_gates(model: nnx.Module) -> nnx.Module:
 def export_hf(model: nnx.Module, out_dir: str, *, processor=None, max_shard_bytes: int = 5 << 30) -> str:
     """Write `model` (gates folded in) as a Hugging Face checkpoint that `transformers` loads as is."""
     folded = fold_gates(model)
-    config = hf_config(folded.spec)
-    family = config["model_type"]
+    config = folded.spec.to_hf()
     os.makedirs(out_dir, exist_ok=True)
     tensors, dtype = {}, None
     for name, target in hf_targets(folded).items():
         array = np.asarray(target.variable[...])
-        tensors[saved_name(name, family)] = np.ascontiguousarray(np.transpose(array, np.argsort(target.perm)))
+        saved = renamed(name, type(folded).save_layout)
+        tensors[saved] = np.ascontiguousarray(np.transpose(array, np.argsort(target.perm)))
         dtype = array.dtype
     config["dtype"] = str(dtype)
     _write_safetensors(out_dir, tensors, max_shard_bytes)
     write_json(os.path.join(out_dir, "config.json"), config)
+    generation = {key: value for key, value in folded.special_tokens if value is not None}
+    if generation:  # the checkpoint's EOS and pad ids, so `generate` stops where it stopped before export
+        write_json(os.path.join(out_dir, "generation_config.json"), generation)
     if processor is not None:
         processor.save_pretrained(out_dir)
     return out_dir

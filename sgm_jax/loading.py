@@ -13,14 +13,7 @@ from jax.sharding import Mesh
 from sgm_jax import sharding
 from sgm_jax.convert import load_into
 from sgm_jax.models.config import UnsupportedConfigError
-from sgm_jax.models.llama import LlamaForCausalLM, LlamaSpec
-from sgm_jax.models.llava import LlavaForConditionalGeneration, LlavaSpec
-
-# model_type -> (spec reader, model class); the key-map family is the model_type.
-FAMILIES = {
-    "llava": (LlavaSpec.from_hf, LlavaForConditionalGeneration),
-    "llama": (LlamaSpec.from_hf, LlamaForCausalLM),
-}
+from sgm_jax.models.registry import family
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -69,11 +62,8 @@ def load_processor(directory: str):
 
 def build_model(config: dict[str, Any], *, dtype="float32", rngs: nnx.Rngs | None = None):
     """A randomly initialised model for an HF config dict (training from scratch, abstract shapes)."""
-    model_type = config.get("model_type")
-    if model_type not in FAMILIES:
-        raise UnsupportedConfigError(f"model_type={model_type!r} is not supported (supported: {sorted(FAMILIES)})")
-    read_spec, cls = FAMILIES[model_type]
-    return cls(read_spec(config), dtype=_dtype(dtype), rngs=rngs or nnx.Rngs(0))
+    cls = family(config.get("model_type"))
+    return cls(cls.spec_class.from_hf(config), dtype=_dtype(dtype), rngs=rngs or nnx.Rngs(0))
 
 
 def _dtype(dtype):
@@ -93,7 +83,7 @@ def load_model(path: str, *, dtype="float32", mesh: Mesh | None = None,
     place = None
     if mesh is not None:
         place = lambda array, variable: jax.device_put(array, sharding.variable_sharding(variable, mesh, rules))
-    load_into(model, directory, config["model_type"], dtype=_dtype(dtype), place=place)
+    load_into(model, directory, type(model).load_layout, dtype=_dtype(dtype), place=place)
     model.special_tokens = special_tokens(directory)
     return model, load_processor(directory)
 

@@ -2,9 +2,9 @@
 
 `list_sites(model)` is the source of truth: every `Site` module in the tree, named
 exactly as `dict(hf_model.named_modules())` names it in transformers 5.x, with
-the width of its neurons. Sites inside the vision tower or the projector live in
-the image domain (their rows are images, pooled over the image's positions);
-all others live in the token domain.
+the width of its neurons. Sites inside a module marked `ImageDomain` (a vision
+tower, a projector) live in the image domain (their rows are images, pooled over
+the image's positions); all others live in the token domain.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from collections.abc import Iterable
 
 from flax import nnx
 
-from sgm_jax.models.site import IN, OUT, Site
+from sgm_jax.models.site import IN, OUT, ImageDomain, Site
 
 INPUT_SUFFIX = ":in"
-IMAGE_DOMAIN_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector")
 
 
 class SiteError(KeyError):
@@ -31,16 +30,14 @@ class SiteError(KeyError):
 
 @dataclasses.dataclass(frozen=True)
 class SiteRef:
-    """One concrete site: its name, the module path in the NNX tree, which end (output/input) and its width."""
+    """One concrete site: its name, the module path in the NNX tree, which end (output/input), its width, and
+    whether it sees images rather than tokens."""
 
     name: str
     path: tuple
     end: str
     width: int
-
-    @property
-    def image_domain(self) -> bool:
-        return self.name.startswith(IMAGE_DOMAIN_PREFIXES)
+    image_domain: bool = False
 
 
 def _tree_order(path: tuple) -> tuple:
@@ -50,13 +47,16 @@ def _tree_order(path: tuple) -> tuple:
 def site_refs(model: nnx.Module) -> dict[str, SiteRef]:
     """Every site of `model` by name, parents before children, layers in numeric order, outputs before `:in`."""
     refs = {}
-    modules = [(tuple(path), node) for path, node in nnx.iter_graph(model) if isinstance(node, Site) and path]
+    nodes = [(tuple(path), node) for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Module)]
+    image_roots = [path for path, node in nodes if isinstance(node, ImageDomain)]
+    modules = [(path, node) for path, node in nodes if isinstance(node, Site) and path]
     for path, node in sorted(modules, key=lambda item: _tree_order(item[0])):
-            name = ".".join(str(p) for p in path)
-            width_in, width_out = node.site_widths()
-            refs[name] = SiteRef(name, tuple(path), OUT, int(width_out))
-            if width_in is not None:
-                refs[name + INPUT_SUFFIX] = SiteRef(name + INPUT_SUFFIX, tuple(path), IN, int(width_in))
+        name = ".".join(str(p) for p in path)
+        image = any(path[:len(root)] == root for root in image_roots)
+        width_in, width_out = node.site_widths()
+        refs[name] = SiteRef(name, path, OUT, int(width_out), image)
+        if width_in is not None:
+            refs[name + INPUT_SUFFIX] = SiteRef(name + INPUT_SUFFIX, path, IN, int(width_in), image)
     return refs
 
 
@@ -90,5 +90,4 @@ def nearest(pattern: str, names: Iterable[str], n: int = 5) -> list[str]:
 
 def default_sites(model: nnx.Module) -> list[str]:
     """SGM's sites (as in ml-aura-vl): the outputs of the three MLP projections in every decoder layer."""
-    decoder = "model.language_model.layers" if "model.language_model.embed_tokens" in site_refs(model) else "model.layers"
-    return [f"{decoder}.*.mlp.{name}" for name in ("gate_proj", "up_proj", "down_proj")]
+    return [f"{model.decoder_layers}.*.mlp.{name}" for name in ("gate_proj", "up_proj", "down_proj")]

@@ -14,8 +14,7 @@ from sgm_jax.interventions import Intervention
 
 @pytest.fixture(scope="module")
 def gated(tmp_path_factory):
-    directory = hf_tiny.save_llava(str(tmp_path_factory.mktemp("ckpt")), hf_tiny.llava_config(kv_heads=2), seed=13)
-    model, _ = sgm_jax.load_model(directory)
+    model, _ = sgm_jax.load_model(hf_tiny.save_tiny(tmp_path_factory.mktemp("ckpt"), seed=13, kv_heads=2))
     widths = sgm_jax.list_sites(model)
     rng = np.random.default_rng(0)
     sites = ["model.language_model.layers.1.mlp.up_proj", "model.multi_modal_projector.linear_2:in"]
@@ -29,6 +28,7 @@ def _flat(model):
 def test_round_trip_is_exact_and_keeps_the_gates(gated, tmp_path):
     save_checkpoint(gated, str(tmp_path / "ck"))
     restored = load_checkpoint(str(tmp_path / "ck"))
+    assert dict(gated.special_tokens)["eos_token_id"] and restored.special_tokens == gated.special_tokens
     a, b = _flat(gated), _flat(restored)
     assert a.keys() == b.keys()
     for k in a:

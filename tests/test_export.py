@@ -4,14 +4,12 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
 import hf_tiny
 import sgm_jax
 from sgm_jax.export import NotFoldableError, export_hf, fold_gates
 from sgm_jax.interventions import Intervention
-from sgm_jax.models.hf_config import hf_config
 from sgm_jax.models.llama import LlamaSpec
 from sgm_jax.models.llava import LlavaSpec
 from sgm_jax.models.site import Gate
@@ -30,10 +28,8 @@ FOLDABLE = [
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("ckpt"))
-    hf_tiny.save_llava(directory, hf_tiny.llava_config(kv_heads=2, attention_bias=True, mlp_bias=True), seed=12)
-    hf_tiny.save_processor(directory)
-    return directory
+    return hf_tiny.save_tiny(tmp_path_factory.mktemp("ckpt"), seed=12, processor=True, kv_heads=2, attention_bias=True,
+                             mlp_bias=True)
 
 
 def _gated(model, sites, seed=0):
@@ -57,14 +53,12 @@ def test_exported_checkpoint_loads_in_transformers_and_matches_the_gated_model(c
     assert os.path.exists(os.path.join(out, "tokenizer.json"))
     ids, mask, pixels = _batch(model)
     ours = np.asarray(gated(ids, pixel_values=pixels, attention_mask=mask))
-    hf = hf_tiny.load_reference(out)
-    with torch.no_grad():
-        ref = hf(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels), attention_mask=torch.tensor(mask),
-                 position_ids=torch.tensor(hf_tiny.generate_positions(mask))).logits.numpy()
+    ref = hf_tiny.reference_logits(hf_tiny.load_reference(out), ids, mask, pixels)
     valid = mask.astype(bool)
     assert np.abs(ours - ref)[valid].max() <= 1e-4
     reloaded, _ = sgm_jax.load_model(out)
     assert not nnx.state(reloaded, Gate)
+    assert dict(model.special_tokens)["eos_token_id"] and reloaded.special_tokens == model.special_tokens
     np.testing.assert_allclose(np.asarray(reloaded(ids, pixel_values=pixels, attention_mask=mask)), ours, atol=1e-4)
 
 
@@ -90,6 +84,6 @@ def test_unfoldable_gates_are_named(checkpoint):
 
 def test_config_round_trips_through_the_spec(checkpoint, tmp_path):
     model, _ = sgm_jax.load_model(checkpoint)
-    assert LlavaSpec.from_hf(hf_config(model.spec)) == model.spec
+    assert LlavaSpec.from_hf(model.spec.to_hf()) == model.spec
     llama, _ = sgm_jax.load_model(hf_tiny.save_llama(str(tmp_path / "llama"), legacy_rope_theta=5e5))
-    assert LlamaSpec.from_hf(hf_config(llama.spec)) == llama.spec
+    assert LlamaSpec.from_hf(llama.spec.to_hf()) == llama.spec

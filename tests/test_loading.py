@@ -19,9 +19,7 @@ from sgm_jax.convert import CheckpointError
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A checkpoint as `save_pretrained` writes it today, and its in-memory state dict."""
-    directory = str(tmp_path_factory.mktemp("saved"))
-    hf_tiny.save_llava(directory, hf_tiny.llava_config(kv_heads=2), seed=11)
-    return directory
+    return hf_tiny.save_tiny(tmp_path_factory.mktemp("saved"), seed=11, kv_heads=2)
 
 
 def _params(model):
@@ -87,6 +85,31 @@ def test_tied_embeddings_accept_an_identical_head_on_disk_and_reject_a_different
         else:
             with pytest.raises(CheckpointError, match="language_model.lm_head.weight differs"):
                 sgm_jax.load_model(out)
+
+
+def test_tied_checkpoint_storing_only_the_head_loads(tmp_path):
+    """`safetensors.torch.save_model` keeps one name of a tied pair; for a tied Llama it is `lm_head.weight`."""
+    from safetensors.torch import save_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=56, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=120, rms_norm_eps=1e-5, tie_word_embeddings=True)
+    torch.manual_seed(3)
+    hf = LlamaForCausalLM(config)
+    hf_tiny.randomize(hf, 3)
+    hf.tie_weights()
+    directory = tmp_path / "head_only"
+    hf.save_pretrained(directory)
+    os.remove(directory / "model.safetensors")
+    save_model(hf, str(directory / "model.safetensors"))
+    assert "lm_head.weight" in load_file(directory / "model.safetensors")
+    assert "model.embed_tokens.weight" not in load_file(directory / "model.safetensors")
+
+    model, _ = sgm_jax.load_model(str(directory))
+    ids = np.random.default_rng(0).integers(0, 120, (2, 9))
+    with torch.no_grad():
+        expected = hf(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(model(ids)), expected, atol=2e-5, rtol=1e-5)
 
 
 def test_hub_id_loads_from_the_local_cache_offline(saved, tmp_path, monkeypatch):

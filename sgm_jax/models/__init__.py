@@ -1,8 +1,7 @@
-"""Flax NNX ports whose module trees mirror the Hugging Face module names one-to-one."""
+"""Flax NNX ports whose module trees mirror the Hugging Face module names one-to-one, one module per family
+(registered in `sgm_jax.models.registry`)."""
 
-from sgm_jax.models.clip import CLIPVisionModel, ClipVisionSpec
-from sgm_jax.models.llama import LlamaForCausalLM, LlamaModel, LlamaSpec
-from sgm_jax.models.llava import LlavaForConditionalGeneration, LlavaSpec
+from sgm_jax.models.causal_lm import CausalLM
+from sgm_jax.models.registry import FAMILIES
 
-__all__ = ["CLIPVisionModel", "ClipVisionSpec", "LlamaForCausalLM", "LlamaModel", "LlamaSpec",
-           "LlavaForConditionalGeneration", "LlavaSpec"]
+__all__ = ["FAMILIES", "CausalLM"]

@@ -11,7 +11,7 @@ from flax import nnx
 
 from sgm_jax.models.config import check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, LayerNorm, Linear, param
-from sgm_jax.models.site import Site
+from sgm_jax.models.site import OUT, Fold, ImageDomain, Site, scale_axis
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,10 @@ class ClipVisionSpec:
         check_fields(cfg, where=where, used=fields, inert=["projection_dim", "vocab_size"])
         require(where, "hidden_act", cfg["hidden_act"], ACTIVATIONS)
         return cls(**{name: cfg[name] for name in fields})
+
+    def to_hf(self) -> dict[str, Any]:
+        """The `CLIPVisionConfig` dict this spec reads back from."""
+        return {"model_type": "clip_vision_model", **dataclasses.asdict(self)}
 
 
 class PatchEmbedding(nnx.Module):
@@ -78,6 +82,17 @@ class CLIPVisionEmbeddings(Site):
     def site_widths(self) -> tuple[None, int]:
         return None, self.class_embedding.shape[0]
 
+    def folder(self, end: str) -> Fold | None:
+        """The output is class token, patch projection and positions summed: scale all three."""
+        if end != OUT:
+            return None
+
+        def fold(alpha):
+            scale_axis(self.class_embedding, alpha, 0)
+            scale_axis(self.patch_embedding.kernel, alpha, 3)
+            scale_axis(self.position_embedding.embedding, alpha, 1)
+        return fold
+
     def forward(self, pixel_values: jax.Array) -> jax.Array:
         patches = self.patch_embedding(pixel_values.astype(self.class_embedding.dtype))
         cls = jnp.broadcast_to(self.class_embedding[...], (patches.shape[0], 1, patches.shape[-1]))
@@ -85,6 +100,8 @@ class CLIPVisionEmbeddings(Site):
 
 
 class CLIPAttention(Site):
+    output_linear, input_linears = "out_proj", ("q_proj", "k_proj", "v_proj")
+
     def __init__(self, spec: ClipVisionSpec, *, dtype, rngs: nnx.Rngs):
         d = spec.hidden_size
         self.num_heads, self.head_dim = spec.num_attention_heads, d // spec.num_attention_heads
@@ -98,16 +115,20 @@ class CLIPAttention(Site):
 
     def forward(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
-        q, k, v = (proj(x).reshape(b, t, self.num_heads, self.head_dim) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (proj(x).reshape(b, t, self.num_heads, self.head_dim)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
         scores = jnp.einsum("bqnh,bknh->bnqk", q, k) * (self.head_dim ** -0.5)
         probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
         return self.out_proj(jnp.einsum("bnqk,bknh->bqnh", probs, v).reshape(b, t, d))
 
 
 class CLIPMLP(Site):
+    output_linear, input_linears, activation_feeds = "fc2", ("fc1",), "fc2"
+
     def __init__(self, spec: ClipVisionSpec, *, dtype, rngs: nnx.Rngs):
-        self.fc1 = Linear(spec.hidden_size, spec.intermediate_size, use_bias=True, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
-        self.fc2 = Linear(spec.intermediate_size, spec.hidden_size, use_bias=True, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
+        d, f = spec.hidden_size, spec.intermediate_size
+        self.fc1 = Linear(d, f, use_bias=True, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.fc2 = Linear(f, d, use_bias=True, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
         self.activation_fn = Activation(spec.hidden_act, spec.intermediate_size)
 
     def site_widths(self) -> tuple[int, int]:
@@ -137,7 +158,7 @@ class CLIPEncoder(nnx.Module):
         self.layers = nnx.List([CLIPEncoderLayer(spec, dtype=dtype, rngs=rngs) for _ in range(spec.num_hidden_layers)])
 
 
-class CLIPVisionModel(nnx.Module):
+class CLIPVisionModel(ImageDomain, nnx.Module):
     """CLIP ViT; LLaVA reads its per-layer hidden states, not the pooled output."""
 
     def __init__(self, spec: ClipVisionSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
@@ -152,7 +173,8 @@ class CLIPVisionModel(nnx.Module):
         expected = (self.spec.num_channels, self.spec.image_size, self.spec.image_size)
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
             raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}; the vision tower expects "
-                             f"[images, {expected[0]}, {expected[1]}, {expected[2]}] (NCHW, as the HF processor returns)")
+                             f"[images, {expected[0]}, {expected[1]}, {expected[2]}] "
+                             f"(NCHW, as the HF processor returns)")
         h = self.pre_layrnorm(self.embeddings(pixel_values))
         hidden_states = [h]
         for layer in self.encoder.layers:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sgm_jax.models.site import Site
+from sgm_jax.models.site import OUT, Fold, Site, scale_axis
 
 Axes = tuple[str | None, ...]
 
@@ -45,6 +45,14 @@ class Linear(Site):
 
     def site_widths(self) -> tuple[int, int]:
         return self.kernel.shape
+
+    def folder(self, end: str) -> Fold:
+        """An output gate scales the kernel's columns and the bias; an input gate the kernel's rows."""
+        def fold(alpha):
+            scale_axis(self.kernel, alpha, 1 if end == OUT else 0)
+            if end == OUT and self.bias is not None:
+                scale_axis(self.bias, alpha, 0)
+        return fold
 
     def forward(self, x: jax.Array) -> jax.Array:
         return self.gated_forward(x, None, None)
@@ -83,6 +91,10 @@ class Embedding(Site):
     def site_widths(self) -> tuple[None, int]:
         return None, self.embedding.shape[1]
 
+    def folder(self, end: str) -> Fold | None:
+        """Scales the table's features (the caller refuses this when the table is also the tied LM head)."""
+        return (lambda alpha: scale_axis(self.embedding, alpha, 1)) if end == OUT else None
+
     def forward(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.embedding[...], ids, axis=0, mode="clip")
 
@@ -103,6 +115,11 @@ class LayerNorm(Site):
     def site_widths(self) -> tuple[int, int]:
         return self.scale.shape[0], self.scale.shape[0]
 
+    def folder(self, end: str) -> Fold | None:
+        if end != OUT:
+            return None
+        return lambda alpha: (scale_axis(self.scale, alpha, 0), scale_axis(self.bias, alpha, 0))
+
     def forward(self, x: jax.Array) -> jax.Array:
         h = x.astype(jnp.float32)
         mean = h.mean(-1, keepdims=True)
@@ -112,7 +129,7 @@ class LayerNorm(Site):
 
 
 class RMSNorm(Site):
-    """Llama RMSNorm: normalise in float32, cast back, then scale (HF's order of operations)."""
+    """RMSNorm: normalise in float32, cast back, then scale (HF's order of operations)."""
 
     hf_params: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {"scale": ("weight", (0,))}
 
@@ -122,6 +139,9 @@ class RMSNorm(Site):
 
     def site_widths(self) -> tuple[int, int]:
         return self.scale.shape[0], self.scale.shape[0]
+
+    def folder(self, end: str) -> Fold | None:
+        return (lambda alpha: scale_axis(self.scale, alpha, 0)) if end == OUT else None
 
     def forward(self, x: jax.Array) -> jax.Array:
         h = x.astype(jnp.float32)

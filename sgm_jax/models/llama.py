@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.kv_cache import KVCache, LayerCache
+from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, Embedding, Linear, RMSNorm
 from sgm_jax.models.site import Site
@@ -33,7 +34,8 @@ class LlamaSpec:
     tie_word_embeddings: bool
 
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any], *, where: str = "config", tie_word_embeddings: bool | None = None) -> LlamaSpec:
+    def from_hf(cls, cfg: dict[str, Any], *, where: str = "config",
+                tie_word_embeddings: bool | None = None) -> LlamaSpec:
         """Read a `LlamaConfig.to_dict()`; `tie_word_embeddings` overrides the field (LLaVA keeps it on top)."""
         require(where, "model_type", cfg.get("model_type"), ["llama"])
         fields = [f.name for f in dataclasses.fields(cls) if f.name != "rope_theta"]
@@ -60,6 +62,13 @@ class LlamaSpec:
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)
                                      if tie_word_embeddings is None else tie_word_embeddings),
         )
+
+    def to_hf(self) -> dict[str, Any]:
+        """The `LlamaConfig` dict this spec reads back from (what export and orbax checkpoints write)."""
+        fields = dataclasses.asdict(self)
+        theta = fields.pop("rope_theta")
+        return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], **fields,
+                "rope_parameters": {"rope_type": "default", "rope_theta": theta}}
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
@@ -101,13 +110,18 @@ def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 class LlamaAttention(Site):
+    output_linear, input_linears = "o_proj", ("q_proj", "k_proj", "v_proj")
+
     def __init__(self, spec: LlamaSpec, *, dtype, rngs: nnx.Rngs):
-        self.num_heads, self.num_kv_heads, self.head_dim = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
+        self.num_heads, self.num_kv_heads = spec.num_attention_heads, spec.num_key_value_heads
+        self.head_dim = spec.head_dim
         d, bias = spec.hidden_size, spec.attention_bias
-        self.q_proj = Linear(d, self.num_heads * self.head_dim, use_bias=bias, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
-        self.k_proj = Linear(d, self.num_kv_heads * self.head_dim, use_bias=bias, axes=("embed", "kv_heads"), dtype=dtype, rngs=rngs)
-        self.v_proj = Linear(d, self.num_kv_heads * self.head_dim, use_bias=bias, axes=("embed", "kv_heads"), dtype=dtype, rngs=rngs)
-        self.o_proj = Linear(self.num_heads * self.head_dim, d, use_bias=bias, axes=("heads", "embed"), dtype=dtype, rngs=rngs)
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        layer = dict(use_bias=bias, dtype=dtype, rngs=rngs)
+        self.q_proj = Linear(d, q, axes=("embed", "heads"), **layer)
+        self.k_proj = Linear(d, kv, axes=("embed", "kv_heads"), **layer)
+        self.v_proj = Linear(d, kv, axes=("embed", "kv_heads"), **layer)
+        self.o_proj = Linear(q, d, axes=("heads", "embed"), **layer)
 
     def site_widths(self) -> tuple[int, int]:
         return self.o_proj.kernel.shape[1], self.o_proj.kernel.shape[1]
@@ -131,6 +145,8 @@ class LlamaAttention(Site):
 
 
 class LlamaMLP(Site):
+    output_linear, input_linears, activation_feeds = "down_proj", ("gate_proj", "up_proj"), "down_proj"
+
     def __init__(self, spec: LlamaSpec, *, dtype, rngs: nnx.Rngs):
         d, f, bias = spec.hidden_size, spec.intermediate_size, spec.mlp_bias
         self.gate_proj = Linear(d, f, use_bias=bias, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
@@ -167,7 +183,8 @@ class LlamaModel(nnx.Module):
     def __init__(self, spec: LlamaSpec, *, dtype, rngs: nnx.Rngs):
         self.spec = spec
         self.embed_tokens = Embedding(spec.vocab_size, spec.hidden_size, axes=("vocab", "embed"), dtype=dtype, rngs=rngs)
-        self.layers = nnx.List([LlamaDecoderLayer(spec, dtype=dtype, rngs=rngs) for _ in range(spec.num_hidden_layers)])
+        self.layers = nnx.List([LlamaDecoderLayer(spec, dtype=dtype, rngs=rngs)
+                                for _ in range(spec.num_hidden_layers)])
         self.norm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, dtype=dtype, rngs=rngs)
 
     def __call__(self, inputs_embeds: jax.Array, attention_mask: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
@@ -212,8 +229,10 @@ def output_logits(lm_head: Linear | None, embed_tokens: Embedding, hidden: jax.A
     return embed_tokens.attend(hidden) if lm_head is None else lm_head(hidden)
 
 
-class LlamaForCausalLM(nnx.Module):
+class LlamaForCausalLM(CausalLM):
     """Text-only Llama with its LM head (tied to the embeddings when the config says so)."""
+
+    model_type, spec_class, decoder_layers = "llama", LlamaSpec, "model.layers"
 
     def __init__(self, spec: LlamaSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.model = LlamaModel(spec, dtype=dtype, rngs=rngs)
@@ -247,14 +266,3 @@ class LlamaForCausalLM(nnx.Module):
         if last_only:
             hidden = hidden[:, -1]
         return output_logits(self.lm_head, self.model.embed_tokens, hidden), cache
-
-    def __call__(self, input_ids, *, attention_mask=None) -> jax.Array:
-        """Logits; concrete inputs run through one cached jit."""
-        if isinstance(input_ids, jax.core.Tracer):
-            return self.forward(input_ids, attention_mask=attention_mask)["logits"]
-        return _jitted_logits(self, input_ids, attention_mask)
-
-
-@nnx.jit
-def _jitted_logits(model: LlamaForCausalLM, input_ids, attention_mask) -> jax.Array:
-    return model.forward(input_ids, attention_mask=attention_mask)["logits"]

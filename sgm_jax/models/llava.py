@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -11,11 +12,12 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.kv_cache import KVCache
+from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.clip import CLIPVisionModel, ClipVisionSpec
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, Linear
 from sgm_jax.models.llama import LlamaModel, LlamaSpec, output_logits
-from sgm_jax.models.site import Site
+from sgm_jax.models.site import ImageDomain, Site
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +70,28 @@ class LlavaSpec:
             multimodal_projector_bias=bool(cfg.get("multimodal_projector_bias", True)),
         )
 
+    def to_hf(self) -> dict[str, Any]:
+        """The `LlavaConfig` dict this spec reads back from (what export and orbax checkpoints write)."""
+        text = self.text.to_hf()
+        del text["architectures"]
+        layer = self.vision_feature_layer
+        return {
+            "model_type": "llava", "architectures": ["LlavaForConditionalGeneration"], "text_config": text,
+            "vision_config": self.vision.to_hf(), "image_token_index": self.image_token_index,
+            "vision_feature_layer": layer if isinstance(layer, int) else list(layer),
+            "vision_feature_select_strategy": self.vision_feature_select_strategy,
+            "projector_hidden_act": self.projector_hidden_act,
+            "multimodal_projector_bias": self.multimodal_projector_bias,
+            "tie_word_embeddings": self.text.tie_word_embeddings, "image_seq_length": self.features_per_image,
+        }
 
-class LlavaMultiModalProjector(Site):
+
+class LlavaMultiModalProjector(ImageDomain, Site):
+    output_linear, input_linears, activation_feeds = "linear_2", ("linear_1",), "linear_2"
+
     def __init__(self, spec: LlavaSpec, *, dtype, rngs: nnx.Rngs):
-        d_in, d, bias = spec.vision.hidden_size * len(spec.feature_layers), spec.text.hidden_size, spec.multimodal_projector_bias
+        d_in, d = spec.vision.hidden_size * len(spec.feature_layers), spec.text.hidden_size
+        bias = spec.multimodal_projector_bias
         self.linear_1 = Linear(d_in, d, use_bias=bias, axes=(None, "embed"), dtype=dtype, rngs=rngs)
         self.act = Activation(spec.projector_hidden_act, d)
         self.linear_2 = Linear(d, d, use_bias=bias, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
@@ -81,17 +101,6 @@ class LlavaMultiModalProjector(Site):
 
     def forward(self, x: jax.Array) -> jax.Array:
         return self.linear_2(self.act(self.linear_1(x)))
-
-
-def check_image_tokens(input_ids, num_images: int, spec: LlavaSpec) -> None:
-    """Fail unless `input_ids` holds exactly one `<image>` token per image feature (concrete inputs only)."""
-    found = int(np.sum(np.asarray(input_ids) == spec.image_token_index))
-    expected = num_images * spec.features_per_image
-    if found != expected:
-        raise ValueError(
-            f"Image features and image tokens do not match: input_ids hold {found} <image> tokens "
-            f"(id {spec.image_token_index}) but {num_images} image(s) give {expected} features "
-            f"({spec.features_per_image} per image)")
 
 
 def scatter_image_features(embeds: jax.Array, input_ids: jax.Array, features: jax.Array, image_token: int) -> jax.Array:
@@ -118,17 +127,60 @@ class LlavaModel(nnx.Module):
         return self.multi_modal_projector(selected), hidden_states
 
 
-class LlavaForConditionalGeneration(nnx.Module):
+class LlavaForConditionalGeneration(CausalLM):
     """`model(input_ids, pixel_values=..., attention_mask=...) -> logits [batch, seq, vocab]`, as in transformers."""
+
+    model_type, spec_class, decoder_layers = "llava", LlavaSpec, "model.language_model.layers"
+    image_inputs = ("pixel_values",)
+    # The hub layout (`language_model.model.`, `vision_tower.vision_model.`), the one `save_pretrained` writes
+    # in transformers 5.x (`vision_tower.` without `vision_model.`) and the `state_dict()` layout (`model.`).
+    load_layout = (
+        ("language_model.model.", "model.language_model."),
+        ("language_model.lm_head.", "lm_head."),
+        ("vision_tower.vision_model.", "model.vision_tower."),
+        ("vision_tower.", "model.vision_tower."),
+        ("multi_modal_projector.", "model.multi_modal_projector."),
+    )
+    save_layout = (
+        ("model.language_model.", "language_model.model."),
+        ("lm_head.", "language_model.lm_head."),
+        ("model.vision_tower.", "vision_tower."),
+        ("model.multi_modal_projector.", "multi_modal_projector."),
+    )
 
     def __init__(self, spec: LlavaSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.model = LlavaModel(spec, dtype=dtype, rngs=rngs)
         self.lm_head = None if spec.text.tie_word_embeddings else Linear(
-            spec.text.hidden_size, spec.text.vocab_size, use_bias=False, axes=("embed", "vocab"), dtype=dtype, rngs=rngs)
+            spec.text.hidden_size, spec.text.vocab_size, use_bias=False, axes=("embed", "vocab"), dtype=dtype,
+            rngs=rngs)
 
     @property
     def spec(self) -> LlavaSpec:
         return self.model.spec
+
+    @property
+    def image_token_id(self) -> int:
+        return self.spec.image_token_index
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.spec.features_per_image
+
+    def check_inputs(self, input_ids: np.ndarray, images: Mapping[str, Any]) -> None:
+        """Exactly one `<image>` token per image feature, as transformers requires."""
+        super().check_inputs(input_ids, images)
+        pixels = images.get("pixel_values")
+        found = int(np.sum(np.asarray(input_ids) == self.image_token_id))
+        expected = (0 if pixels is None else len(pixels)) * self.tokens_per_image
+        if found != expected:
+            raise ValueError(
+                f"Image features and image tokens do not match: input_ids hold {found} <image> tokens "
+                f"(id {self.image_token_id}) but {expected // self.tokens_per_image} image(s) give {expected} "
+                f"features ({self.tokens_per_image} per image)")
+
+    def image_rows(self, input_ids: np.ndarray, images: Mapping[str, Any]) -> np.ndarray:
+        per_row = (np.asarray(input_ids) == self.image_token_id).sum(1) // self.tokens_per_image
+        return np.repeat(np.arange(len(per_row)), per_row).astype(np.int32)
 
     def input_embeddings(self, input_ids: jax.Array, pixel_values=None) -> tuple[jax.Array, list[jax.Array]]:
         """Token embeddings with the image features in the `<image>` positions, and the tower's hidden states."""
@@ -166,15 +218,3 @@ class LlavaForConditionalGeneration(nnx.Module):
         if last_only:
             hidden = hidden[:, -1]
         return output_logits(self.lm_head, lm.embed_tokens, hidden), cache
-
-    def __call__(self, input_ids, *, pixel_values=None, attention_mask=None) -> jax.Array:
-        """Logits; concrete inputs are checked (image-token count) and run through one cached jit."""
-        if isinstance(input_ids, jax.core.Tracer):
-            return self.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)["logits"]
-        check_image_tokens(input_ids, 0 if pixel_values is None else pixel_values.shape[0], self.spec)
-        return _jitted_logits(self, input_ids, pixel_values, attention_mask)
-
-
-@nnx.jit
-def _jitted_logits(model: LlavaForConditionalGeneration, input_ids, pixel_values, attention_mask) -> jax.Array:
-    return model.forward(input_ids, pixel_values=pixel_values, attention_mask=attention_mask)["logits"]

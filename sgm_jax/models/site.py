@@ -10,7 +10,11 @@ one without sites would; gates are state, so new alpha values never recompile.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import ClassVar
+
 import jax
+import numpy as np
 from flax import nnx
 
 OUT, IN = "site_out", "site_in"
@@ -21,16 +25,48 @@ class Gate(nnx.Variable):
     """Per-neuron multipliers of a site (float32 `[width]`); its own type, so gates split apart from `nnx.Param`."""
 
 
+Fold = Callable[[np.ndarray], None]
+
+
+def scale_axis(variable: nnx.Variable, alpha: np.ndarray, axis: int) -> None:
+    """Multiply `variable` by `alpha` along `axis` (how a gate folds into a weight)."""
+    shape = [1] * variable[...].ndim
+    shape[axis] = -1
+    variable.set_value(variable[...] * alpha.reshape(shape).astype(variable.dtype))
+
+
+class ImageDomain:
+    """Marker of a module whose sites see images, not tokens (a vision tower, a projector): their rows are
+    images, pooled over each image's own positions."""
+
+
 class Site(nnx.Module):
-    """Base of every module that is a neuron site; subclasses define `forward(x, *args)` and `site_widths`."""
+    """Base of every module that is a neuron site; subclasses define `forward(x, *args)` and `site_widths`.
+
+    Composite sites say how their gates fold into weights (export): the output is that of the child Linear
+    `output_linear`, the input feeds the child Linears `input_linears`, and the output of an activation child
+    feeds the child Linear `activation_feeds`. Leaf layers override `folder`.
+    """
 
     record: frozenset[str] = frozenset()
     gate_in: Gate | None = None
     gate_out: Gate | None = None
+    output_linear: ClassVar[str | None] = None
+    input_linears: ClassVar[tuple[str, ...]] = ()
+    activation_feeds: ClassVar[str | None] = None
 
     def site_widths(self) -> tuple[int | None, int]:
         """`(input width, output width)` of the neurons this site exposes; input None when it has no `:in` site."""
         raise NotImplementedError
+
+    def folder(self, end: str) -> Fold | None:
+        """How to fold a gate at `end` (OUT or IN) into this module's weights; None when no exact fold exists."""
+        if end == OUT and self.output_linear:
+            return getattr(self, self.output_linear).folder(OUT)
+        if end == IN and self.input_linears:
+            folds = [getattr(self, name).folder(IN) for name in self.input_linears]
+            return lambda alpha: [fold(alpha) for fold in folds]
+        return None
 
     def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
         gate_in = None if self.gate_in is None else self.gate_in[...]

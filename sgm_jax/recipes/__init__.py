@@ -12,10 +12,11 @@ import tomllib
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
+from sgm_jax.models.registry import FAMILIES
+
 # The bundled recipes, read through importlib.resources (a pathlib.Path for an ordinary install).
 RECIPE_DIR: Traversable = files(__name__)
 
-_FAMILIES = ("llava", "llama")
 _MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -61,8 +62,8 @@ def load_recipe(name_or_path: str, directory: str | os.PathLike | Traversable = 
     _expect_keys(raw, {"name", "hf_id", "family", "dtype", "parameters", "sites", "prompt", "mesh"}, path, "")
     _expect_keys(raw["sites"], {"default"}, path, "sites.")
     _expect_keys(raw["prompt"], {"format", "use_chat_template"}, path, "prompt.")
-    if raw["family"] not in _FAMILIES:
-        raise RecipeError(f"{path}: family={raw['family']!r} is not one of {list(_FAMILIES)}")
+    if raw["family"] not in FAMILIES:
+        raise RecipeError(f"{path}: family={raw['family']!r} is not one of {sorted(FAMILIES)}")
     if "{prompt}" not in raw["prompt"]["format"]:
         raise RecipeError(f"{path}: prompt.format has no {{prompt}} placeholder")
     for hint, axes in raw["mesh"].items():

@@ -1,0 +1,90 @@
+"""What every family's top-level model is: the contract the rest of sgm_jax relies on, so nothing outside a
+family's own module names a family.
+
+A family subclasses `CausalLM` in its module (spec, config reading, key layouts, the inputs its forward takes,
+image-token rules) and adds one line to `sgm_jax.models.registry`. Loading, batching, capture, generation,
+likelihood and export speak only to this interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import jax
+import numpy as np
+from flax import nnx
+
+from sgm_jax.kv_cache import KVCache
+from sgm_jax.models.compiled import compiled
+
+# Tensor-name prefix pairs (from, to), first match wins.
+Layout = tuple[tuple[str, str], ...]
+
+
+class CausalLM(nnx.Module):
+    """`model(input_ids, attention_mask=..., **image_inputs) -> logits [batch, seq, vocab]`, as in transformers."""
+
+    model_type: ClassVar[str]
+    """The HF `model_type` the family is registered under."""
+    spec_class: ClassVar[type]
+    """Its spec: `spec_class.from_hf(config dict)` and `spec.to_hf()`."""
+    load_layout: ClassVar[Layout] = ()
+    """Checkpoint key prefix -> in-memory name prefix, for every layout the family's checkpoints are found in."""
+    save_layout: ClassVar[Layout] = ()
+    """In-memory name prefix -> the prefix transformers' `save_pretrained` writes (export)."""
+    decoder_layers: ClassVar[str]
+    """Module path of the decoder's layer list (where SGM's default sites are)."""
+    image_inputs: ClassVar[tuple[str, ...]] = ()
+    """Names of the processor outputs the forward takes besides `input_ids` and `attention_mask`."""
+
+    special_tokens: tuple[tuple[str, Any], ...] = ()
+    """The checkpoint's EOS and pad ids (`sgm_jax.loading.special_tokens`), read by `sgm_jax.generate`."""
+
+    spec: Any
+
+    @property
+    def image_token_id(self) -> int | None:
+        """The id of the token image features replace, or None for a text-only model."""
+        return None
+
+    @property
+    def tokens_per_image(self) -> int:
+        """How many tokens one image adds to a prompt (an estimate where it varies; 0 for text-only)."""
+        return 0
+
+    def check_inputs(self, input_ids: np.ndarray, images: Mapping[str, Any]) -> None:
+        """Fail, naming what is wrong, unless the image inputs fit the prompt (host arrays, before any compile)."""
+        unknown = sorted(set(images) - set(self.image_inputs))
+        if unknown:
+            takes = list(self.image_inputs) or "no image inputs (a text-only model)"
+            raise ValueError(f"{type(self).__name__} got inputs {unknown} it does not take; it takes {takes}")
+
+    def image_rows(self, input_ids: np.ndarray, images: Mapping[str, Any]) -> np.ndarray:
+        """The batch row of each image, in the order of the image inputs (host arrays)."""
+        return np.zeros(0, np.int32)
+
+    def forward(self, input_ids, *, attention_mask=None, **images) -> dict[str, Any]:
+        """Traceable forward: `logits`, and the streams capture reads (`text_stream`, `text_final`, ...)."""
+        raise NotImplementedError
+
+    def init_cache(self, batch: int, max_len: int) -> KVCache:
+        raise NotImplementedError
+
+    def forward_with_cache(self, input_ids, cache: KVCache, *, attention_mask=None, last_only: bool = False,
+                           **images) -> tuple[jax.Array, KVCache]:
+        """Traceable: the logits of new tokens run after those in `cache`, and the updated cache."""
+        raise NotImplementedError
+
+    def __call__(self, input_ids, *, attention_mask=None, **images) -> jax.Array:
+        """Logits; concrete inputs are checked and run through one compiled function of the model."""
+        images = {name: value for name, value in images.items() if value is not None}
+        if isinstance(input_ids, jax.core.Tracer):
+            return self.forward(input_ids, attention_mask=attention_mask, **images)["logits"]
+        self.check_inputs(np.asarray(input_ids), images)
+        return _logits(self, input_ids, attention_mask, images)
+
+
+@compiled
+def _logits(model: CausalLM, input_ids, attention_mask, images) -> jax.Array:
+    return model.forward(input_ids, attention_mask=attention_mask, **images)["logits"]

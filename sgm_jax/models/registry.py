@@ -1,0 +1,24 @@
+"""The model families sgm_jax ports, by Hugging Face `model_type`.
+
+A family lives in its own module (a `CausalLM` subclass with its spec, layouts and input rules); adding one
+is that module plus one entry here.
+"""
+
+from __future__ import annotations
+
+from sgm_jax.models.causal_lm import CausalLM
+from sgm_jax.models.config import UnsupportedConfigError
+from sgm_jax.models.llama import LlamaForCausalLM
+from sgm_jax.models.llava import LlavaForConditionalGeneration
+
+FAMILIES: dict[str, type[CausalLM]] = {cls.model_type: cls for cls in (
+    LlamaForCausalLM,
+    LlavaForConditionalGeneration,
+)}
+
+
+def family(model_type: str | None) -> type[CausalLM]:
+    """The model class registered for `model_type`, or an error listing the supported ones."""
+    if model_type not in FAMILIES:
+        raise UnsupportedConfigError(f"model_type={model_type!r} is not supported (supported: {sorted(FAMILIES)})")
+    return FAMILIES[model_type]
