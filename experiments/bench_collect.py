@@ -27,8 +27,8 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 import sgm_jax
-from sgm_jax.capture import CaptureSpec, bucket_length, pooled_batch
-from sgm_jax.collect import plan_batches
+from sgm_jax.batching import bucket_length, plan_batches
+from sgm_jax.capture import CaptureSpec, pooled_batch
 from sgm_jax.sites import default_sites, resolve
 from sgm_jax.store import ResponseStore
 from shapes import make_inputs, mid_size_config

@@ -31,8 +31,9 @@ import optax
 from flax import nnx
 
 import sgm_jax
+from sgm_jax.batching import collate, image_inputs, left_pad
 from sgm_jax.data import Sample, read_jsonl
-from sgm_jax.data.encode import collate, encode
+from sgm_jax.data.encode import encode
 from sgm_jax.data.synthetic import IMAGE_SIZE, write_dataset
 from sgm_jax.evaluate.judges.lexicon import LexiconJudge
 from sgm_jax.evaluate.likelihood import encode_response, text_scores
@@ -129,17 +130,8 @@ def mcq_as_answer(sample: Sample) -> Sample:
 
 def padded(sequences: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, np.ndarray]:
     """Left-padded `input_ids`, `attention_mask`, `targets` (and stacked `pixel_values`), one length for all."""
-    length = -(-max(len(s["input_ids"]) for s in sequences) // 8) * 8
-    out = {"input_ids": np.full((len(sequences), length), pad_id, np.int32),
-           "attention_mask": np.zeros((len(sequences), length), np.int32),
-           "targets": np.zeros((len(sequences), length), bool)}
-    for row, s in enumerate(sequences):
-        n = len(s["input_ids"])
-        out["input_ids"][row, length - n:], out["attention_mask"][row, length - n:] = s["input_ids"], 1
-        out["targets"][row, length - n:] = s["targets"]
-    if "pixel_values" in sequences[0]:
-        out["pixel_values"] = np.concatenate([s["pixel_values"] for s in sequences])
-    return out
+    batch = collate(sequences, pad_id)
+    return left_pad(batch, -(-batch["input_ids"].shape[1] // 8) * 8, pad_id)
 
 
 def training_set(paths: dict[str, str], processor) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -158,8 +150,8 @@ def training_set(paths: dict[str, str], processor) -> tuple[dict[str, np.ndarray
 
 def answer_loss(model, batch: dict[str, jax.Array]) -> jax.Array:
     """Mean cross-entropy of the target tokens, each predicted from the tokens before it."""
-    kwargs = {"pixel_values": batch["pixel_values"]} if "pixel_values" in batch else {}
-    logits = model.forward(batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)["logits"][:, :-1]
+    logits = model.forward(batch["input_ids"], attention_mask=batch["attention_mask"],
+                           **image_inputs(batch))["logits"][:, :-1]
     nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["input_ids"][:, 1:])
     mask = batch["targets"][:, 1:].astype(jnp.float32)
     return (nll * mask).sum() / mask.sum()
@@ -219,10 +211,9 @@ def generate_answers(model, processor, samples: list[Sample], *, max_new_tokens:
     for start in range(0, len(samples), batch_size):
         chunk = [encode(dataclasses.replace(s, response=None), processor) for s in samples[start:start + batch_size]]
         batch = collate(chunk, tokenizer.pad_token_id)
-        new = sgm_jax.generate(model, batch["input_ids"], pixel_values=batch.get("pixel_values"),
-                               attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens,
-                               temperature=0.0, eos_token_id=tokenizer.eos_token_id,
-                               pad_token_id=tokenizer.pad_token_id)
+        new = sgm_jax.generate(model, batch.pop("input_ids"), attention_mask=batch.pop("attention_mask"),
+                               max_new_tokens=max_new_tokens, temperature=0.0, eos_token_id=tokenizer.eos_token_id,
+                               pad_token_id=tokenizer.pad_token_id, **batch)
         answers += tokenizer.batch_decode(new, skip_special_tokens=True)
     return answers
 

@@ -10,8 +10,7 @@ padded to a few bucketed shapes so a long collection compiles a handful of times
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jax
@@ -19,24 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sgm_jax.models.llava import check_image_tokens
+from sgm_jax.batching import image_inputs, model_batch
+from sgm_jax.models.causal_lm import CausalLM
+from sgm_jax.models.compiled import compiled
 from sgm_jax.sites import SiteRef, resolve
 
 POOLINGS = ("mean", "max", "last")
 TOKENS = ("all", "text", "image")
-
-
-def bucket_length(n: int, minimum: int = 16) -> int:
-    """The padded length for `n` tokens: four steps per octave (..., 64, 80, 96, 112, 128, 160, ...).
-
-    At most 25% padding (less after sorting by length), and a dataset whose lengths span
-    one octave compiles at most five shapes.
-    """
-    if n <= minimum:
-        return minimum
-    octave = 1 << (n - 1).bit_length() - 1
-    step = max(1, octave // 4)
-    return -(-n // step) * step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +58,6 @@ def token_selection(input_ids, attention_mask, tokens: str, image_token: int | N
     return valid & (is_image if tokens == "image" else ~is_image)
 
 
-def _image_token(model: nnx.Module) -> int | None:
-    return getattr(model.spec, "image_token_index", None)
-
-
 def _record(model: nnx.Module, refs: Iterable[SiteRef]) -> None:
     wanted: dict[tuple, set[str]] = {}
     for ref in refs:
@@ -102,13 +86,12 @@ def pooled_responses(model: nnx.Module, inputs: Mapping[str, jax.Array], spec: C
     `image_rows` (the batch row of each image, -1 for a padding image).
     """
     _record(model, spec.refs)
-    kwargs = {"attention_mask": inputs["attention_mask"]}
-    if "pixel_values" in inputs:
-        kwargs["pixel_values"] = inputs["pixel_values"]
-    _, sown = nnx.capture(model.forward, nnx.Intermediate)(inputs["input_ids"], **kwargs)
+    images = {name: inputs[name] for name in model.image_inputs if name in inputs}
+    _, sown = nnx.capture(model.forward, nnx.Intermediate)(inputs["input_ids"],
+                                                           attention_mask=inputs["attention_mask"], **images)
     sown = {tuple(path): value.get_value()[0] for path, value in nnx.to_flat_state(sown)}
 
-    valid = token_selection(inputs["input_ids"], inputs["attention_mask"], spec.tokens, _image_token(model))
+    valid = token_selection(inputs["input_ids"], inputs["attention_mask"], spec.tokens, model.image_token_id)
     out = {}
     for ref in spec.refs:
         values = sown[ref.path + (ref.end,)]
@@ -123,38 +106,21 @@ def pooled_responses(model: nnx.Module, inputs: Mapping[str, jax.Array], spec: C
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "spec"))
-def _pooled_jit(state, inputs, *, graphdef, spec: CaptureSpec):
-    return pooled_responses(nnx.merge(graphdef, state), inputs, spec)
+_pooled_compiled = compiled(pooled_responses, static_argnames=("spec",))
 
 
-def prepare_batch(batch: Mapping[str, Any], model: nnx.Module, spec: CaptureSpec) -> dict[str, np.ndarray]:
-    """Check a batch and pad it to its bucket: tokens on the left, images to one per row at least."""
-    ids = np.asarray(batch["input_ids"])
-    mask = np.asarray(batch.get("attention_mask", np.ones_like(ids)))
-    if ids.ndim != 2 or mask.shape != ids.shape:
-        raise ValueError(f"input_ids {ids.shape} and attention_mask {mask.shape} must be the same [batch, seq] shape")
-    rows, length = ids.shape
-    target = bucket_length(length)
-    ids = np.pad(ids, ((0, 0), (target - length, 0)))
-    mask = np.pad(mask, ((0, 0), (target - length, 0)))
-    prepared = {"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32)}
-
-    pixels = batch.get("pixel_values")
-    image_spec = model.spec
-    if _image_token(model) is not None:
-        check_image_tokens(ids, 0 if pixels is None else len(pixels), image_spec)
-    elif pixels is not None:
-        raise ValueError("the batch has pixel_values but the model has no vision tower")
-    if pixels is not None:
-        pixels = np.asarray(pixels)
-        per_row = (ids == image_spec.image_token_index).sum(1) // image_spec.features_per_image
-        image_rows = np.repeat(np.arange(rows), per_row)
+def prepare_batch(batch: Mapping[str, Any], model: CausalLM, spec: CaptureSpec) -> dict[str, np.ndarray]:
+    """Check a batch and pad it to its bucket: tokens on the left, images to one slot per row at least (so the
+    image-domain pooling has a static shape), each image's batch row in `image_rows` (-1 for a padding slot)."""
+    prepared = model_batch(model, batch)
+    images = image_inputs(prepared)
+    if images:
+        rows, image_rows = len(prepared["input_ids"]), model.image_rows(prepared["input_ids"], images)
         slots = max(rows, -(-len(image_rows) // rows) * rows)
-        prepared["pixel_values"] = np.concatenate(
-            [pixels, np.zeros((slots - len(pixels),) + pixels.shape[1:], pixels.dtype)])
-        prepared["image_rows"] = np.concatenate([image_rows, -np.ones(slots - len(image_rows), np.int64)]).astype(np.int32)
-    _check_pool_targets(prepared, spec, _image_token(model))
+        for key, value in images.items():
+            prepared[key] = np.concatenate([value, np.zeros((slots - len(value),) + value.shape[1:], value.dtype)])
+        prepared["image_rows"] = np.concatenate([image_rows, -np.ones(slots - len(image_rows), np.int32)])
+    _check_pool_targets(prepared, spec, model.image_token_id)
     return prepared
 
 
@@ -172,25 +138,17 @@ def _check_pool_targets(prepared: dict[str, np.ndarray], spec: CaptureSpec, imag
             raise ValueError(f"batch rows {missing} have no image, but sites {image_refs[:3]} pool over images")
 
 
-def pooled_batch(model: nnx.Module, batch: Mapping[str, Any], spec: CaptureSpec, *, split=None) -> dict[str, np.ndarray]:
+def pooled_batch(model: CausalLM, batch: Mapping[str, Any], spec: CaptureSpec) -> dict[str, np.ndarray]:
     """Pooled responses of one batch as host arrays `{site: [rows, width]}`."""
-    graphdef, state = split or nnx.split(model)
-    out = _pooled_jit(state, prepare_batch(batch, model, spec), graphdef=graphdef, spec=spec)
+    out = _pooled_compiled(model, prepare_batch(batch, model, spec), spec=spec)
     return {name: np.asarray(value) for name, value in out.items()}
-
-
-def iter_pooled(model: nnx.Module, batches: Iterable[Mapping[str, Any]], spec: CaptureSpec
-                ) -> Iterator[dict[str, np.ndarray]]:
-    split = nnx.split(model)
-    for batch in batches:
-        yield pooled_batch(model, batch, spec, split=split)
 
 
 def collect_responses(model: nnx.Module, batches: Iterable[Mapping[str, Any]], *, sites, pooling: str = "mean",
                       tokens: str = "all") -> dict[str, np.ndarray]:
     """Pooled activations `{site: [n_samples, width]}` over `batches`, rows in sample order (globs expanded)."""
     spec = CaptureSpec(tuple(resolve(model, sites)), pooling, tokens)
-    chunks = list(iter_pooled(model, batches, spec))
+    chunks = [pooled_batch(model, batch, spec) for batch in batches]
     if not chunks:
         raise ValueError("collect_responses got no batches")
     return {ref.name: np.concatenate([c[ref.name] for c in chunks]) for ref in spec.refs}

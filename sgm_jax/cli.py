@@ -18,7 +18,7 @@ def _mesh(text: str | None):
     try:
         data, fsdp, tensor = (int(x) for x in text.split(","))
     except ValueError:
-        raise SystemExit(f"--mesh takes DATA,FSDP,TENSOR sizes such as 1,4,2 (one may be -1), got {text!r}")
+        raise SystemExit(f"--mesh takes DATA,FSDP,TENSOR sizes such as 1,4,2 (one may be -1), got {text!r}") from None
     return make_mesh(data, fsdp, tensor)
 
 
@@ -94,9 +94,9 @@ def cmd_generate(args) -> None:
     try:
         encoded = encode(Sample(id="prompt", prompt=args.prompt, image=args.image), processor)
     except DatasetError as err:
-        raise SystemExit(str(err))
-    tokens = sgm_jax.generate(model, encoded["input_ids"][None], pixel_values=encoded.get("pixel_values"),
-                              max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        raise SystemExit(str(err)) from None
+    ids = encoded.pop("input_ids")[None]
+    tokens = sgm_jax.generate(model, ids, **encoded, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, seed=args.seed, processor=processor)
     tokenizer = getattr(processor, "tokenizer", processor)
     print(tokenizer.decode(tokens[0], skip_special_tokens=True).strip())
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
-        raise SystemExit(130)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -5,24 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from flax import nnx
 from tqdm.auto import tqdm
 
+from sgm_jax.batching import collate, pad_token_id, plan_batches
 from sgm_jax.capture import CaptureSpec, pooled_batch
-from sgm_jax.data.encode import collate, encode, render
+from sgm_jax.data.encode import encode, render
 from sgm_jax.data.samples import Sample, dataset_hash
 from sgm_jax.fingerprint import model_fingerprint
+from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.sites import resolve
 from sgm_jax.store import ResponseStore
-
-
-def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Sample indices grouped into batches of similar length, so little compute goes to padding.
-
-    Deterministic, so a resumed run follows the same plan and computes bitwise the same rows.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def estimated_lengths(samples: Sequence[Sample], processor, image_tokens: int) -> list[int]:
@@ -31,7 +23,7 @@ def estimated_lengths(samples: Sequence[Sample], processor, image_tokens: int) -
     return [len(tokenizer(render(s, processor))["input_ids"]) + (image_tokens if s.image else 0) for s in samples]
 
 
-def collect_to_store(model: nnx.Module, processor, samples: Sequence[Sample], out_dir: str, *, sites,
+def collect_to_store(model: CausalLM, processor, samples: Sequence[Sample], out_dir: str, *, sites,
                      pooling: str = "mean", tokens: str = "all", batch_size: int = 8, model_name: str = "",
                      dataset_name: str = "", progress: bool = True) -> ResponseStore:
     """Collect pooled responses of `samples` at `sites` into the store at `out_dir`, resuming if it exists."""
@@ -50,14 +42,13 @@ def collect_to_store(model: nnx.Module, processor, samples: Sequence[Sample], ou
     store = ResponseStore.create_or_resume(out_dir, manifest)
     if store.complete:
         return store
-    plan = plan_batches(estimated_lengths(samples, processor, getattr(model.spec, "features_per_image", 0)), batch_size)
+    plan = plan_batches(estimated_lengths(samples, processor, model.tokens_per_image), batch_size)
     todo = [i for i in range(len(plan)) if i not in store.done_batches()]
-    pad_id = getattr(getattr(processor, "tokenizer", processor), "pad_token_id", None) or 0
-    split = nnx.split(model)
+    pad_id = pad_token_id(processor)
     for index in tqdm(todo, desc="collect", unit="batch", disable=not progress,
                       initial=len(plan) - len(todo), total=len(plan)):
         rows = plan[index]
         batch = collate([encode(samples[i], processor) for i in rows], pad_id)
-        store.write_batch(index, np.asarray(rows), pooled_batch(model, batch, spec, split=split))
+        store.write_batch(index, np.asarray(rows), pooled_batch(model, batch, spec))
     store.finalize(plan)
     return store

@@ -5,8 +5,8 @@ identically on the prompt and on every new token), in one jitted function of the
 model's split state, so new alpha values never recompile. The cache is built fresh
 by each call from the gated model's own prefill and never outlives it, so no step
 can read keys or values that were computed without the intervention. Prompts are
-left-padded to a bucketed length (`sgm_jax.capture.bucket_length`) so a research
-loop over many prompts compiles a handful of shapes.
+left-padded to a bucketed length so a research
+loop over many prompts compiles a handful of shapes (`sgm_jax.batching`).
 """
 
 from __future__ import annotations
@@ -17,17 +17,19 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from sgm_jax.capture import bucket_length
-from sgm_jax.models.llava import check_image_tokens
+from sgm_jax.batching import image_inputs, model_batch
+from sgm_jax.models.causal_lm import CausalLM
+from sgm_jax.models.compiled import compiled
 
 
-def generate(model: nnx.Module, input_ids, *, pixel_values=None, attention_mask=None, max_new_tokens: int = 32,
+def generate(model: CausalLM, input_ids, *, attention_mask=None, max_new_tokens: int = 32,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
              eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-             processor=None) -> np.ndarray:
+             processor=None, **images) -> np.ndarray:
     """New tokens `[batch, n]` after each left-padded prompt row (numpy int32).
+
+    `images` are the image inputs as the processor returns them (`pixel_values=...`).
 
     Greedy when `temperature == 0`; otherwise samples from `softmax(logits / temperature)`
     restricted to the `top_k` most likely tokens (0 = all) and then to the smallest set
@@ -42,23 +44,13 @@ def generate(model: nnx.Module, input_ids, *, pixel_values=None, attention_mask=
     """
     ids, mask = _prompt(input_ids, attention_mask)
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
-    if hasattr(model.spec, "image_token_index"):
-        check_image_tokens(ids, 0 if pixel_values is None else len(pixel_values), model.spec)
-    elif pixel_values is not None:
-        raise ValueError("pixel_values were given but the model has no vision tower (a text-only LM)")
+    batch = model_batch(model, {"input_ids": ids, "attention_mask": mask, **images})
     eos, pad = _special_ids(model, processor, eos_token_id, pad_token_id)
-
-    length = bucket_length(ids.shape[1])
-    ids = np.pad(ids, ((0, 0), (length - ids.shape[1], 0)))
-    mask = np.pad(mask, ((0, 0), (length - mask.shape[1], 0)))
-    if pixel_values is not None:
-        pixel_values = np.asarray(pixel_values)
-    graphdef, state = nnx.split(model)
     sampling = {"temperature": np.float32(temperature if temperature > 0 else 1.0), "top_k": np.int32(top_k),
                 "top_p": np.float32(top_p)}
-    tokens, steps = _generate_jit(state, ids, mask, pixel_values, np.asarray(eos, np.int32), np.int32(pad),
-                                  jax.random.key(seed), sampling, graphdef=graphdef,
-                                  max_new_tokens=int(max_new_tokens), greedy=temperature == 0)
+    tokens, steps = _decode(model, batch["input_ids"], batch["attention_mask"], image_inputs(batch),
+                            np.asarray(eos, np.int32), np.int32(pad), jax.random.key(seed), sampling,
+                            max_new_tokens=int(max_new_tokens), greedy=temperature == 0)
     return np.asarray(tokens)[:, :int(steps)]
 
 
@@ -95,7 +87,7 @@ def _special_ids(model, processor, eos_token_id, pad_token_id) -> tuple[tuple[in
     """EOS ids and the pad id as transformers' `generate` picks them: as given, else the checkpoint's
     generation_config.json / config (`model.special_tokens`, set by `load_model`), else the tokenizer's,
     else none (never stop); the pad id falls back to the first EOS id, then 0."""
-    checkpoint = dict(getattr(model, "special_tokens", ()))
+    checkpoint = dict(model.special_tokens)
     tokenizer = getattr(processor, "tokenizer", processor)
     if eos_token_id is None:
         eos_token_id = checkpoint.get("eos_token_id")
@@ -129,15 +121,13 @@ def next_token(logits: jax.Array, key: jax.Array, sampling: dict[str, jax.Array]
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy"))
-def _generate_jit(state, input_ids, attention_mask, pixel_values, eos, pad, key, sampling, *, graphdef,
-                  max_new_tokens: int, greedy: bool):
-    model = nnx.merge(graphdef, state)
+@compiled(static_argnames=("max_new_tokens", "greedy"))
+def _decode(model: CausalLM, input_ids, attention_mask, images, eos, pad, key, sampling, *, max_new_tokens: int,
+            greedy: bool):
     batch, length = input_ids.shape
     choose = functools.partial(next_token, sampling=sampling, greedy=greedy)
     finished = lambda token: jnp.isin(token, eos)
 
-    images = {} if pixel_values is None else {"pixel_values": pixel_values}
     cache = model.init_cache(batch, length + max_new_tokens)
     logits, cache = model.forward_with_cache(input_ids, cache, attention_mask=attention_mask, last_only=True,
                                              **images)

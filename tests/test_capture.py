@@ -38,8 +38,7 @@ NOT_SITES = {"", "model", "model.vision_tower", "model.vision_tower.encoder", "m
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    directory = hf_tiny.save_llava(str(tmp_path_factory.mktemp("capture")), hf_tiny.llava_config(kv_heads=2), seed=4)
-    return sgm_jax.load_model(directory)[0], hf_tiny.load_reference(directory)
+    return hf_tiny.llava_and_reference(tmp_path_factory.mktemp("capture"), seed=4, kv_heads=2)
 
 
 def _batches(n_features):
@@ -141,10 +140,3 @@ def test_rows_without_anything_to_pool_are_errors(models):
         sgm_jax.collect_responses(model, [text_only], sites=["model.vision_tower.pre_layrnorm"])
     with pytest.raises(ValueError, match="pooling='median'"):
         sgm_jax.collect_responses(model, [text_only], sites=["lm_head"], pooling="median")
-
-
-def test_buckets_bound_the_number_of_compiled_shapes_and_the_padding():
-    lengths = {n: capture.bucket_length(n) for n in range(1, 4097)}
-    assert all(n <= b <= max(16, 1.25 * n) for n, b in lengths.items())
-    assert len({lengths[n] for n in range(600, 1200)}) <= 5  # one octave of lengths, a handful of compiles
-    assert len(set(lengths.values())) <= 4 * 8 + 1

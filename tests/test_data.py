@@ -9,15 +9,13 @@ import pytest
 import hf_tiny
 import sgm_jax
 from sgm_jax.data import DatasetError, dataset_hash, read_jsonl, write_jsonl
-from sgm_jax.data.encode import collate, encode, render
+from sgm_jax.batching import collate
+from sgm_jax.data.encode import encode, render
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("ckpt"))
-    hf_tiny.save_llava(directory, hf_tiny.llava_config(), seed=1)
-    hf_tiny.save_processor(directory)
-    return sgm_jax.load_model(directory)
+    return sgm_jax.load_model(hf_tiny.save_tiny(tmp_path_factory.mktemp("ckpt"), seed=1, processor=True))
 
 
 def _write(tmp_path, lines):

@@ -13,24 +13,20 @@ import sgm_jax
 from sgm_jax import cli
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
-from sgm_jax.generate import _generate_jit
+from sgm_jax.generate import _decode
 from sgm_jax.interventions import Intervention
 from sgm_jax.sites import list_sites
 
-GATED = {  # site -> HF module and whether the gate acts on its input
-    "model.language_model.layers.0.mlp.gate_proj": ("model.language_model.layers.0.mlp.gate_proj", False),
-    "model.language_model.layers.0.mlp.up_proj": ("model.language_model.layers.0.mlp.up_proj", False),
-    "model.language_model.layers.1.mlp.down_proj:in": ("model.language_model.layers.1.mlp.down_proj", True),
-    "model.language_model.layers.1.self_attn": ("model.language_model.layers.1.self_attn", False),
-    "model.multi_modal_projector.linear_2": ("model.multi_modal_projector.linear_2", False),
-}
+# Sites gated in sgm_jax and, by the same factors, in transformers through hf_tiny.gate_hooks.
+GATED = ["model.language_model.layers.0.mlp.gate_proj", "model.language_model.layers.0.mlp.up_proj",
+         "model.language_model.layers.1.mlp.down_proj:in", "model.language_model.layers.1.self_attn",
+         "model.multi_modal_projector.linear_2"]
 NEW = 8
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    directory = hf_tiny.save_llava(str(tmp_path_factory.mktemp("gen")), hf_tiny.llava_config(kv_heads=2), seed=4)
-    return sgm_jax.load_model(directory)[0], hf_tiny.load_reference(directory)
+    return hf_tiny.llava_and_reference(tmp_path_factory.mktemp("gen"), seed=4, kv_heads=2)
 
 
 def _batch(model, seed=0, pads=(0, 3, 7)):
@@ -46,23 +42,10 @@ def _intervention(model, seed):
 
 def _hf_generate(hf, ids, mask, pixels=None, *, eos, pad, iv=None):
     """transformers greedy decoding, with the intervention as forward (pre-)hooks multiplying the same modules."""
-    modules, handles = dict(hf.named_modules()), []
-    for site, alpha in (iv.alphas if iv else {}).items():
-        name, on_input = GATED[site]
-        alpha = torch.tensor(alpha)
-        if on_input:
-            handles.append(modules[name].register_forward_pre_hook(lambda m, args, a=alpha: (args[0] * a,)))
-        else:
-            handles.append(modules[name].register_forward_hook(  # attention returns (output, weights)
-                lambda m, args, out, a=alpha: (out[0] * a,) + tuple(out[1:]) if isinstance(out, tuple) else out * a))
     images = {} if pixels is None else {"pixel_values": torch.tensor(pixels)}
-    try:
-        with torch.no_grad():
-            out = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
-                              max_new_tokens=NEW, eos_token_id=eos, pad_token_id=pad, **images)
-    finally:
-        for h in handles:
-            h.remove()
+    with hf_tiny.gate_hooks(hf, iv.alphas if iv else {}), torch.no_grad():
+        out = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
+                          max_new_tokens=NEW, eos_token_id=eos, pad_token_id=pad, **images)
     return out[:, ids.shape[1]:].numpy()
 
 
@@ -168,8 +151,8 @@ def test_new_alphas_and_sampling_settings_do_not_recompile(models):
         outs.append(sgm_jax.generate(gated, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW,
                                      temperature=1.0 + seed, top_k=seed, top_p=1 - seed / 10, seed=seed))
         if seed == 0:
-            compiled = _generate_jit._cache_size()
-    assert _generate_jit._cache_size() == compiled
+            compiled = _decode._cache_size()
+    assert _decode._cache_size() == compiled
     assert not np.array_equal(outs[0], outs[1])
 
 
@@ -187,9 +170,7 @@ def test_bad_inputs_say_what_is_wrong(models):
 
 
 def test_generate_command_prints_the_same_text_as_the_api(tmp_path, capsys):
-    directory = str(tmp_path / "ckpt")
-    hf_tiny.save_llava(directory, hf_tiny.llava_config(), seed=9)
-    hf_tiny.save_processor(directory)
+    directory = hf_tiny.save_tiny(tmp_path / "ckpt", seed=9, processor=True)
     image = str(tmp_path / "image.png")
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 20, 3), dtype=np.uint8)).save(image)
     model, processor = sgm_jax.load_model(directory)

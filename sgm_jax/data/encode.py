@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -47,19 +46,3 @@ def encode(sample: Sample, processor) -> dict[str, np.ndarray]:
         out = processor(images=[image.convert("RGB")], text=[text], return_tensors="np")
     return {"input_ids": np.asarray(out["input_ids"][0], np.int32),
             "pixel_values": np.asarray(out["pixel_values"], np.float32)}
-
-
-def collate(encoded: Sequence[dict[str, np.ndarray]], pad_id: int = 0) -> dict[str, np.ndarray]:
-    """Left-pad a list of encoded samples into one batch."""
-    length = max(len(e["input_ids"]) for e in encoded)
-    ids = np.full((len(encoded), length), pad_id, np.int32)
-    mask = np.zeros((len(encoded), length), np.int32)
-    for row, e in enumerate(encoded):
-        n = len(e["input_ids"])
-        ids[row, length - n:] = e["input_ids"]
-        mask[row, length - n:] = 1
-    batch = {"input_ids": ids, "attention_mask": mask}
-    pixels = [e["pixel_values"] for e in encoded if "pixel_values" in e]
-    if pixels:
-        batch["pixel_values"] = np.concatenate(pixels)
-    return batch

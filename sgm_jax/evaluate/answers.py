@@ -17,7 +17,8 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from sgm_jax.data.encode import collate, encode
+from sgm_jax.batching import collate, pad_token_id
+from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
 from sgm_jax.fingerprint import model_fingerprint
 from sgm_jax.generate import generate
@@ -65,10 +66,10 @@ def generate_answers(model: nnx.Module, processor, samples: Sequence[Sample], *,
             f.write("\n")
         for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
             prompts = [dataclasses.replace(s, response=None) for s in batch]  # a reference answer is not shown
-            inputs = collate([encode(s, processor) for s in prompts], tokenizer.pad_token_id or 0)
-            tokens = generate(model, inputs["input_ids"], pixel_values=inputs.get("pixel_values"),
-                              attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens,
-                              temperature=temperature, seed=seed, processor=processor)
+            inputs = collate([encode(s, processor) for s in prompts], pad_token_id(processor))
+            tokens = generate(model, inputs.pop("input_ids"), attention_mask=inputs.pop("attention_mask"),
+                              max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                              processor=processor, **inputs)
             for sample, row in zip(batch, np.asarray(tokens)):
                 answers[sample.id] = tokenizer.decode(row, skip_special_tokens=True).strip()
                 f.write(json.dumps({"id": sample.id, "answer": answers[sample.id]}, ensure_ascii=False) + "\n")

@@ -8,27 +8,22 @@ handful of times.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from sgm_jax.capture import bucket_length
+from sgm_jax.batching import collate, image_inputs, model_batch, pad_token_id, plan_batches
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
-from sgm_jax.models.llava import check_image_tokens
+from sgm_jax.models.causal_lm import CausalLM
+from sgm_jax.models.compiled import compiled
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _target_logprobs(state, input_ids, attention_mask, targets, pixel_values, *, graphdef):
-    model = nnx.merge(graphdef, state)
-    kwargs = {"attention_mask": attention_mask}
-    if pixel_values is not None:
-        kwargs["pixel_values"] = pixel_values
-    logits = model.forward(input_ids, **kwargs)["logits"][:, :-1].astype(jnp.float32)
+@compiled
+def _target_logprobs(model: CausalLM, input_ids, attention_mask, targets, images):
+    logits = model.forward(input_ids, attention_mask=attention_mask, **images)["logits"][:, :-1].astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     token_logp = jnp.take_along_axis(logp, input_ids[:, 1:, None], axis=-1)[..., 0]
     mask = targets[:, 1:]
@@ -48,29 +43,15 @@ class Scored:
         return float(np.exp(-self.logprob.sum() / max(int(self.tokens.sum()), 1)))
 
 
-def score_sequences(model: nnx.Module, sequences: Sequence[dict[str, np.ndarray]], *, batch_size: int = 8,
+def score_sequences(model: CausalLM, sequences: Sequence[dict[str, np.ndarray]], *, batch_size: int = 8,
                     pad_id: int = 0) -> Scored:
     """Score encoded sequences: each has `input_ids` `[T]`, `targets` `[T]` (bool: which tokens count)
-    and optionally `pixel_values` `[1, 3, H, W]`."""
-    graphdef, state = nnx.split(model)
-    image_token = getattr(model.spec, "image_token_index", None)
+    and optionally image inputs (`pixel_values` `[1, 3, H, W]`)."""
     logprob, tokens = np.zeros(len(sequences)), np.zeros(len(sequences), np.int64)
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]["input_ids"]))
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        length = bucket_length(max(len(sequences[i]["input_ids"]) for i in rows))
-        ids = np.full((len(rows), length), pad_id, np.int32)
-        mask = np.zeros((len(rows), length), np.int32)
-        targets = np.zeros((len(rows), length), bool)
-        for r, i in enumerate(rows):
-            seq = sequences[i]
-            n = len(seq["input_ids"])
-            ids[r, length - n:], mask[r, length - n:], targets[r, length - n:] = seq["input_ids"], 1, seq["targets"]
-        images = [sequences[i]["pixel_values"] for i in rows if "pixel_values" in sequences[i]]
-        pixels = np.concatenate(images) if images else None
-        if image_token is not None:
-            check_image_tokens(ids, 0 if pixels is None else len(pixels), model.spec)
-        lp, count = _target_logprobs(state, ids, mask, targets, pixels, graphdef=graphdef)
+    for rows in plan_batches([len(s["input_ids"]) for s in sequences], batch_size):
+        batch = model_batch(model, collate([sequences[i] for i in rows], pad_id), pad_id)
+        lp, count = _target_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["targets"],
+                                     image_inputs(batch))
         logprob[rows], tokens[rows] = np.asarray(lp), np.asarray(count)
     return Scored(logprob, tokens)
 
@@ -89,14 +70,13 @@ def encode_response(sample: Sample, processor) -> dict[str, np.ndarray]:
     return full
 
 
-def response_scores(model: nnx.Module, processor, samples: Sequence[Sample], *, batch_size: int = 8) -> Scored:
+def response_scores(model: CausalLM, processor, samples: Sequence[Sample], *, batch_size: int = 8) -> Scored:
     """Log-likelihood of each sample's response given its prompt (and image), through the chat template."""
-    tokenizer = getattr(processor, "tokenizer", processor)
     return score_sequences(model, [encode_response(s, processor) for s in samples], batch_size=batch_size,
-                           pad_id=tokenizer.pad_token_id or 0)
+                           pad_id=pad_token_id(processor))
 
 
-def text_scores(model: nnx.Module, tokenizer, texts: Sequence[str], *, batch_size: int = 8) -> Scored:
+def text_scores(model: CausalLM, tokenizer, texts: Sequence[str], *, batch_size: int = 8) -> Scored:
     """Log-likelihood of plain texts (no chat template), every token after the first counted."""
     sequences = []
     for text in texts:
@@ -104,4 +84,4 @@ def text_scores(model: nnx.Module, tokenizer, texts: Sequence[str], *, batch_siz
         if len(ids) < 2:
             raise ValueError(f"text {text[:40]!r} has fewer than two tokens; perplexity needs at least two")
         sequences.append({"input_ids": ids, "targets": np.arange(len(ids)) > 0})
-    return score_sequences(model, sequences, batch_size=batch_size, pad_id=tokenizer.pad_token_id or 0)
+    return score_sequences(model, sequences, batch_size=batch_size, pad_id=pad_token_id(tokenizer))

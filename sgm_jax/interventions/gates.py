@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.interventions.intervention import Intervention
+from sgm_jax.models.compiled import compiled
 from sgm_jax.models.copying import shallow_copy
 from sgm_jax.models.site import GATE_ATTRS, Gate, Site
 from sgm_jax.sites import SiteError, nearest, site_refs
@@ -80,11 +81,9 @@ def sweep(model: nnx.Module, interventions: Sequence[Intervention], fn: Callable
     the compile's key: pass the same function object (not a fresh lambda) to reuse the compile.
     """
     graphdef, gates, rest = stacked_gates(model, interventions)
-    return _swept(graphdef, fn, gates, rest, args)
+    return _swept(gates, rest, args, graphdef=graphdef, fn=fn)
 
 
-def _swept_impl(graphdef, fn, gates, rest, args):
+@compiled(static_argnames=("graphdef", "fn"))
+def _swept(gates, rest, args, *, graphdef, fn):
     return jax.vmap(lambda g: fn(nnx.merge(graphdef, g, rest), *args))(gates)
-
-
-_swept = jax.jit(_swept_impl, static_argnums=(0, 1))

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sgm_jax.capture import bucket_length
-from sgm_jax.data.encode import collate, encode
+from sgm_jax.batching import collate, image_inputs, model_batch, pad_token_id
+from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
 from sgm_jax.evaluate.judges.base import Item, Judge, Verdict, check_items
 from sgm_jax.evaluate.judges.templates import fill
@@ -56,17 +56,14 @@ class SelfJudge(Judge):
 
     def scores(self, items: Sequence[Item]) -> np.ndarray:
         """P(unsafe) / (P(unsafe) + P(safe)) for each (question, answer, image) item."""
-        pad = self.tokenizer.pad_token_id or 0
+        pad = pad_token_id(self.tokenizer)
         out = []
         for start in range(0, len(items), self.batch_size):
             encoded = [encode(Sample(id=str(start + i), prompt=fill(self.prompt, q, a), image=image), self.processor)
                        for i, (q, a, image) in enumerate(items[start:start + self.batch_size])]
-            batch = collate(encoded, pad_id=pad)
-            length = bucket_length(batch["input_ids"].shape[1])  # a few padded lengths, so a few compiles
-            widen = ((0, 0), (length - batch["input_ids"].shape[1], 0))
-            images = {"pixel_values": batch["pixel_values"]} if "pixel_values" in batch else {}
-            logits = self.model(np.pad(batch["input_ids"], widen, constant_values=pad),
-                                attention_mask=np.pad(batch["attention_mask"], widen), **images)[:, -1]
+            batch = model_batch(self.model, collate(encoded, pad), pad)  # bucketed lengths: a few compiles
+            logits = self.model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                                **image_inputs(batch))[:, -1]
             log_probs = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), np.float64)
             unsafe = np.logaddexp.reduce(log_probs[:, self.unsafe_ids], axis=-1)
             safe = np.logaddexp.reduce(log_probs[:, self.safe_ids], axis=-1)

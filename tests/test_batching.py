@@ -1,0 +1,58 @@
+"""One batching module: buckets, plans, left padding and the checks every model-facing batch goes through."""
+
+import numpy as np
+import pytest
+
+from sgm_jax.batching import bucket_length, collate, image_inputs, left_pad, model_batch, plan_batches
+from sgm_jax.models.causal_lm import CausalLM
+
+
+def test_buckets_bound_the_number_of_compiled_shapes_and_the_padding():
+    lengths = {n: bucket_length(n) for n in range(1, 4097)}
+    assert all(n <= b <= max(16, 1.25 * n) for n, b in lengths.items())
+    assert len({lengths[n] for n in range(600, 1200)}) <= 5  # one octave of lengths, a handful of compiles
+    assert len(set(lengths.values())) <= 4 * 8 + 1
+
+
+def test_plans_group_similar_lengths_deterministically():
+    lengths = [9, 3, 7, 3, 12, 5]
+    plan = plan_batches(lengths, 2)
+    assert plan == [[1, 3], [5, 2], [0, 4]]
+    assert sorted(i for batch in plan for i in batch) == list(range(6))
+    assert plan_batches(lengths, 2) == plan
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        plan_batches(lengths, 0)
+
+
+def test_collate_left_pads_tokens_and_concatenates_images():
+    encoded = [{"input_ids": np.array([5, 6, 7]), "targets": np.array([False, True, True]),
+                "pixel_values": np.ones((1, 3, 2, 2), np.float32)},
+               {"input_ids": np.array([8])},
+               {"input_ids": np.array([1, 2]), "pixel_values": 2 * np.ones((2, 3, 2, 2), np.float32)}]
+    batch = collate(encoded, pad_id=4)
+    np.testing.assert_array_equal(batch["input_ids"], [[5, 6, 7], [4, 4, 8], [4, 1, 2]])
+    np.testing.assert_array_equal(batch["attention_mask"], [[1, 1, 1], [0, 0, 1], [0, 1, 1]])
+    np.testing.assert_array_equal(batch["targets"], [[False, True, True], [False] * 3, [False] * 3])
+    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [1, 2, 2]
+    assert set(image_inputs(batch)) == {"pixel_values"}
+
+    wide = left_pad(batch, 5, pad_id=4)
+    np.testing.assert_array_equal(wide["input_ids"][1], [4, 4, 4, 4, 8])
+    np.testing.assert_array_equal(wide["attention_mask"][0], [0, 0, 1, 1, 1])
+    assert wide["pixel_values"] is batch["pixel_values"]
+
+
+class _TextOnly(CausalLM):
+    model_type = "text-only test model"
+
+
+def test_model_batches_are_checked_and_bucketed():
+    model = _TextOnly()
+    batch = model_batch(model, {"input_ids": np.arange(21).reshape(1, 21)}, pad_id=3)
+    assert batch["input_ids"].shape == (1, bucket_length(21)) and batch["input_ids"].dtype == np.int32
+    assert batch["input_ids"][0, 0] == 3 and batch["attention_mask"].sum() == 21
+    with pytest.raises(ValueError, match=r"_TextOnly got inputs \['pixel_values'\] it does not take; it takes no "
+                                         r"image inputs \(a text-only model\)"):
+        model_batch(model, {"input_ids": np.ones((1, 4)), "pixel_values": np.ones((1, 3, 2, 2))})
+    with pytest.raises(ValueError, match=r"must be the same \[batch, seq\] shape"):
+        model_batch(model, {"input_ids": np.ones((1, 4)), "attention_mask": np.ones((1, 5))})
