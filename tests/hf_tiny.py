@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -73,10 +74,61 @@ def load_reference(directory: str, cls=LlavaForConditionalGeneration):
     return cls.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager").eval()
 
 
+def save_tiny(directory, seed: int, *, processor: bool = False, **config) -> str:
+    """`save_llava` of `llava_config(**config)` into `directory`, with `save_processor` beside it if asked."""
+    directory = save_llava(str(directory), llava_config(**config), seed=seed)
+    if processor:
+        save_processor(directory)
+    return directory
+
+
+def save_tiny_with_data(root, seed: int, samples: int, *, data_seed: int = 0, **config) -> tuple[str, str]:
+    """A tiny LLaVA with its processor in `root`/ckpt, and a `write_dataset` of `samples` rows in `root`/data."""
+    directory = save_tiny(os.path.join(str(root), "ckpt"), seed, processor=True, **config)
+    return directory, write_dataset(os.path.join(str(root), "data"), samples, seed=data_seed)
+
+
+def llava_and_reference(directory, seed: int, **config):
+    """A tiny LLaVA saved into `directory`, loaded by sgm_jax and as the transformers reference: (model, hf)."""
+    import sgm_jax
+
+    directory = save_tiny(directory, seed, **config)
+    return sgm_jax.load_model(directory)[0], load_reference(directory)
+
+
+@contextlib.contextmanager
+def gate_hooks(hf: torch.nn.Module, alphas: dict):
+    """transformers' side of sgm_jax's gates: each site's alphas multiply the output of the HF module it names.
+
+    A `:in` site multiplies the module's input instead (a forward pre-hook); attention, which returns
+    (output, weights), has its output multiplied. The hooks are removed on leaving the block.
+    """
+    modules, handles = dict(hf.named_modules()), []
+    try:
+        for site, alpha in alphas.items():
+            module, alpha = modules[site.removesuffix(":in")], torch.tensor(alpha)
+            if site.endswith(":in"):
+                handles.append(module.register_forward_pre_hook(lambda m, args, a=alpha: (args[0] * a,)))
+            else:
+                handles.append(module.register_forward_hook(lambda m, args, out, a=alpha: (
+                    (out[0] * a,) + tuple(out[1:]) if isinstance(out, tuple) else out * a)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def generate_positions(mask: np.ndarray) -> np.ndarray:
     """Position ids as transformers `generate` builds them for left-padded rows."""
     pos = np.cumsum(mask, axis=-1) - 1
     return np.where(mask > 0, pos, 1)
+
+
+def reference_logits(hf: torch.nn.Module, ids: np.ndarray, mask: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """transformers' logits for a left-padded multimodal batch, at the positions `generate` gives its rows."""
+    with torch.no_grad():
+        return hf(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels), attention_mask=torch.tensor(mask),
+                  position_ids=torch.tensor(generate_positions(mask))).logits.numpy()
 
 
 def multimodal_batch(seed: int, *, pads: list[int], length: int, features_per_image: int, vocab: int = 99):

@@ -17,11 +17,7 @@ from sgm_jax.store import ResponseStore
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    directory = str(root / "ckpt")
-    hf_tiny.save_llava(directory, hf_tiny.llava_config(), seed=8)
-    hf_tiny.save_processor(directory)
-    return directory, hf_tiny.write_dataset(str(root / "data"), 30, seed=2)
+    return hf_tiny.save_tiny_with_data(tmp_path_factory.mktemp("cli"), seed=8, samples=30, data_seed=2)
 
 
 def test_collect_then_score_from_the_command_line(checkpoint, tmp_path, capsys):

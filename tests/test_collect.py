@@ -15,7 +15,8 @@ import sgm_jax
 import sgm_jax.collect
 from sgm_jax.collect import collect_to_store
 from sgm_jax.data import read_jsonl
-from sgm_jax.data.encode import collate, encode
+from sgm_jax.batching import collate
+from sgm_jax.data.encode import encode
 from sgm_jax.store import ResponseStore, StoreError
 
 SITES = ["model.language_model.layers.*.mlp.up_proj", "model.language_model.layers.1.mlp.down_proj:in",
@@ -24,11 +25,7 @@ SITES = ["model.language_model.layers.*.mlp.up_proj", "model.language_model.laye
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("collect")
-    directory = str(root / "ckpt")
-    hf_tiny.save_llava(directory, hf_tiny.llava_config(), seed=3)
-    hf_tiny.save_processor(directory)
-    data = hf_tiny.write_dataset(str(root / "data"), 23)
+    directory, data = hf_tiny.save_tiny_with_data(tmp_path_factory.mktemp("collect"), seed=3, samples=23)
     model, processor = sgm_jax.load_model(directory)
     return directory, data, model, processor
 

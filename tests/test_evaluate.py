@@ -18,11 +18,9 @@ from sgm_jax.interventions import Intervention
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    directory = str(root / "ckpt")
-    hf_tiny.save_llava(directory, hf_tiny.llava_config(), seed=31)
-    hf_tiny.save_processor(directory)
+    directory, data = hf_tiny.save_tiny_with_data(root, seed=31, samples=8)
     model, processor = sgm_jax.load_model(directory)
-    samples = read_jsonl(hf_tiny.write_dataset(str(root / "data"), 8))
+    samples = read_jsonl(data)
     samples = [Sample(id=s.id, prompt=s.prompt, image=s.image, label=s.label, category=s.category,
                       response=s.response if i % 2 else None, condition="typo" if i % 4 == 3 else "standard")
                for i, s in enumerate(samples)]

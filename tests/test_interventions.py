@@ -3,7 +3,6 @@
 import jax
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
 import hf_tiny
@@ -12,20 +11,15 @@ from sgm_jax.interventions import Intervention, compose, load_intervention, stac
 from sgm_jax.models.site import Gate
 from sgm_jax.sites import SiteError, list_sites
 
-GATED = {  # site -> HF module and whether the gate acts on its input
-    "model.language_model.layers.0.mlp.up_proj": ("model.language_model.layers.0.mlp.up_proj", False),
-    "model.language_model.layers.1.mlp.down_proj:in": ("model.language_model.layers.1.mlp.down_proj", True),
-    "model.language_model.layers.1.mlp.act_fn": ("model.language_model.layers.1.mlp.act_fn", False),
-    "model.vision_tower.encoder.layers.1.mlp.fc1": ("model.vision_tower.encoder.layers.1.mlp.fc1", False),
-    "model.multi_modal_projector.linear_1": ("model.multi_modal_projector.linear_1", False),
-    "model.multi_modal_projector.linear_2:in": ("model.multi_modal_projector.linear_2", True),
-}
+# Sites gated in sgm_jax and, by the same factors, in transformers through hf_tiny.gate_hooks.
+GATED = ["model.language_model.layers.0.mlp.up_proj", "model.language_model.layers.1.mlp.down_proj:in",
+         "model.language_model.layers.1.mlp.act_fn", "model.vision_tower.encoder.layers.1.mlp.fc1",
+         "model.multi_modal_projector.linear_1", "model.multi_modal_projector.linear_2:in"]
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    directory = hf_tiny.save_llava(str(tmp_path_factory.mktemp("iv")), hf_tiny.llava_config(kv_heads=2), seed=6)
-    return sgm_jax.load_model(directory)[0], hf_tiny.load_reference(directory)
+    return hf_tiny.llava_and_reference(tmp_path_factory.mktemp("iv"), seed=6, kv_heads=2)
 
 
 def _close(actual, expected):
@@ -87,20 +81,8 @@ def test_gated_logits_equal_transformers_with_hooks(models):
     gated = sgm_jax.intervene(model, iv)
     ids, mask, pixels = _batch(model)
     ours = np.asarray(gated(ids, pixel_values=pixels, attention_mask=mask))
-
-    modules = dict(hf.named_modules())
-    handles = []
-    for site, (name, on_input) in GATED.items():
-        alpha = torch.tensor(iv.alphas[site])
-        if on_input:
-            handles.append(modules[name].register_forward_pre_hook(lambda m, args, a=alpha: (args[0] * a,)))
-        else:
-            handles.append(modules[name].register_forward_hook(lambda m, args, out, a=alpha: out * a))
-    with torch.no_grad():
-        ref = hf(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels), attention_mask=torch.tensor(mask),
-                 position_ids=torch.tensor(hf_tiny.generate_positions(mask))).logits.numpy()
-    for h in handles:
-        h.remove()
+    with hf_tiny.gate_hooks(hf, iv.alphas):
+        ref = hf_tiny.reference_logits(hf, ids, mask, pixels)
     valid = mask.astype(bool)
     assert np.abs(ours - ref)[valid].max() <= 1e-4
     plain = np.asarray(model(ids, pixel_values=pixels, attention_mask=mask))

@@ -389,9 +389,8 @@ def tiny_llava(tmp_path_factory):
 
     import sgm_jax
 
-    directory = str(tmp_path_factory.mktemp("llava"))
-    hf_tiny.save_llava(directory, hf_tiny.llava_config(vision_layers=2, text_layers=1), seed=3)
-    hf_tiny.save_processor(directory)
+    directory = hf_tiny.save_tiny(tmp_path_factory.mktemp("llava"), seed=3, processor=True, vision_layers=2,
+                                  text_layers=1)
     image = os.path.join(directory, "picture.png")
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 26, 3), dtype=np.uint8)).save(image)
     model, processor = sgm_jax.load_model(directory)

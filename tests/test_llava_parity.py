@@ -6,7 +6,6 @@ import torch
 from flax import nnx
 
 import hf_tiny
-import sgm_jax
 
 TOL = 1e-4
 
@@ -22,10 +21,8 @@ CASES = {
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request, tmp_path_factory):
-    config = hf_tiny.llava_config(**CASES[request.param])
-    directory = hf_tiny.save_llava(str(tmp_path_factory.mktemp(request.param)), config, seed=len(request.param))
-    model, _ = sgm_jax.load_model(directory)
-    return model, hf_tiny.load_reference(directory)
+    return hf_tiny.llava_and_reference(tmp_path_factory.mktemp(request.param), seed=len(request.param),
+                                       **CASES[request.param])
 
 
 _forward = nnx.jit(lambda model, ids, pixels, mask: model.forward(ids, pixel_values=pixels, attention_mask=mask))
@@ -84,9 +81,7 @@ def test_row_result_does_not_depend_on_padding(case):
 
 def test_long_prompt_matches_transformers(tmp_path):
     """Several hundred tokens: RoPE at large positions and long softmaxes stay exact."""
-    directory = hf_tiny.save_llava(str(tmp_path), hf_tiny.llava_config(kv_heads=2), seed=7)
-    model, _ = sgm_jax.load_model(directory)
-    hf = hf_tiny.load_reference(directory)
+    model, hf = hf_tiny.llava_and_reference(tmp_path, seed=7, kv_heads=2)
     n = model.spec.features_per_image
     ids, mask, pixels = hf_tiny.multimodal_batch(3, pads=[0, 40], length=480, features_per_image=n)
     ids[:, -100: -100 + n] = ids[:, 2: 2 + n]  # the image tokens sit late in the prompt

@@ -16,8 +16,7 @@ from sgm_jax.models.config import UnsupportedConfigError
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("saved"))
-    return hf_tiny.save_llava(directory, hf_tiny.llava_config(), seed=5)
+    return hf_tiny.save_tiny(tmp_path_factory.mktemp("saved"), seed=5)
 
 
 def _edit_tensors(saved, out, edit):

@@ -7,20 +7,16 @@ import hf_tiny
 import sgm_jax
 import sgm_jax.evaluate.mcq as mcq
 from sgm_jax.data import Sample, read_jsonl
-from sgm_jax.data.encode import collate
+from sgm_jax.batching import collate
 from sgm_jax.evaluate.likelihood import Scored, encode_response, response_scores, text_scores
 from sgm_jax.evaluate.rates import distinct_n, grouped_rates, rate_with_interval
-from sgm_jax.models.hf_config import hf_config
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("metrics")
-    directory = str(root / "ckpt")
-    hf_tiny.save_llava(directory, hf_tiny.llava_config(), seed=21)
-    hf_tiny.save_processor(directory)
+    directory, data = hf_tiny.save_tiny_with_data(tmp_path_factory.mktemp("metrics"), seed=21, samples=6)
     model, processor = sgm_jax.load_model(directory)
-    return model, processor, read_jsonl(hf_tiny.write_dataset(str(root / "data"), 6))
+    return model, processor, read_jsonl(data)
 
 
 def _log_softmax(x):
@@ -30,7 +26,7 @@ def _log_softmax(x):
 
 def test_a_uniform_model_has_perplexity_equal_to_its_vocabulary(checkpoint):
     model, processor, _ = checkpoint
-    uniform = sgm_jax.build_model(hf_config(model.spec))
+    uniform = sgm_jax.build_model(model.spec.to_hf())
     uniform.model.language_model.norm.scale.set_value(np.zeros_like(uniform.model.language_model.norm.scale[...]))
     scores = text_scores(uniform, processor.tokenizer, ["a red square above a blue circle", "describe the picture"])
     assert scores.perplexity == pytest.approx(model.spec.text.vocab_size, rel=1e-5)

@@ -12,7 +12,7 @@ from sgm_jax import sharding
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    return hf_tiny.save_llava(str(tmp_path_factory.mktemp("saved")), hf_tiny.llava_config(kv_heads=2), seed=9)
+    return hf_tiny.save_tiny(tmp_path_factory.mktemp("saved"), seed=9, kv_heads=2)
 
 
 def test_eight_devices_are_available():
