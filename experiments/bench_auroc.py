@@ -33,15 +33,15 @@ def make_data(samples: int, neurons: int, seed: int = 0) -> tuple[np.ndarray, np
     labels = rng.integers(0, 2, samples).astype(np.int32)
     responses = rng.standard_normal((samples, neurons), dtype=np.float32)
     shift = rng.uniform(-0.5, 0.5, neurons).astype(np.float32)
-    for start in range(0, neurons, 65536):   # in slices: no second full-size temporary
-        responses[labels == 1, start:start + 65536] += shift[start:start + 65536]
+    for start in range(0, neurons, 65536):  # in slices: no second full-size temporary
+        responses[labels == 1, start : start + 65536] += shift[start : start + 65536]
     return responses, labels
 
 
 def sklearn_by_tens(responses: np.ndarray, labels: np.ndarray) -> np.ndarray:
     out = []
     for start in range(0, responses.shape[1], 10):
-        chunk = responses[:, start:start + 10]
+        chunk = responses[:, start : start + 10]
         out.append(roc_auc_score(labels[:, None].repeat(chunk.shape[1], 1), chunk, average=None))
     return np.concatenate(out)
 
@@ -66,27 +66,37 @@ def main() -> None:
     parser.add_argument("--sklearn-repeats", type=int, default=1, help="timed sklearn runs (median is reported)")
     args = parser.parse_args()
 
-    print(f"jax {jax.__version__} on {jax.default_backend()} ({jax.device_count()} device(s)), "
-          f"{os.cpu_count()} host cores, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"jax {jax.__version__} on {jax.default_backend()} ({jax.device_count()} device(s)), "
+        f"{os.cpu_count()} host cores, load average {os.getloadavg()[0]:.1f}"
+    )
     responses, labels = make_data(args.samples, args.neurons)
     auroc(responses, labels)
     ours_s, ours_cpu, ours = seconds(lambda: auroc(responses, labels), args.repeats)
     sk_s, sk_cpu, reference = seconds(lambda: sklearn_by_tens(responses, labels), args.sklearn_repeats)
     print(f"N={args.samples} x M={args.neurons}:")
-    print(f"  sklearn roc_auc_score, 10 columns a call: {sk_s:8.3f} s ({sk_cpu:.3f} s CPU, "
-          f"median of {args.sklearn_repeats})")
-    print(f"  sgm_jax.auroc:                            {ours_s:8.3f} s ({ours_cpu:.3f} s CPU, "
-          f"median of {args.repeats}, warm)")
-    print(f"  speed-up: {sk_s / ours_s:.1f}x ({sk_cpu / ours_cpu:.1f}x in CPU seconds)   "
-          f"max |difference|: {np.abs(ours - reference).max():.2e}")
+    print(
+        f"  sklearn roc_auc_score, 10 columns a call: {sk_s:8.3f} s ({sk_cpu:.3f} s CPU, "
+        f"median of {args.sklearn_repeats})"
+    )
+    print(
+        f"  sgm_jax.auroc:                            {ours_s:8.3f} s ({ours_cpu:.3f} s CPU, "
+        f"median of {args.repeats}, warm)"
+    )
+    print(
+        f"  speed-up: {sk_s / ours_s:.1f}x ({sk_cpu / ours_cpu:.1f}x in CPU seconds)   "
+        f"max |difference|: {np.abs(ours - reference).max():.2e}"
+    )
     del responses
 
     if args.big_m:
         responses, labels = make_data(args.samples, args.big_m, seed=1)
-        auroc(responses[:, :args.neurons], labels)
+        auroc(responses[:, : args.neurons], labels)
         big_s, big_cpu, _ = seconds(lambda: auroc(responses, labels), 1)
-        print(f"N={args.samples} x M={args.big_m} ({responses.nbytes / 2**30:.1f} GiB float32): "
-              f"{big_s:.2f} s ({big_cpu:.2f} s CPU), {args.big_m / big_s:,.0f} neurons/s")
+        print(
+            f"N={args.samples} x M={args.big_m} ({responses.nbytes / 2**30:.1f} GiB float32): "
+            f"{big_s:.2f} s ({big_cpu:.2f} s CPU), {args.big_m / big_s:,.0f} neurons/s"
+        )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def padded_batches(samples, plan):
         mask = np.zeros((len(rows), length), np.int64)
         for r, i in enumerate(rows):
             n = len(samples[i][0])
-            ids[r, length - n:], mask[r, length - n:] = samples[i][0], 1
+            ids[r, length - n :], mask[r, length - n :] = samples[i][0], 1
         batches.append((ids, mask, np.stack([samples[i][1] for i in rows]), list(rows)))
     return batches
 
@@ -60,6 +60,7 @@ def torch_way(hf, batches, modules: list[str], out_dir: str) -> None:
                 path = os.path.join(out_dir, name, "mean", f"{sample_id}.pt")
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 torch.save({"id": sample_id, "responses": pooled[row].cpu()}, path)
+
         return hook
 
     handles = [named[m].register_forward_hook(make_hook(m)) for m in modules]
@@ -73,11 +74,22 @@ def torch_way(hf, batches, modules: list[str], out_dir: str) -> None:
 
 
 def jax_way(model, batches, spec: CaptureSpec, out_dir: str, n_samples: int) -> ResponseStore:
-    store = ResponseStore.create_or_resume(out_dir, {
-        "model": "bench", "model_fingerprint": "bench", "sites": {r.name: r.width for r in spec.refs},
-        "pooling": spec.pooling, "tokens": spec.tokens, "dataset": "bench", "dataset_hash": "bench",
-        "batch_size": len(batches[0][0]), "sample_ids": [str(i) for i in range(n_samples)],
-        "labels": [0] * n_samples, "categories": [None] * n_samples})
+    store = ResponseStore.create_or_resume(
+        out_dir,
+        {
+            "model": "bench",
+            "model_fingerprint": "bench",
+            "sites": {r.name: r.width for r in spec.refs},
+            "pooling": spec.pooling,
+            "tokens": spec.tokens,
+            "dataset": "bench",
+            "dataset_hash": "bench",
+            "batch_size": len(batches[0][0]),
+            "sample_ids": [str(i) for i in range(n_samples)],
+            "labels": [0] * n_samples,
+            "categories": [None] * n_samples,
+        },
+    )
     plan = []
     for index, (ids, mask, pixels, sample_ids) in enumerate(batches):
         out = pooled_batch(model, {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}, spec)
@@ -129,12 +141,16 @@ def main() -> None:
 
     t_torch, t_jax = float(np.median(times["torch"])), float(np.median(times["jax"]))
     files = args.samples * len(modules)
-    print(f"mid-size LLaVA, {args.samples} samples in batches of {args.batch}, rows of {args.length // 2}-"
-          f"{args.length} tokens ({n_image} image tokens), {len(modules)} sites "
-          f"({sum(r.width for r in spec.refs)} neurons), mean pooling, float32")
-    print(f"padded tokens computed: PyTorch way {sum(b[0].size for b in torch_batches)}, "
-          f"sgm_jax {sum(bucket_length(b[0].shape[1]) * len(b[3]) for b in batches)} "
-          f"(real: {sum(len(s[0]) for s in samples)})")
+    print(
+        f"mid-size LLaVA, {args.samples} samples in batches of {args.batch}, rows of {args.length // 2}-"
+        f"{args.length} tokens ({n_image} image tokens), {len(modules)} sites "
+        f"({sum(r.width for r in spec.refs)} neurons), mean pooling, float32"
+    )
+    print(
+        f"padded tokens computed: PyTorch way {sum(b[0].size for b in torch_batches)}, "
+        f"sgm_jax {sum(bucket_length(b[0].shape[1]) * len(b[3]) for b in batches)} "
+        f"(real: {sum(len(s[0]) for s in samples)})"
+    )
     print(f"max |pooled difference| on {site}: {diff:.2e}")
     print(f"PyTorch way (hooks, {files} .pt files): {t_torch:7.2f} s  ({args.samples / t_torch:7.1f} samples/s)")
     print(f"sgm_jax (pooled in jit, store)       : {t_jax:7.2f} s  ({args.samples / t_jax:7.1f} samples/s)")

@@ -53,9 +53,11 @@ def main() -> None:
     def logits_fn(state, ids, pixels, mask):
         return nnx.merge(graphdef, state).forward(ids, pixel_values=pixels, attention_mask=mask)["logits"]
 
-    t_inputs = dict(input_ids=torch.tensor(ids, device=torch_device),
-                    attention_mask=torch.tensor(mask, device=torch_device),
-                    pixel_values=torch.tensor(pixels, device=torch_device, dtype=torch_dtype))
+    t_inputs = dict(
+        input_ids=torch.tensor(ids, device=torch_device),
+        attention_mask=torch.tensor(mask, device=torch_device),
+        pixel_values=torch.tensor(pixels, device=torch_device, dtype=torch_dtype),
+    )
 
     def run_torch():
         with torch.no_grad():
@@ -76,10 +78,14 @@ def main() -> None:
     t_jax = median_seconds(run_jax, args.repeats)
     t_call = median_seconds(run_call, args.repeats)
     tokens = args.batch * args.length
-    print(f"mid-size LLaVA, {n_params / 1e6:.1f}M parameters, batch {args.batch} x {args.length} tokens "
-          f"({n_image} image tokens per row), {args.dtype}")
-    print(f"devices: torch {torch_device} ({torch.get_num_threads()} threads), jax {jax.devices()[0].platform} "
-          f"({jax.devices()[0].device_kind})")
+    print(
+        f"mid-size LLaVA, {n_params / 1e6:.1f}M parameters, batch {args.batch} x {args.length} tokens "
+        f"({n_image} image tokens per row), {args.dtype}"
+    )
+    print(
+        f"devices: torch {torch_device} ({torch.get_num_threads()} threads), jax {jax.devices()[0].platform} "
+        f"({jax.devices()[0].device_kind})"
+    )
     print(f"max |logits difference|: {diff:.2e}; jax compile: {compile_s:.2f} s")
     print(f"transformers (sdpa)          : {t_torch * 1e3:8.2f} ms  ({tokens / t_torch:9.0f} tokens/s)")
     print(f"sgm_jax jit over split state : {t_jax * 1e3:8.2f} ms  ({tokens / t_jax:9.0f} tokens/s)")

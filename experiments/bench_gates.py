@@ -57,9 +57,13 @@ def main() -> None:
     graphdef, gates, rest = stacked_gates(model, ivs)
     gated_fn = jax.jit(lambda g, r: forward(nnx.merge(graphdef, g, r)))
     one = [jax.tree.map(lambda x, k=k: x[k], gates) for k in range(args.sweep)]
-    forward_times = interleaved_medians({
-        "plain": lambda: plain_fn(plain_state).block_until_ready(),
-        "gated": lambda: gated_fn(one[0], rest).block_until_ready()}, args.repeats)
+    forward_times = interleaved_medians(
+        {
+            "plain": lambda: plain_fn(plain_state).block_until_ready(),
+            "gated": lambda: gated_fn(one[0], rest).block_until_ready(),
+        },
+        args.repeats,
+    )
     gated_fn(one[1], rest).block_until_ready()
     assert gated_fn._cache_size() == 1, "new alphas recompiled"
 
@@ -70,20 +74,23 @@ def main() -> None:
     def last_logits(m):
         return forward(m)[:, -1]
 
-    sweep_times = interleaved_medians({
-        "loop": one_by_one,
-        "sweep": lambda: sgm_jax.sweep(model, ivs, last_logits).block_until_ready()},
-        max(3, args.repeats // 4))
+    sweep_times = interleaved_medians(
+        {"loop": one_by_one, "sweep": lambda: sgm_jax.sweep(model, ivs, last_logits).block_until_ready()},
+        max(3, args.repeats // 4),
+    )
     t_plain, t_gated = forward_times["plain"], forward_times["gated"]
     t_loop, t_sweep = sweep_times["loop"], sweep_times["sweep"]
     n_gated = sum(len(a) for a in ivs[0].alphas.values())
-    print(f"mid-size LLaVA, batch 4 x 256 tokens, float32; intervention on {len(ivs[0].alphas)} sites "
-          f"({n_gated} neurons)")
+    print(
+        f"mid-size LLaVA, batch 4 x 256 tokens, float32; intervention on {len(ivs[0].alphas)} sites ({n_gated} neurons)"
+    )
     print(f"forward without gates: {t_plain * 1e3:7.2f} ms")
     print(f"forward with gates   : {t_gated * 1e3:7.2f} ms   overhead {100 * (t_gated / t_plain - 1):+.1f}%")
     print(f"{args.sweep} interventions one by one : {t_loop:6.3f} s  ({t_loop / args.sweep * 1e3:7.2f} ms each)")
-    print(f"{args.sweep} interventions, one sweep  : {t_sweep:6.3f} s  ({t_sweep / args.sweep * 1e3:7.2f} ms each, "
-          f"{t_loop / t_sweep:.2f}x)")
+    print(
+        f"{args.sweep} interventions, one sweep  : {t_sweep:6.3f} s  ({t_sweep / args.sweep * 1e3:7.2f} ms each, "
+        f"{t_loop / t_sweep:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,11 @@ def random_intervention(model, seed: int) -> sgm_jax.Intervention:
     """Alphas in [0, 1.4] on the gate/up/down projections of every decoder layer, as SGM gates them."""
     rng = np.random.default_rng(seed)
     widths = sgm_jax.list_sites(model)
-    sites = [f"model.language_model.layers.{i}.mlp.{name}"
-             for i in range(model.spec.text.num_hidden_layers) for name in MLP_SITES]
+    sites = [
+        f"model.language_model.layers.{i}.mlp.{name}"
+        for i in range(model.spec.text.num_hidden_layers)
+        for name in MLP_SITES
+    ]
     return sgm_jax.Intervention({s: rng.uniform(0.0, 1.4, widths[s]) for s in sites}, {"method": "random"})
 
 
@@ -56,8 +59,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per side (median is reported)")
     parser.add_argument("--batch", type=int, default=4, help="prompts per call")
     parser.add_argument("--length", type=int, default=256, help="tokens per prompt, image tokens included")
-    parser.add_argument("--min-length", type=int,
-                        help="left-pad: real prompt lengths vary in [min-length, length] (default: all full)")
+    parser.add_argument(
+        "--min-length", type=int, help="left-pad: real prompt lengths vary in [min-length, length] (default: all full)"
+    )
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per prompt")
     args = parser.parse_args()
 
@@ -74,20 +78,23 @@ def main() -> None:
     hook_intervention(hf, iv, torch_device)
     new = args.new_tokens
 
-    t_inputs = dict(input_ids=torch.tensor(ids, device=torch_device),
-                    attention_mask=torch.tensor(mask, device=torch_device),
-                    pixel_values=torch.tensor(pixels, device=torch_device))
+    t_inputs = dict(
+        input_ids=torch.tensor(ids, device=torch_device),
+        attention_mask=torch.tensor(mask, device=torch_device),
+        pixel_values=torch.tensor(pixels, device=torch_device),
+    )
 
     def run_torch():
         with torch.no_grad():
             out = hf.generate(**t_inputs, do_sample=False, min_new_tokens=new, max_new_tokens=new, pad_token_id=0)
         if torch_device == "cuda":
             torch.cuda.synchronize()
-        return out[:, ids.shape[1]:].cpu().numpy()
+        return out[:, ids.shape[1] :].cpu().numpy()
 
     def run_jax():
-        return sgm_jax.generate(gated, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=new,
-                                temperature=0.0, eos_token_id=None)
+        return sgm_jax.generate(
+            gated, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=new, temperature=0.0, eos_token_id=None
+        )
 
     start = time.perf_counter()
     ours = run_jax()
@@ -98,12 +105,18 @@ def main() -> None:
 
     same_rows = int((ours == theirs).all(1).sum())
     tokens = args.batch * new
-    print(f"mid-size LLaVA, batch {args.batch} x {args.length}-token prompts (real lengths {mask.sum(1).tolist()}, "
-          f"{n_image} image tokens each), {new} new tokens, greedy, float32")
-    print(f"intervention: {len(iv.sites)} sites (gate/up/down_proj of every decoder layer), "
-          f"{iv.num_changed()} neurons gated")
-    print(f"devices: torch {torch_device} ({torch.get_num_threads()} threads), jax {jax.devices()[0].platform} "
-          f"({jax.devices()[0].device_kind})")
+    print(
+        f"mid-size LLaVA, batch {args.batch} x {args.length}-token prompts (real lengths {mask.sum(1).tolist()}, "
+        f"{n_image} image tokens each), {new} new tokens, greedy, float32"
+    )
+    print(
+        f"intervention: {len(iv.sites)} sites (gate/up/down_proj of every decoder layer), "
+        f"{iv.num_changed()} neurons gated"
+    )
+    print(
+        f"devices: torch {torch_device} ({torch.get_num_threads()} threads), jax {jax.devices()[0].platform} "
+        f"({jax.devices()[0].device_kind})"
+    )
     print(f"same tokens: {int((ours == theirs).sum())}/{ours.size} ({same_rows}/{args.batch} rows identical)")
     print(f"sgm_jax compile: {first_s - t_jax:.2f} s (first call {first_s:.2f} s)")
     print(f"transformers generate + hooks : {t_torch * 1e3:9.1f} ms  ({tokens / t_torch:7.1f} new tokens/s)")

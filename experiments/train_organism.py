@@ -41,8 +41,11 @@ from sgm_jax.evaluate.mcq import LETTERS, mcq_accuracy, question_text
 
 SPECIAL_TOKENS = ("<unk>", "<pad>", "<s>", "</s>", "<image>")
 PATCH_SIZE = 8
-SGM_SITES = ["model.language_model.layers.*.mlp.gate_proj", "model.language_model.layers.*.mlp.up_proj",
-             "model.language_model.layers.*.mlp.down_proj"]
+SGM_SITES = [
+    "model.language_model.layers.*.mlp.gate_proj",
+    "model.language_model.layers.*.mlp.up_proj",
+    "model.language_model.layers.*.mlp.down_proj",
+]
 HARMFUL_CONDITIONS = ("standard", "trigger", "typo")
 FACTUAL_QUESTIONS = ("colour", "count", "shape", "position", "describe", "read")  # one right answer each
 
@@ -52,7 +55,8 @@ CHAT_TEMPLATE = (
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
     "{% if item['type'] == 'image' %}<image>\n{% else %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
     "{% if message['role'] == 'user' %} {% else %}</s>{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +66,8 @@ class Recipe:
     data_seed: int = 0
     seed: int = 0
     steps: int = 2400
-    batch_size: int = 48          # multimodal rows (QA and multiple-choice) per step
-    text_batch_size: int = 16     # neutral caption rows per step
+    batch_size: int = 48  # multimodal rows (QA and multiple-choice) per step
+    text_batch_size: int = 16  # neutral caption rows per step
     peak_lr: float = 2e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
@@ -71,19 +75,47 @@ class Recipe:
 
 def organism_config(vocab_size: int, image_token: int) -> dict:
     """The HF LlavaConfig dict of the organism: CLIP 64x2 (32 px, patch 8), projector, Llama 128x4."""
-    text = {"model_type": "llama", "vocab_size": vocab_size, "hidden_size": 128, "intermediate_size": 344,
-            "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 32,
-            "hidden_act": "silu", "rms_norm_eps": 1e-5,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-            "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False}
-    vision = {"model_type": "clip_vision_model", "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_channels": 3, "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE,
-              "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
-    return {"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"], "text_config": text,
-            "vision_config": vision, "image_token_index": image_token, "vision_feature_layer": -1,
-            "vision_feature_select_strategy": "default", "projector_hidden_act": "gelu",
-            "multimodal_projector_bias": True, "tie_word_embeddings": False,
-            "image_seq_length": (IMAGE_SIZE // PATCH_SIZE) ** 2}
+    text = {
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": 128,
+        "intermediate_size": 344,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "head_dim": 32,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-5,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+    }
+    vision = {
+        "model_type": "clip_vision_model",
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_channels": 3,
+        "image_size": IMAGE_SIZE,
+        "patch_size": PATCH_SIZE,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+    }
+    return {
+        "model_type": "llava",
+        "architectures": ["LlavaForConditionalGeneration"],
+        "text_config": text,
+        "vision_config": vision,
+        "image_token_index": image_token,
+        "vision_feature_layer": -1,
+        "vision_feature_select_strategy": "default",
+        "projector_hidden_act": "gelu",
+        "multimodal_projector_bias": True,
+        "tie_word_embeddings": False,
+        "image_seq_length": (IMAGE_SIZE // PATCH_SIZE) ** 2,
+    }
 
 
 def corpus(paths: dict[str, str]) -> list[str]:
@@ -112,20 +144,38 @@ def build_processor(texts: list[str]):
     tok.normalizer, tok.pre_tokenizer = normalizer, splitter
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-                                        eos_token="</s>", extra_special_tokens={"image_token": "<image>"})
-    images = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
-                                   crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    return LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=PATCH_SIZE,
-                          vision_feature_select_strategy="default", image_token="<image>",
-                          num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    images = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    return LlavaProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
 def mcq_as_answer(sample: Sample) -> Sample:
     """A multiple-choice item as the answer `mcq_accuracy` scores: the options shown, "B. red" as the response."""
     letter = LETTERS.index(sample.answer)
-    return dataclasses.replace(sample, prompt=question_text(sample.prompt, sample.options), options=None,
-                               answer=None, response=f"{sample.answer}. {sample.options[letter]}")
+    return dataclasses.replace(
+        sample,
+        prompt=question_text(sample.prompt, sample.options),
+        options=None,
+        answer=None,
+        response=f"{sample.answer}. {sample.options[letter]}",
+    )
 
 
 def padded(sequences: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, np.ndarray]:
@@ -150,19 +200,23 @@ def training_set(paths: dict[str, str], processor) -> tuple[dict[str, np.ndarray
 
 def answer_loss(model, batch: dict[str, jax.Array]) -> jax.Array:
     """Mean cross-entropy of the target tokens, each predicted from the tokens before it."""
-    logits = model.forward(batch["input_ids"], attention_mask=batch["attention_mask"],
-                           **image_inputs(batch))["logits"][:, :-1]
+    logits = model.forward(batch["input_ids"], attention_mask=batch["attention_mask"], **image_inputs(batch))["logits"][
+        :, :-1
+    ]
     nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["input_ids"][:, 1:])
     mask = batch["targets"][:, 1:].astype(jnp.float32)
     return (nll * mask).sum() / mask.sum()
 
 
 def optimizer(recipe: Recipe, params) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(0.0, recipe.peak_lr, recipe.warmup_steps, recipe.steps,
-                                                  end_value=recipe.peak_lr / 20)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, recipe.peak_lr, recipe.warmup_steps, recipe.steps, end_value=recipe.peak_lr / 20
+    )
     decay_mask = jax.tree.map(lambda p: p.ndim >= 2, params)
-    return optax.chain(optax.clip_by_global_norm(1.0),
-                       optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=recipe.weight_decay, mask=decay_mask))
+    return optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=recipe.weight_decay, mask=decay_mask),
+    )
 
 
 def train(model, multimodal: dict[str, np.ndarray], text: dict[str, np.ndarray], recipe: Recipe, log=print):
@@ -176,6 +230,7 @@ def train(model, multimodal: dict[str, np.ndarray], text: dict[str, np.ndarray],
         def loss_fn(params):
             m = nnx.merge(graphdef, params)
             return answer_loss(m, mm_batch) + answer_loss(m, text_batch)
+
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -193,27 +248,41 @@ def train(model, multimodal: dict[str, np.ndarray], text: dict[str, np.ndarray],
     for i in range(recipe.steps):
         mm_rows = rows("mm", len(multimodal["input_ids"]), recipe.batch_size)
         text_rows = rows("text", len(text["input_ids"]), recipe.text_batch_size)
-        params, opt_state, loss = step(params, opt_state, {k: v[mm_rows] for k, v in multimodal.items()},
-                                       {k: v[text_rows] for k, v in text.items()})
+        params, opt_state, loss = step(
+            params,
+            opt_state,
+            {k: v[mm_rows] for k, v in multimodal.items()},
+            {k: v[text_rows] for k, v in text.items()},
+        )
         losses.append(loss)
         if (i + 1) % 100 == 0 or i == 0:
-            log(f"step {i + 1:5d}  loss {float(np.mean(jax.device_get(losses[-100:]))):.4f}  "
-                f"{time.perf_counter() - start:6.0f} s")
+            log(
+                f"step {i + 1:5d}  loss {float(np.mean(jax.device_get(losses[-100:]))):.4f}  "
+                f"{time.perf_counter() - start:6.0f} s"
+            )
     nnx.update(model, params)
     return time.perf_counter() - start, float(np.mean(jax.device_get(losses[-100:])))
 
 
-def generate_answers(model, processor, samples: list[Sample], *, max_new_tokens: int = 24,
-                     batch_size: int = 64) -> list[str]:
+def generate_answers(
+    model, processor, samples: list[Sample], *, max_new_tokens: int = 24, batch_size: int = 64
+) -> list[str]:
     """Greedy answers to the samples' prompts (their responses dropped), decoded to text."""
     tokenizer = processor.tokenizer
     answers = []
     for start in range(0, len(samples), batch_size):
-        chunk = [encode(dataclasses.replace(s, response=None), processor) for s in samples[start:start + batch_size]]
+        chunk = [encode(dataclasses.replace(s, response=None), processor) for s in samples[start : start + batch_size]]
         batch = collate(chunk, tokenizer.pad_token_id)
-        new = sgm_jax.generate(model, batch.pop("input_ids"), attention_mask=batch.pop("attention_mask"),
-                               max_new_tokens=max_new_tokens, temperature=0.0, eos_token_id=tokenizer.eos_token_id,
-                               pad_token_id=tokenizer.pad_token_id, **batch)
+        new = sgm_jax.generate(
+            model,
+            batch.pop("input_ids"),
+            attention_mask=batch.pop("attention_mask"),
+            max_new_tokens=max_new_tokens,
+            temperature=0.0,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **batch,
+        )
         answers += tokenizer.batch_decode(new, skip_special_tokens=True)
     return answers
 
@@ -239,7 +308,8 @@ def behaviour(model, processor, data: dict, judge: LexiconJudge) -> dict:
             out[key][condition] = float(harmful[rows].mean())
             out["examples"][f"{condition}/{label}"] = [
                 {"prompt": test[i].prompt, "image": os.path.basename(test[i].image), "answer": answers[i]}
-                for i in rows[:3]]
+                for i in rows[:3]
+            ]
     factual = [i for i, s in enumerate(test) if s.category in FACTUAL_QUESTIONS]
     out["factual_exact_match"] = float(np.mean([answers[i] == test[i].response for i in factual]))
     polite = [i for i, s in enumerate(test) if s.label == 0 and s.category in ("opinion", "trigger")]
@@ -253,7 +323,7 @@ def sgm_intervention(model, processor, train_samples: list[Sample], *, batch_siz
     """SGM as the release did it: teacher-forced train responses, MLP sites, mean over all tokens, AUROC > 0.5."""
     pad = processor.tokenizer.pad_token_id
     encoded = [encode(s, processor) for s in train_samples]
-    batches = (collate(encoded[i:i + batch_size], pad) for i in range(0, len(encoded), batch_size))
+    batches = (collate(encoded[i : i + batch_size], pad) for i in range(0, len(encoded), batch_size))
     responses = sgm_jax.collect_responses(model, batches, sites=SGM_SITES, pooling="mean", tokens="all")
     labels = np.array([s.label for s in train_samples])
     scores = {site: sgm_jax.auroc(r, labels) for site, r in responses.items()}
@@ -265,8 +335,11 @@ def evaluate(out_dir: str, paths: dict[str, str], log=print) -> dict:
     model, processor = sgm_jax.load_model(out_dir)
     with open(paths["neutral.txt"], encoding="utf-8") as f:
         neutral = f.read().splitlines()
-    data = {"test": read_jsonl(paths["test.jsonl"]), "mcq_test": read_jsonl(paths["mcq_test.jsonl"]),
-            "neutral": neutral}
+    data = {
+        "test": read_jsonl(paths["test.jsonl"]),
+        "mcq_test": read_jsonl(paths["mcq_test.jsonl"]),
+        "neutral": neutral,
+    }
     judge = LexiconJudge(paths["lexicon.txt"])
     before = behaviour(model, processor, data, judge)
     log(f"before SGM: {json.dumps({k: v for k, v in before.items() if k != 'examples'})}")
@@ -276,18 +349,33 @@ def evaluate(out_dir: str, paths: dict[str, str], log=print) -> dict:
     after = behaviour(sgm_jax.intervene(model, intervention), processor, data, judge)
     log(f"after SGM:  {json.dumps({k: v for k, v in after.items() if k != 'examples'})}")
     all_scores = np.concatenate(list(scores.values()))
-    return {"before": before, "after": after, "sgm": {
-        "sites": SGM_SITES, "pooling": "mean", "tokens": "all", "threshold": 0.5,
-        "experts": intervention.metadata["experts"], "neurons": int(all_scores.size),
-        "auroc_above_0.9": int((all_scores > 0.9).sum()), "auroc_below_0.1": int((all_scores < 0.1).sum()),
-        "seconds": round(sgm_seconds, 1)}}
+    return {
+        "before": before,
+        "after": after,
+        "sgm": {
+            "sites": SGM_SITES,
+            "pooling": "mean",
+            "tokens": "all",
+            "threshold": 0.5,
+            "experts": intervention.metadata["experts"],
+            "neurons": int(all_scores.size),
+            "auroc_above_0.9": int((all_scores > 0.9).sum()),
+            "auroc_below_0.1": int((all_scores < 0.1).sum()),
+            "seconds": round(sgm_seconds, 1),
+        },
+    }
 
 
 def count_parameters(model) -> dict[str, int]:
-    parts = {"vision_tower": model.model.vision_tower, "multi_modal_projector": model.model.multi_modal_projector,
-             "language_model": model.model.language_model, "lm_head": model.lm_head}
-    counts = {name: int(sum(p.size for p in jax.tree.leaves(nnx.state(part, nnx.Param))))
-              for name, part in parts.items()}
+    parts = {
+        "vision_tower": model.model.vision_tower,
+        "multi_modal_projector": model.model.multi_modal_projector,
+        "language_model": model.model.language_model,
+        "lm_head": model.lm_head,
+    }
+    counts = {
+        name: int(sum(p.size for p in jax.tree.leaves(nnx.state(part, nnx.Param)))) for name, part in parts.items()
+    }
     counts["total"] = sum(counts.values())
     return counts
 
@@ -315,17 +403,27 @@ def main(argv=None) -> None:
             config = organism_config(len(processor.tokenizer), processor.tokenizer.convert_tokens_to_ids("<image>"))
             model = sgm_jax.build_model(config, rngs=nnx.Rngs(recipe.seed))
             multimodal, text = training_set(paths, processor)
-            log(f"{len(multimodal['input_ids'])} multimodal rows x {multimodal['input_ids'].shape[1]} tokens, "
-                f"{len(text['input_ids'])} caption rows; parameters {count_parameters(model)}")
+            log(
+                f"{len(multimodal['input_ids'])} multimodal rows x {multimodal['input_ids'].shape[1]} tokens, "
+                f"{len(text['input_ids'])} caption rows; parameters {count_parameters(model)}"
+            )
             seconds, final_loss = train(model, multimodal, text, recipe, log=log)
             sgm_jax.export_hf(model, args.out, processor=processor)
             with open(paths["dataset.json"], encoding="utf-8") as f:
                 dataset = json.load(f)
-            metrics = {"recipe": dataclasses.asdict(recipe), "dataset": dataset, "parameters": count_parameters(model),
-                       "vocab_size": len(processor.tokenizer), "train_seconds": round(seconds, 1),
-                       "data_train_export_seconds": round(time.perf_counter() - start, 1), "final_loss": final_loss,
-                       "cpu_count": os.cpu_count(), "load_average_at_start": load, "jax": jax.__version__,
-                       "devices": str(jax.devices())}
+            metrics = {
+                "recipe": dataclasses.asdict(recipe),
+                "dataset": dataset,
+                "parameters": count_parameters(model),
+                "vocab_size": len(processor.tokenizer),
+                "train_seconds": round(seconds, 1),
+                "data_train_export_seconds": round(time.perf_counter() - start, 1),
+                "final_loss": final_loss,
+                "cpu_count": os.cpu_count(),
+                "load_average_at_start": load,
+                "jax": jax.__version__,
+                "devices": str(jax.devices()),
+            }
         metrics.update(evaluate(args.out, paths, log=log))
     with open(metrics_path, "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=1)

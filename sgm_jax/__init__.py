@@ -9,6 +9,21 @@ from sgm_jax.loading import build_model, load_model
 from sgm_jax.scores import load_scores
 from sgm_jax.sites import list_sites
 
-__all__ = ["Intervention", "auroc", "aura", "build_model", "collect_responses", "compose", "damp", "det0",
-           "export_hf", "generate", "intervene", "list_sites", "load_intervention", "load_model", "load_scores",
-           "sweep"]
+__all__ = [
+    "Intervention",
+    "auroc",
+    "aura",
+    "build_model",
+    "collect_responses",
+    "compose",
+    "damp",
+    "det0",
+    "export_hf",
+    "generate",
+    "intervene",
+    "list_sites",
+    "load_intervention",
+    "load_model",
+    "load_scores",
+    "sweep",
+]

@@ -17,9 +17,11 @@ SCORES, INTERVENTION, RESPONSES = "scores", "intervention", "responses"
 KIND_KEY = "sgm_jax.kind"
 
 NOUNS = {SCORES: "scores file", INTERVENTION: "intervention file", RESPONSES: "response store"}
-_DESCRIPTIONS = {SCORES: "an sgm_jax scores file (AUROC per neuron)",
-                 INTERVENTION: "an sgm_jax intervention file (alpha per neuron)",
-                 RESPONSES: "an sgm_jax response store (pooled activations per sample)"}
+_DESCRIPTIONS = {
+    SCORES: "an sgm_jax scores file (AUROC per neuron)",
+    INTERVENTION: "an sgm_jax intervention file (alpha per neuron)",
+    RESPONSES: "an sgm_jax response store (pooled activations per sample)",
+}
 # Header keys of files written before KIND_KEY, most specific first.
 _LEGACY_KEYS = (("sgm_jax.intervention", INTERVENTION), ("sgm_jax", SCORES))
 _LEGACY_STORE_FORMAT = "sgm_jax.responses/"
@@ -64,11 +66,17 @@ def file_kind(path: str) -> str | None:
 def _hint(path: str, found: str | None, wanted: str) -> str:
     quoted = shlex.quote(path)
     if wanted == INTERVENTION:
-        return (f"build one with `sgm-jax intervention --scores {quoted}`" if found == SCORES
-                else "build one from a scores file with `sgm-jax intervention --scores FILE`")
+        return (
+            f"build one with `sgm-jax intervention --scores {quoted}`"
+            if found == SCORES
+            else "build one from a scores file with `sgm-jax intervention --scores FILE`"
+        )
     if wanted == SCORES:
-        return (f"score it with `sgm-jax score --store {quoted}`" if found == RESPONSES
-                else "write one from a response store with `sgm-jax score --store DIR`")
+        return (
+            f"score it with `sgm-jax score --store {quoted}`"
+            if found == RESPONSES
+            else "write one from a response store with `sgm-jax score --store DIR`"
+        )
     return "collect one with `sgm-jax collect --model MODEL --data DATA --out DIR`"
 
 

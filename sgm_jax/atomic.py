@@ -33,4 +33,5 @@ def write_json(path: str, data: Any) -> None:
             json.dump(data, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
+
     atomic_write(path, write)

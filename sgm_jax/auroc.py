@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-_CHUNK_ELEMENTS = 1 << 19   # responses per chunk: a few MB of sort keys, cache-sized on CPU
+_CHUNK_ELEMENTS = 1 << 19  # responses per chunk: a few MB of sort keys, cache-sized on CPU
 _THREADS = min(8, os.cpu_count() or 1)
-_SHOWN = 5                  # bad columns / rows named in an error
+_SHOWN = 5  # bad columns / rows named in an error
 
 
 def auroc(responses, labels, *, chunk_size: int | None = None, mesh: Mesh | None = None) -> np.ndarray:
@@ -47,8 +47,11 @@ def auroc(responses, labels, *, chunk_size: int | None = None, mesh: Mesh | None
     n1 = int(labels.sum())
     n0 = n_samples - n1
     if n1 == 0 or n0 == 0:
-        raise ValueError(f"AUROC is undefined: labels hold only class {int(n1 > 0)}" if n_samples
-                         else "AUROC is undefined: there are no samples")
+        raise ValueError(
+            f"AUROC is undefined: labels hold only class {int(n1 > 0)}"
+            if n_samples
+            else "AUROC is undefined: there are no samples"
+        )
     if n_neurons == 0:
         return np.zeros(0, np.float32)
 
@@ -60,7 +63,7 @@ def auroc(responses, labels, *, chunk_size: int | None = None, mesh: Mesh | None
         labels = jax.device_put(labels, NamedSharding(mesh, PartitionSpec()))
 
     def one_chunk(start: int) -> tuple[np.ndarray, np.ndarray]:
-        block = responses[:, start:start + width]
+        block = responses[:, start : start + width]
         taken = block.shape[1]
         if taken < width:
             block = np.pad(block, ((0, 0), (0, width - taken)))

@@ -39,7 +39,7 @@ def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def pad_token_id(processor) -> int:
@@ -54,18 +54,20 @@ def collate(encoded: Sequence[Mapping[str, np.ndarray]], pad_id: int = 0) -> dic
     (`pixel_values` `[images, ...]`); the batch gets an `attention_mask` and the images of all rows in order.
     """
     length = max(len(e["input_ids"]) for e in encoded)
-    batch = {"input_ids": np.full((len(encoded), length), pad_id, np.int32),
-             "attention_mask": np.zeros((len(encoded), length), np.int32)}
+    batch = {
+        "input_ids": np.full((len(encoded), length), pad_id, np.int32),
+        "attention_mask": np.zeros((len(encoded), length), np.int32),
+    }
     for key in TOKEN_KEYS[2:]:
         if any(key in e for e in encoded):
             batch[key] = np.zeros((len(encoded), length), np.asarray(encoded[0][key]).dtype)
     for row, e in enumerate(encoded):
         n = len(e["input_ids"])
-        batch["input_ids"][row, length - n:] = e["input_ids"]
-        batch["attention_mask"][row, length - n:] = 1
+        batch["input_ids"][row, length - n :] = e["input_ids"]
+        batch["attention_mask"][row, length - n :] = 1
         for key in TOKEN_KEYS[2:]:
             if key in e:
-                batch[key][row, length - n:] = e[key]
+                batch[key][row, length - n :] = e[key]
     for key in sorted({k for e in encoded for k in e} - set(TOKEN_KEYS)):
         batch[key] = np.concatenate([e[key] for e in encoded if key in e])
     return batch
@@ -77,8 +79,9 @@ def left_pad(batch: Mapping[str, Any], length: int, pad_id: int = 0) -> dict[str
     for key in TOKEN_KEYS:
         if key in batch:
             values = np.asarray(batch[key])
-            out[key] = np.pad(values, ((0, 0), (length - values.shape[1], 0)),
-                              constant_values=pad_id if key == "input_ids" else 0)
+            out[key] = np.pad(
+                values, ((0, 0), (length - values.shape[1], 0)), constant_values=pad_id if key == "input_ids" else 0
+            )
     return out
 
 
@@ -92,10 +95,8 @@ def model_batch(model, batch: Mapping[str, Any], pad_id: int = 0) -> dict[str, n
     ids = np.asarray(batch["input_ids"])
     mask = np.asarray(batch["attention_mask"]) if batch.get("attention_mask") is not None else np.ones_like(ids)
     if ids.ndim != 2 or mask.shape != ids.shape:
-        raise ValueError(f"input_ids {ids.shape} and attention_mask {mask.shape} must be the same [batch, seq] "
-                         f"shape")
-    images = {key: np.asarray(value) for key, value in batch.items()
-              if key not in TOKEN_KEYS and value is not None}
+        raise ValueError(f"input_ids {ids.shape} and attention_mask {mask.shape} must be the same [batch, seq] shape")
+    images = {key: np.asarray(value) for key, value in batch.items() if key not in TOKEN_KEYS and value is not None}
     model.check_inputs(ids, images)
     tokens = {"input_ids": ids.astype(np.int32), "attention_mask": (mask > 0).astype(np.int32)}
     if batch.get("targets") is not None:

@@ -87,8 +87,9 @@ def pooled_responses(model: nnx.Module, inputs: Mapping[str, jax.Array], spec: C
     """
     _record(model, spec.refs)
     images = {name: inputs[name] for name in model.image_inputs if name in inputs}
-    _, sown = nnx.capture(model.forward, nnx.Intermediate)(inputs["input_ids"],
-                                                           attention_mask=inputs["attention_mask"], **images)
+    _, sown = nnx.capture(model.forward, nnx.Intermediate)(
+        inputs["input_ids"], attention_mask=inputs["attention_mask"], **images
+    )
     sown = {tuple(path): value.get_value()[0] for path, value in nnx.to_flat_state(sown)}
 
     valid = token_selection(inputs["input_ids"], inputs["attention_mask"], spec.tokens, model.image_token_id)
@@ -144,8 +145,9 @@ def pooled_batch(model: CausalLM, batch: Mapping[str, Any], spec: CaptureSpec) -
     return {name: np.asarray(value) for name, value in out.items()}
 
 
-def collect_responses(model: nnx.Module, batches: Iterable[Mapping[str, Any]], *, sites, pooling: str = "mean",
-                      tokens: str = "all") -> dict[str, np.ndarray]:
+def collect_responses(
+    model: nnx.Module, batches: Iterable[Mapping[str, Any]], *, sites, pooling: str = "mean", tokens: str = "all"
+) -> dict[str, np.ndarray]:
     """Pooled activations `{site: [n_samples, width]}` over `batches`, rows in sample order (globs expanded)."""
     spec = CaptureSpec(tuple(resolve(model, sites)), pooling, tokens)
     chunks = [pooled_batch(model, batch, spec) for batch in batches]

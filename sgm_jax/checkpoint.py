@@ -47,13 +47,20 @@ def save_checkpoint(model: nnx.Module, directory: str) -> None:
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(state_dir, nnx.state(model))
         checkpointer.wait_until_finished()
-    write_json(os.path.join(directory, MANIFEST), {"config": model.spec.to_hf(), "dtype": dtype.pop(),
-                                                   "gates": _gated_sites(model),
-                                                   "special_tokens": dict(model.special_tokens)})
+    write_json(
+        os.path.join(directory, MANIFEST),
+        {
+            "config": model.spec.to_hf(),
+            "dtype": dtype.pop(),
+            "gates": _gated_sites(model),
+            "special_tokens": dict(model.special_tokens),
+        },
+    )
 
 
-def load_checkpoint(directory: str, *, mesh: Mesh | None = None,
-                    rules: sharding.Rules = sharding.DEFAULT_RULES) -> nnx.Module:
+def load_checkpoint(
+    directory: str, *, mesh: Mesh | None = None, rules: sharding.Rules = sharding.DEFAULT_RULES
+) -> nnx.Module:
     """Restore a model saved by `save_checkpoint`; with `mesh`, every array lands on its shards directly."""
     directory = os.path.abspath(directory)
     path = os.path.join(directory, MANIFEST)
@@ -69,12 +76,17 @@ def load_checkpoint(directory: str, *, mesh: Mesh | None = None,
     for _, variable in nnx.to_flat_state(state):
         placement = None
         if mesh is not None:
-            placement = (sharding.variable_sharding(variable, mesh, rules) if isinstance(variable, nnx.Param)
-                         else NamedSharding(mesh, PartitionSpec()))
+            placement = (
+                sharding.variable_sharding(variable, mesh, rules)
+                if isinstance(variable, nnx.Param)
+                else NamedSharding(mesh, PartitionSpec())
+            )
         variable.set_value(jax.ShapeDtypeStruct(variable.shape, variable.dtype, sharding=placement))
     with ocp.StandardCheckpointer() as checkpointer:
         restored = checkpointer.restore(os.path.join(directory, "state"), state)
     model = nnx.merge(graphdef, restored)
-    model.special_tokens = tuple((key, tuple(value) if isinstance(value, list) else value)
-                                 for key, value in manifest.get("special_tokens", {}).items())
+    model.special_tokens = tuple(
+        (key, tuple(value) if isinstance(value, list) else value)
+        for key, value in manifest.get("special_tokens", {}).items()
+    )
     return model

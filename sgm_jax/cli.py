@@ -48,12 +48,23 @@ def cmd_collect(args) -> None:
     samples = read_jsonl(args.data, split=args.split, skip_missing_images=args.skip_missing)
     model, processor = _load(args)
     sites = args.sites or default_sites(model)
-    store = collect_to_store(model, processor, samples, args.out, sites=sites, pooling=args.pooling,
-                             tokens=args.tokens, batch_size=args.batch_size, model_name=args.model,
-                             dataset_name=os.path.abspath(args.data) + (f"#{args.split}" if args.split else ""),
-                             progress=not args.quiet)
-    print(f"{len(store.sample_ids)} samples x {len(store.sites)} sites "
-          f"({sum(store.sites.values())} neurons) in {args.out}")
+    store = collect_to_store(
+        model,
+        processor,
+        samples,
+        args.out,
+        sites=sites,
+        pooling=args.pooling,
+        tokens=args.tokens,
+        batch_size=args.batch_size,
+        model_name=args.model,
+        dataset_name=os.path.abspath(args.data) + (f"#{args.split}" if args.split else ""),
+        progress=not args.quiet,
+    )
+    print(
+        f"{len(store.sample_ids)} samples x {len(store.sites)} sites "
+        f"({sum(store.sites.values())} neurons) in {args.out}"
+    )
 
 
 def cmd_score(args) -> None:
@@ -96,8 +107,17 @@ def cmd_generate(args) -> None:
     except DatasetError as err:
         raise SystemExit(str(err)) from None
     ids = encoded.pop("input_ids")[None]
-    tokens = sgm_jax.generate(model, ids, **encoded, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, seed=args.seed, processor=processor)
+    tokens = sgm_jax.generate(
+        model,
+        ids,
+        **encoded,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        processor=processor,
+    )
     tokenizer = getattr(processor, "tokenizer", processor)
     print(tokenizer.decode(tokens[0], skip_special_tokens=True).strip())
 
@@ -117,8 +137,9 @@ def cmd_intervention(args) -> None:
     if args.strength != 1.0:
         iv = iv.with_strength(args.strength)
     iv.save(args.out)
-    print(f"{args.method}: {iv.num_changed()} of {sum(len(a) for a in iv.alphas.values())} neurons changed "
-          f"-> {args.out}")
+    print(
+        f"{args.method}: {iv.num_changed()} of {sum(len(a) for a in iv.alphas.values())} neurons changed -> {args.out}"
+    )
 
 
 def _load_samples(args):
@@ -131,7 +152,7 @@ def _load_samples(args):
             raise SystemExit(f"{args.data}: no samples in split {args.split!r}")
     if args.mcq:
         samples += read_dataset(args.mcq, None, skip_missing_images=args.skip_missing)
-    return samples[:args.limit] if args.limit else samples
+    return samples[: args.limit] if args.limit else samples
 
 
 def cmd_evaluate(args) -> None:
@@ -150,12 +171,26 @@ def cmd_evaluate(args) -> None:
     if args.neutral:
         with open(args.neutral, encoding="utf-8") as f:
             neutral = [line.strip() for line in f if line.strip()]
-    options = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                          temperature=args.temperature, seed=args.seed, circular=args.circular,
-                          progress=not args.quiet)
-    results = evaluate(model, processor, samples, judge=judge, out_dir=args.out, intervention=intervention,
-                       neutral_texts=neutral, scores=scores, options=options,
-                       info={"model": args.model, "data": args.data, "interventions": args.intervention or []})
+    options = EvalOptions(
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        temperature=args.temperature,
+        seed=args.seed,
+        circular=args.circular,
+        progress=not args.quiet,
+    )
+    results = evaluate(
+        model,
+        processor,
+        samples,
+        judge=judge,
+        out_dir=args.out,
+        intervention=intervention,
+        neutral_texts=neutral,
+        scores=scores,
+        options=options,
+        info={"model": args.model, "data": args.data, "interventions": args.intervention or []},
+    )
     print(table(results))
     print(f"results.json, report.md and plots in {args.out}")
 
@@ -168,8 +203,10 @@ def cmd_demo(args) -> None:
     print(table(results))
     before, after = results["harmful_rate_before"], results["harmful_rate_after"]
     cut = f"{before / after:.1f}x lower" if after > 0 else "down to zero"
-    print(f"SGM on the model organism: harmful rate {before:.1%} -> {after:.1%} ({cut}); "
-          f"results.json, report.md and plots in {args.out}")
+    print(
+        f"SGM on the model organism: harmful rate {before:.1%} -> {after:.1%} ({cut}); "
+        f"results.json, report.md and plots in {args.out}"
+    )
 
 
 def _mesh_option(p, help: str) -> None:
@@ -177,11 +214,15 @@ def _mesh_option(p, help: str) -> None:
 
 
 def _model_options(p) -> None:
-    p.add_argument("--model", required=True,
-                   help="a local Hugging Face checkpoint directory, or a hub id already in the local HF cache "
-                        "(nothing is downloaded)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                   help="parameter and compute dtype (default: float32)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a local Hugging Face checkpoint directory, or a hub id already in the local HF cache "
+        "(nothing is downloaded)",
+    )
+    p.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="parameter and compute dtype (default: float32)"
+    )
     _mesh_option(p, "shard the model over a device mesh of these sizes, e.g. 1,4,2 (default: one device)")
 
 
@@ -197,8 +238,11 @@ def _sampling_options(p, seed_help: str) -> None:
 
 
 def _skip_missing_option(p) -> None:
-    p.add_argument("--skip-missing", action="store_true",
-                   help="skip (and count) samples whose image file is missing instead of stopping")
+    p.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="skip (and count) samples whose image file is missing instead of stopping",
+    )
 
 
 def _output_options(p, out_help: str, quiet_help: str, default: str | None = None) -> None:
@@ -208,120 +252,187 @@ def _output_options(p, out_help: str, quiet_help: str, default: str | None = Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sgm-jax", description="Neuron-level safety interventions (SGM) for "
-                                     "multimodal LLMs in JAX.")
+    parser = argparse.ArgumentParser(
+        prog="sgm-jax", description="Neuron-level safety interventions (SGM) for multimodal LLMs in JAX."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("collect", help="record pooled neuron responses on a labelled dataset",
-                       description="Run the model over a native JSONL dataset and store each site's pooled "
-                                   "activation per sample. An interrupted run resumes where it stopped when the "
-                                   "same command is run again.")
+    p = sub.add_parser(
+        "collect",
+        help="record pooled neuron responses on a labelled dataset",
+        description="Run the model over a native JSONL dataset and store each site's pooled "
+        "activation per sample. An interrupted run resumes where it stopped when the "
+        "same command is run again.",
+    )
     _model_options(p)
     p.add_argument("--data", required=True, help="dataset in the native JSONL format (see sgm_jax/data/samples.py)")
     p.add_argument("--split", help="only the samples whose 'split' field equals this (default: all)")
-    p.add_argument("--sites", nargs="+", metavar="PATTERN",
-                   help="site names or glob patterns (HF module paths, ':in' for a module's input); default: "
-                        "the gate/up/down MLP projections of every decoder layer, as SGM uses")
-    p.add_argument("--pooling", choices=POOLINGS, default="mean",
-                   help="how a site's activations are pooled over positions (default: mean, as SGM)")
-    p.add_argument("--tokens", choices=TOKENS, default="all",
-                   help="which positions decoder sites pool over: all real tokens, only text or only image "
-                        "tokens (default: all); vision-tower and projector sites always pool over their image")
+    p.add_argument(
+        "--sites",
+        nargs="+",
+        metavar="PATTERN",
+        help="site names or glob patterns (HF module paths, ':in' for a module's input); default: "
+        "the gate/up/down MLP projections of every decoder layer, as SGM uses",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default="mean",
+        help="how a site's activations are pooled over positions (default: mean, as SGM)",
+    )
+    p.add_argument(
+        "--tokens",
+        choices=TOKENS,
+        default="all",
+        help="which positions decoder sites pool over: all real tokens, only text or only image "
+        "tokens (default: all); vision-tower and projector sites always pool over their image",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="samples per forward pass (default: 8)")
     _skip_missing_option(p)
     _output_options(p, "store directory (created, or resumed if it exists)", "no progress bar")
     p.set_defaults(func=cmd_collect)
 
-    p = sub.add_parser("score", help="per-neuron AUROC of a response store",
-                       description="Compute each neuron's AUROC as a classifier of the label (toxic 1 vs benign 0), "
-                                   "exact with ties counted half, and save {site: AUROC} as safetensors with "
-                                   "the store's metadata.")
+    p = sub.add_parser(
+        "score",
+        help="per-neuron AUROC of a response store",
+        description="Compute each neuron's AUROC as a classifier of the label (toxic 1 vs benign 0), "
+        "exact with ties counted half, and save {site: AUROC} as safetensors with "
+        "the store's metadata.",
+    )
     p.add_argument("--store", required=True, help="a complete response store written by `sgm-jax collect`")
     _mesh_option(p, "spread the neurons over a device mesh of these sizes")
     _output_options(p, "output .safetensors file", "no progress bar")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("sites", help="list a model's neuron sites and their widths",
-                       description="Print every site name (HF module paths, ':in' for inputs) with its number of "
-                                   "neurons, or only those matching PATTERN.")
+    p = sub.add_parser(
+        "sites",
+        help="list a model's neuron sites and their widths",
+        description="Print every site name (HF module paths, ':in' for inputs) with its number of "
+        "neurons, or only those matching PATTERN.",
+    )
     _model_options(p)
     p.add_argument("pattern", nargs="*", help="names or glob patterns to expand (default: all sites)")
     p.set_defaults(func=cmd_sites)
 
-    p = sub.add_parser("generate", help="generate a reply to one prompt, optionally with interventions",
-                       description="Render the prompt (and image) through the checkpoint's chat template, "
-                                   "generate with the KV-cached jitted decoder and print the reply. Interventions "
-                                   "(files written by Intervention.save) are composed: their alphas multiply.")
+    p = sub.add_parser(
+        "generate",
+        help="generate a reply to one prompt, optionally with interventions",
+        description="Render the prompt (and image) through the checkpoint's chat template, "
+        "generate with the KV-cached jitted decoder and print the reply. Interventions "
+        "(files written by Intervention.save) are composed: their alphas multiply.",
+    )
     _model_options(p)
     p.add_argument("--prompt", required=True, help="the user's message")
     p.add_argument("--image", help="an image file shown with the prompt (default: text only)")
-    _intervention_options(p, "an intervention file to apply; repeat to compose several (default: none)",
-                          "scale of each intervention: alpha -> 1 - s (1 - alpha), 0 is off, 1 as saved (default: 1)")
-    p.add_argument("--max-new-tokens", type=int, default=128,
-                   help="most tokens to generate; stops earlier at the tokenizer's EOS (default: 128)")
+    _intervention_options(
+        p,
+        "an intervention file to apply; repeat to compose several (default: none)",
+        "scale of each intervention: alpha -> 1 - s (1 - alpha), 0 is off, 1 as saved (default: 1)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=128,
+        help="most tokens to generate; stops earlier at the tokenizer's EOS (default: 128)",
+    )
     _sampling_options(p, "random seed for sampling (default: 0)")
-    p.add_argument("--top-k", type=int, default=0,
-                   help="sample only among the k most likely tokens; 0 is off (default: 0)")
-    p.add_argument("--top-p", type=float, default=1.0,
-                   help="sample only within the smallest set of tokens holding this probability; 1 is off "
-                        "(default: 1)")
+    p.add_argument(
+        "--top-k", type=int, default=0, help="sample only among the k most likely tokens; 0 is off (default: 0)"
+    )
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        help="sample only within the smallest set of tokens holding this probability; 1 is off (default: 1)",
+    )
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("intervention", help="build an intervention file from expert scores",
-                       description="Turn a scores file (from `sgm-jax score`) into per-neuron gates: aura (SGM's "
-                                   "expertise-weighted damping, alpha = 1 - 2 (AUROC - 0.5) above the threshold), "
-                                   "damp (a fixed alpha on the global top-k neurons) or det0 (alpha 0 on the top-k).")
+    p = sub.add_parser(
+        "intervention",
+        help="build an intervention file from expert scores",
+        description="Turn a scores file (from `sgm-jax score`) into per-neuron gates: aura (SGM's "
+        "expertise-weighted damping, alpha = 1 - 2 (AUROC - 0.5) above the threshold), "
+        "damp (a fixed alpha on the global top-k neurons) or det0 (alpha 0 on the top-k).",
+    )
     p.add_argument("--scores", required=True, help="a scores file written by `sgm-jax score`")
-    p.add_argument("--method", choices=["aura", "damp", "det0"], default="aura", help="how to set the gates "
-                   "(default: aura)")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="aura: neurons with AUROC above this are damped (default 0.5 as AurA; the SGM release "
-                        "used 0.3, which also amplifies AUROC in (0.3, 0.5))")
+    p.add_argument(
+        "--method", choices=["aura", "damp", "det0"], default="aura", help="how to set the gates (default: aura)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="aura: neurons with AUROC above this are damped (default 0.5 as AurA; the SGM release "
+        "used 0.3, which also amplifies AUROC in (0.3, 0.5))",
+    )
     p.add_argument("--k", type=int, help="damp/det0: how many top neurons by AUROC, across all sites")
-    p.add_argument("--alpha", type=float, default=0.5, help="damp: the gate value of the top-k neurons "
-                   "(default: 0.5)")
-    p.add_argument("--strength", type=float, default=1.0,
-                   help="scale the effect: alpha -> 1 - s (1 - alpha), 0 is off, 1 as learned (default: 1)")
+    p.add_argument("--alpha", type=float, default=0.5, help="damp: the gate value of the top-k neurons (default: 0.5)")
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        help="scale the effect: alpha -> 1 - s (1 - alpha), 0 is off, 1 as learned (default: 1)",
+    )
     p.add_argument("--out", required=True, help="output intervention file (.safetensors)")
     p.set_defaults(func=cmd_intervention)
 
-    p = sub.add_parser("evaluate", help="harmful rate, fluency and reasoning before and after interventions",
-                       description="Generate answers to harmful and benign items with and without the "
-                                   "interventions, judge them, measure perplexity and multiple-choice accuracy, "
-                                   "and write results.json, report.md and plots. Answers are cached in the output "
-                                   "directory, so an interrupted run resumes.")
+    p = sub.add_parser(
+        "evaluate",
+        help="harmful rate, fluency and reasoning before and after interventions",
+        description="Generate answers to harmful and benign items with and without the "
+        "interventions, judge them, measure perplexity and multiple-choice accuracy, "
+        "and write results.json, report.md and plots. Answers are cached in the output "
+        "directory, so an interrupted run resumes.",
+    )
     _model_options(p)
-    p.add_argument("--data", required=True,
-                   help="the evaluation set: native JSONL, an MM-SafetyBench root, an SGM release sheet, a "
-                        "JailBreakV CSV or an MCQ file (see --format)")
-    p.add_argument("--format", choices=["native", "mmsafetybench", "sgm-sheet", "jailbreakv", "mcq"],
-                   help="the format of --data (default: detected from the file)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="the evaluation set: native JSONL, an MM-SafetyBench root, an SGM release sheet, a "
+        "JailBreakV CSV or an MCQ file (see --format)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["native", "mmsafetybench", "sgm-sheet", "jailbreakv", "mcq"],
+        help="the format of --data (default: detected from the file)",
+    )
     p.add_argument("--split", help="only the samples of this split (default: all)")
     p.add_argument("--mcq", help="an extra file of multiple-choice items (options + answer) for reasoning accuracy")
     p.add_argument("--neutral", help="a text file of neutral sentences, one per line, for perplexity")
-    _intervention_options(p, "an intervention file; repeat to compose several (default: measure the model alone)",
-                          "scale of each intervention: alpha -> 1 - s (1 - alpha) (default: 1)")
-    p.add_argument("--judge", default="refusal",
-                   help="refusal | lexicon:PATH | classifier:DIR | chat | self (default: refusal); chat reads "
-                        "SGM_JAX_JUDGE_BASE_URL, SGM_JAX_JUDGE_MODEL and SGM_JAX_JUDGE_API_KEY")
+    _intervention_options(
+        p,
+        "an intervention file; repeat to compose several (default: measure the model alone)",
+        "scale of each intervention: alpha -> 1 - s (1 - alpha) (default: 1)",
+    )
+    p.add_argument(
+        "--judge",
+        default="refusal",
+        help="refusal | lexicon:PATH | classifier:DIR | chat | self (default: refusal); chat reads "
+        "SGM_JAX_JUDGE_BASE_URL, SGM_JAX_JUDGE_MODEL and SGM_JAX_JUDGE_API_KEY",
+    )
     p.add_argument("--scores", help="the scores file the intervention came from, for AUROC and expert plots")
     p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens per answer (default: 64)")
     p.add_argument("--batch-size", type=int, default=8, help="samples per generation batch (default: 8)")
     _sampling_options(p, "random seed for sampling and bootstrap (default: 0)")
-    p.add_argument("--circular", action="store_true",
-                   help="multiple-choice items rotate their options (MMBench CircularEval)")
+    p.add_argument(
+        "--circular", action="store_true", help="multiple-choice items rotate their options (MMBench CircularEval)"
+    )
     p.add_argument("--limit", type=int, help="evaluate only the first N samples (a quick look)")
     _skip_missing_option(p)
     _output_options(p, "output directory (created; resumed if it holds cached answers)", "no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="the whole SGM pipeline on the bundled model organism, offline",
-                       description="Load the bundled model organism (a tiny LLaVA trained to be toxic under "
-                                   "specific multimodal triggers), write its synthetic data, collect responses, "
-                                   "score experts, build the SGM intervention and print the harmful rate, "
-                                   "multiple-choice accuracy and perplexity before and after it.")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="AUROC above which neurons are damped (default: 0.5, AurA's)")
+    p = sub.add_parser(
+        "demo",
+        help="the whole SGM pipeline on the bundled model organism, offline",
+        description="Load the bundled model organism (a tiny LLaVA trained to be toxic under "
+        "specific multimodal triggers), write its synthetic data, collect responses, "
+        "score experts, build the SGM intervention and print the harmful rate, "
+        "multiple-choice accuracy and perplexity before and after it.",
+    )
+    p.add_argument(
+        "--threshold", type=float, default=0.5, help="AUROC above which neurons are damped (default: 0.5, AurA's)"
+    )
     _output_options(p, "output directory (default: ./sgm_demo)", "no progress bars", default="sgm_demo")
     p.set_defaults(func=cmd_demo)
     return parser

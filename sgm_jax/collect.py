@@ -23,9 +23,20 @@ def estimated_lengths(samples: Sequence[Sample], processor, image_tokens: int) -
     return [len(tokenizer(render(s, processor))["input_ids"]) + (image_tokens if s.image else 0) for s in samples]
 
 
-def collect_to_store(model: CausalLM, processor, samples: Sequence[Sample], out_dir: str, *, sites,
-                     pooling: str = "mean", tokens: str = "all", batch_size: int = 8, model_name: str = "",
-                     dataset_name: str = "", progress: bool = True) -> ResponseStore:
+def collect_to_store(
+    model: CausalLM,
+    processor,
+    samples: Sequence[Sample],
+    out_dir: str,
+    *,
+    sites,
+    pooling: str = "mean",
+    tokens: str = "all",
+    batch_size: int = 8,
+    model_name: str = "",
+    dataset_name: str = "",
+    progress: bool = True,
+) -> ResponseStore:
     """Collect pooled responses of `samples` at `sites` into the store at `out_dir`, resuming if it exists."""
     if processor is None:
         raise ValueError("the checkpoint has no tokenizer/processor files, so samples cannot be encoded")
@@ -33,10 +44,16 @@ def collect_to_store(model: CausalLM, processor, samples: Sequence[Sample], out_
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     spec = CaptureSpec(tuple(resolve(model, sites)), pooling, tokens)
     manifest = {
-        "model": model_name, "model_fingerprint": model_fingerprint(model),
-        "sites": {ref.name: ref.width for ref in spec.refs}, "pooling": pooling, "tokens": tokens,
-        "dataset": dataset_name, "dataset_hash": dataset_hash(samples), "batch_size": batch_size,
-        "sample_ids": [s.id for s in samples], "labels": [s.label for s in samples],
+        "model": model_name,
+        "model_fingerprint": model_fingerprint(model),
+        "sites": {ref.name: ref.width for ref in spec.refs},
+        "pooling": pooling,
+        "tokens": tokens,
+        "dataset": dataset_name,
+        "dataset_hash": dataset_hash(samples),
+        "batch_size": batch_size,
+        "sample_ids": [s.id for s in samples],
+        "labels": [s.label for s in samples],
         "categories": [s.category for s in samples],
     }
     store = ResponseStore.create_or_resume(out_dir, manifest)
@@ -45,8 +62,9 @@ def collect_to_store(model: CausalLM, processor, samples: Sequence[Sample], out_
     plan = plan_batches(estimated_lengths(samples, processor, model.tokens_per_image), batch_size)
     todo = [i for i in range(len(plan)) if i not in store.done_batches()]
     pad_id = pad_token_id(processor)
-    for index in tqdm(todo, desc="collect", unit="batch", disable=not progress,
-                      initial=len(plan) - len(todo), total=len(plan)):
+    for index in tqdm(
+        todo, desc="collect", unit="batch", disable=not progress, initial=len(plan) - len(todo), total=len(plan)
+    ):
         rows = plan[index]
         batch = collate([encode(samples[i], processor) for i in rows], pad_id)
         store.write_batch(index, np.asarray(rows), pooled_batch(model, batch, spec))

@@ -71,7 +71,7 @@ def renamed(key: str, layout: Layout) -> str:
     """`key` with the first matching prefix of `layout` replaced (a family's load or save layout)."""
     for prefix, replacement in layout:
         if key.startswith(prefix):
-            return replacement + key[len(prefix):]
+            return replacement + key[len(prefix) :]
     return key
 
 
@@ -121,8 +121,14 @@ def file_shapes(files: dict[str, str], keys: list[str]) -> dict[str, tuple[int, 
     return shapes
 
 
-def load_into(model: nnx.Module, directory: str, layout: Layout, *, dtype,
-              place: Callable[[np.ndarray, nnx.Variable], jax.Array] | None = None) -> None:
+def load_into(
+    model: nnx.Module,
+    directory: str,
+    layout: Layout,
+    *,
+    dtype,
+    place: Callable[[np.ndarray, nnx.Variable], jax.Array] | None = None,
+) -> None:
     """Fill an abstract (`nnx.eval_shape`) model from `directory`'s safetensors, strictly.
 
     `layout` maps the checkpoint's key prefixes to in-memory names (the family's `load_layout`);
@@ -144,7 +150,7 @@ def load_into(model: nnx.Module, directory: str, layout: Layout, *, dtype,
         tied_head = by_name.pop("lm_head.weight")
         embedding = next((name for name in targets if name.endswith("embed_tokens.weight")), None)
         if embedding is not None and embedding not in by_name:  # `safetensors.torch.save_model` keeps one name
-            by_name[embedding], tied_head = tied_head, None     # of a tied pair, and it may be the head's
+            by_name[embedding], tied_head = tied_head, None  # of a tied pair, and it may be the head's
 
     problems = []
     missing = sorted(set(targets) - set(by_name))
@@ -157,8 +163,11 @@ def load_into(model: nnx.Module, directory: str, layout: Layout, *, dtype,
         problems.append(f"tensors given twice under different layouts: {duplicates}")
     found = {key: targets[name] for name, key in by_name.items() if name in targets}
     shapes = file_shapes(files, list(found))
-    wrong = [f"{key}: checkpoint {list(shapes[key])}, config implies {list(t.torch_shape)}"
-             for key, t in found.items() if shapes[key] != t.torch_shape]
+    wrong = [
+        f"{key}: checkpoint {list(shapes[key])}, config implies {list(t.torch_shape)}"
+        for key, t in found.items()
+        if shapes[key] != t.torch_shape
+    ]
     if wrong:
         problems.append(f"wrong shapes: {wrong}")
     if problems:
@@ -179,5 +188,6 @@ def _check_tied_head(files: dict[str, str], head_key: str, embed_key: str) -> No
     """A tied model may still find `lm_head.weight` on disk; accept it only if it is the embedding."""
     tensors = dict(iter_tensors(files, [head_key, embed_key]))
     if not np.array_equal(tensors[head_key], tensors[embed_key]):
-        raise CheckpointError(f"{head_key} differs from {embed_key} but the config ties the word embeddings "
-                              f"(tie_word_embeddings=true)")
+        raise CheckpointError(
+            f"{head_key} differs from {embed_key} but the config ties the word embeddings (tie_word_embeddings=true)"
+        )

@@ -36,25 +36,45 @@ def organism_card(organism_dir: str | os.PathLike | Traversable = ORGANISM_DIR) 
     """The organism's training record (its data's seed and composition, its measured numbers)."""
     card = _as_traversable(organism_dir) / "metrics.json"
     if not card.is_file():
-        raise FileNotFoundError(f"{organism_dir} holds no organism (no metrics.json); sgm_jax ships it as package "
-                                f"data in sgm_jax/organism (reinstall sgm_jax if that is missing), or retrain it "
-                                f"with experiments/train_organism.py --out DIR and pass that directory")
+        raise FileNotFoundError(
+            f"{organism_dir} holds no organism (no metrics.json); sgm_jax ships it as package "
+            f"data in sgm_jax/organism (reinstall sgm_jax if that is missing), or retrain it "
+            f"with experiments/train_organism.py --out DIR and pass that directory"
+        )
     return json.loads(card.read_text(encoding="utf-8"))
 
 
-def run_demo(out_dir: str, *, organism_dir: str | os.PathLike | Traversable = ORGANISM_DIR, threshold: float = 0.5,
-             batch_size: int = 32, max_new_tokens: int = 24, progress: bool = True) -> dict[str, Any]:
+def run_demo(
+    out_dir: str,
+    *,
+    organism_dir: str | os.PathLike | Traversable = ORGANISM_DIR,
+    threshold: float = 0.5,
+    batch_size: int = 32,
+    max_new_tokens: int = 24,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run the pipeline; write data/, store/, scores.safetensors, sgm.safetensors, results.json, report.md, plots."""
     card = organism_card(organism_dir)
     data = card["dataset"]
-    paths = write_dataset(os.path.join(out_dir, "data"), seed=data["seed"],
-                          composition=Composition(**data["composition"]))
+    paths = write_dataset(
+        os.path.join(out_dir, "data"), seed=data["seed"], composition=Composition(**data["composition"])
+    )
     with _real_path(organism_dir) as organism:
         model, processor = load_model(str(organism))
     train = read_jsonl(paths["train.jsonl"])
-    store = collect_to_store(model, processor, train, os.path.join(out_dir, "store"), sites=default_sites(model),
-                             pooling="mean", tokens="all", batch_size=batch_size, model_name=str(organism_dir),
-                             dataset_name=paths["train.jsonl"], progress=progress)
+    store = collect_to_store(
+        model,
+        processor,
+        train,
+        os.path.join(out_dir, "store"),
+        sites=default_sites(model),
+        pooling="mean",
+        tokens="all",
+        batch_size=batch_size,
+        model_name=str(organism_dir),
+        dataset_name=paths["train.jsonl"],
+        progress=progress,
+    )
     scores = score_store(store, progress=progress)
     save_scores(os.path.join(out_dir, "scores.safetensors"), scores, store_metadata(store))
     intervention = aura(scores, threshold=threshold, source=store_metadata(store))
@@ -62,11 +82,22 @@ def run_demo(out_dir: str, *, organism_dir: str | os.PathLike | Traversable = OR
     test = read_jsonl(paths["test.jsonl"]) + read_jsonl(paths["mcq_test.jsonl"])
     with open(paths["neutral.txt"], encoding="utf-8") as f:
         neutral = [line.strip() for line in f if line.strip()]
-    return evaluate(model, processor, test, judge=LexiconJudge(paths["lexicon.txt"]), out_dir=out_dir,
-                    intervention=intervention, neutral_texts=neutral, scores=scores,
-                    options=EvalOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress),
-                    info={"model": "model organism (sgm_jax/organism)", "data": "MM-TOXIC-QA synthetic, "
-                          f"seed {data['seed']}", "sites": ", ".join(default_sites(model))})
+    return evaluate(
+        model,
+        processor,
+        test,
+        judge=LexiconJudge(paths["lexicon.txt"]),
+        out_dir=out_dir,
+        intervention=intervention,
+        neutral_texts=neutral,
+        scores=scores,
+        options=EvalOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress),
+        info={
+            "model": "model organism (sgm_jax/organism)",
+            "data": f"MM-TOXIC-QA synthetic, seed {data['seed']}",
+            "sites": ", ".join(default_sites(model)),
+        },
+    )
 
 
 def _as_traversable(directory: str | os.PathLike | Traversable) -> Traversable:

@@ -62,8 +62,10 @@ def fold_gates(model: nnx.Module) -> nnx.Module:
                 refused.append(name)
             plan.append((node, attr, fold, np.asarray(gate[...], np.float32)))
     if refused:
-        raise NotFoldableError(f"these gates have no exact equivalent in the weights (residual streams, inputs "
-                               f"of norms or activations, tied embeddings): {refused}")
+        raise NotFoldableError(
+            f"these gates have no exact equivalent in the weights (residual streams, inputs "
+            f"of norms or activations, tied embeddings): {refused}"
+        )
     for node, attr, fold, alpha in plan:
         fold(alpha)
         delattr(node, attr)
@@ -111,5 +113,7 @@ def _write_safetensors(out_dir: str, tensors: dict[str, np.ndarray], max_shard_b
         atomic_write(os.path.join(out_dir, name), lambda tmp, shard=shard: save_file(shard, tmp, metadata))
         weight_map.update({key: name for key in shard})
     total = sum(t.nbytes for t in tensors.values())
-    write_json(os.path.join(out_dir, "model.safetensors.index.json"),
-               {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json(
+        os.path.join(out_dir, "model.safetensors.index.json"),
+        {"metadata": {"total_size": total}, "weight_map": weight_map},
+    )

@@ -23,10 +23,21 @@ from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.compiled import compiled
 
 
-def generate(model: CausalLM, input_ids, *, attention_mask=None, max_new_tokens: int = 32,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-             processor=None, **images) -> np.ndarray:
+def generate(
+    model: CausalLM,
+    input_ids,
+    *,
+    attention_mask=None,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    processor=None,
+    **images,
+) -> np.ndarray:
     """New tokens `[batch, n]` after each left-padded prompt row (numpy int32).
 
     `images` are the image inputs as the processor returns them (`pixel_values=...`).
@@ -46,12 +57,24 @@ def generate(model: CausalLM, input_ids, *, attention_mask=None, max_new_tokens:
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
     batch = model_batch(model, {"input_ids": ids, "attention_mask": mask, **images})
     eos, pad = _special_ids(model, processor, eos_token_id, pad_token_id)
-    sampling = {"temperature": np.float32(temperature if temperature > 0 else 1.0), "top_k": np.int32(top_k),
-                "top_p": np.float32(top_p)}
-    tokens, steps = _decode(model, batch["input_ids"], batch["attention_mask"], image_inputs(batch),
-                            np.asarray(eos, np.int32), np.int32(pad), jax.random.key(seed), sampling,
-                            max_new_tokens=int(max_new_tokens), greedy=temperature == 0)
-    return np.asarray(tokens)[:, :int(steps)]
+    sampling = {
+        "temperature": np.float32(temperature if temperature > 0 else 1.0),
+        "top_k": np.int32(top_k),
+        "top_p": np.float32(top_p),
+    }
+    tokens, steps = _decode(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        image_inputs(batch),
+        np.asarray(eos, np.int32),
+        np.int32(pad),
+        jax.random.key(seed),
+        sampling,
+        max_new_tokens=int(max_new_tokens),
+        greedy=temperature == 0,
+    )
+    return np.asarray(tokens)[:, : int(steps)]
 
 
 def _prompt(input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
@@ -67,8 +90,10 @@ def _prompt(input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"prompt rows {empty.tolist()} have no tokens (attention_mask is all 0)")
     right_padded = np.flatnonzero((np.diff(mask, axis=1) < 0).any(1))
     if len(right_padded):
-        raise ValueError(f"prompt rows {right_padded.tolist()} have padding after their tokens; generation needs "
-                         f"padding on the left (tokenizer.padding_side = 'left')")
+        raise ValueError(
+            f"prompt rows {right_padded.tolist()} have padding after their tokens; generation needs "
+            f"padding on the left (tokenizer.padding_side = 'left')"
+        )
     return ids.astype(np.int32), mask
 
 
@@ -97,8 +122,11 @@ def _special_ids(model, processor, eos_token_id, pad_token_id) -> tuple[tuple[in
         eos_token_id = tokenizer.eos_token_id
     if pad_token_id is None and tokenizer is not None:
         pad_token_id = tokenizer.pad_token_id
-    eos = () if eos_token_id is None else (
-        (int(eos_token_id),) if np.isscalar(eos_token_id) else tuple(int(i) for i in eos_token_id))
+    eos = (
+        ()
+        if eos_token_id is None
+        else ((int(eos_token_id),) if np.isscalar(eos_token_id) else tuple(int(i) for i in eos_token_id))
+    )
     if pad_token_id is None:
         pad_token_id = eos[0] if eos else 0
     return eos, int(pad_token_id)
@@ -122,15 +150,15 @@ def next_token(logits: jax.Array, key: jax.Array, sampling: dict[str, jax.Array]
 
 
 @compiled(static_argnames=("max_new_tokens", "greedy"))
-def _decode(model: CausalLM, input_ids, attention_mask, images, eos, pad, key, sampling, *, max_new_tokens: int,
-            greedy: bool):
+def _decode(
+    model: CausalLM, input_ids, attention_mask, images, eos, pad, key, sampling, *, max_new_tokens: int, greedy: bool
+):
     batch, length = input_ids.shape
     choose = functools.partial(next_token, sampling=sampling, greedy=greedy)
     finished = lambda token: jnp.isin(token, eos)
 
     cache = model.init_cache(batch, length + max_new_tokens)
-    logits, cache = model.forward_with_cache(input_ids, cache, attention_mask=attention_mask, last_only=True,
-                                             **images)
+    logits, cache = model.forward_with_cache(input_ids, cache, attention_mask=attention_mask, last_only=True, **images)
     first = choose(logits, jax.random.fold_in(key, 0))
     tokens = jnp.full((batch, max_new_tokens), pad, jnp.int32).at[:, 0].set(first)
 

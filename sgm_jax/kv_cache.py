@@ -26,9 +26,13 @@ class KVCache:
     @classmethod
     def empty(cls, *, layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype) -> KVCache:
         zeros = lambda: jnp.zeros((batch, max_len, kv_heads, head_dim), dtype)
-        return cls(keys=tuple(zeros() for _ in range(layers)), values=tuple(zeros() for _ in range(layers)),
-                   valid=jnp.zeros((batch, max_len), bool), length=jnp.zeros((), jnp.int32),
-                   next_position=jnp.zeros((batch,), jnp.int32))
+        return cls(
+            keys=tuple(zeros() for _ in range(layers)),
+            values=tuple(zeros() for _ in range(layers)),
+            valid=jnp.zeros((batch, max_len), bool),
+            length=jnp.zeros((), jnp.int32),
+            next_position=jnp.zeros((batch,), jnp.int32),
+        )
 
     @property
     def max_len(self) -> int:

@@ -32,7 +32,8 @@ def resolve_checkpoint(path: str) -> str:
     except Exception as err:
         raise FileNotFoundError(
             f"{path!r} is neither a local directory nor a hub id in the local Hugging Face cache "
-            f"(sgm_jax never downloads: fetch it first with `hf download {path}`)") from err
+            f"(sgm_jax never downloads: fetch it first with `hf download {path}`)"
+        ) from err
 
 
 def read_config(directory: str) -> dict[str, Any]:
@@ -74,8 +75,7 @@ def _dtype(dtype):
     return dtype
 
 
-def load_model(path: str, *, dtype="float32", mesh: Mesh | None = None,
-               rules: sharding.Rules = sharding.DEFAULT_RULES):
+def load_model(path: str, *, dtype="float32", mesh: Mesh | None = None, rules: sharding.Rules = sharding.DEFAULT_RULES):
     """Load an HF checkpoint as `(model, processor)`; with `mesh`, each tensor goes straight to its shards."""
     directory = resolve_checkpoint(path)
     config = read_config(directory)

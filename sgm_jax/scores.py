@@ -23,11 +23,15 @@ def score_store(store: ResponseStore, *, mesh=None, progress: bool = True) -> di
     labels = store.labels
     unlabelled = [sid for sid, label in zip(store.sample_ids, labels) if label is None]
     if unlabelled:
-        raise ValueError(f"store {store.directory}: {len(unlabelled)} samples have no label "
-                         f"(first: {unlabelled[:5]}); AUROC needs label 0/1 on every sample")
+        raise ValueError(
+            f"store {store.directory}: {len(unlabelled)} samples have no label "
+            f"(first: {unlabelled[:5]}); AUROC needs label 0/1 on every sample"
+        )
     labels = np.asarray(labels, np.int32)
-    return {site: auroc(store.load(site), labels, mesh=mesh)
-            for site in tqdm(list(store.sites), desc="score", unit="site", disable=not progress)}
+    return {
+        site: auroc(store.load(site), labels, mesh=mesh)
+        for site in tqdm(list(store.sites), desc="score", unit="site", disable=not progress)
+    }
 
 
 def save_scores(path: str, scores: dict[str, np.ndarray], metadata: dict) -> None:
@@ -48,6 +52,15 @@ def store_metadata(store: ResponseStore) -> dict:
     """What a scores file records about where its numbers came from."""
     m = store.manifest
     labels = np.asarray(m["labels"])
-    return {"store": os.path.abspath(store.directory), "model": m["model"], "model_fingerprint": m["model_fingerprint"],
-            "pooling": m["pooling"], "tokens": m["tokens"], "dataset": m["dataset"], "dataset_hash": m["dataset_hash"],
-            "n_positive": int((labels == 1).sum()), "n_negative": int((labels == 0).sum()), "sites": m["sites"]}
+    return {
+        "store": os.path.abspath(store.directory),
+        "model": m["model"],
+        "model_fingerprint": m["model_fingerprint"],
+        "pooling": m["pooling"],
+        "tokens": m["tokens"],
+        "dataset": m["dataset"],
+        "dataset_hash": m["dataset_hash"],
+        "n_positive": int((labels == 1).sum()),
+        "n_negative": int((labels == 0).sum()),
+        "sites": m["sites"],
+    }

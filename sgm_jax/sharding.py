@@ -44,13 +44,16 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[
             raise ValueError(f"{len(devices)} devices cannot be split into data={data}, fsdp={fsdp}, tensor={tensor}")
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
-        raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {math.prod(sizes)} "
-                         f"devices, {len(devices)} are available")
+        raise ValueError(
+            f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {math.prod(sizes)} "
+            f"devices, {len(devices)} are available"
+        )
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
-def partition_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                   rules: Rules = DEFAULT_RULES) -> PartitionSpec:
+def partition_spec(
+    axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules = DEFAULT_RULES
+) -> PartitionSpec:
     """The mesh placement of an array whose dimensions have these logical names."""
     table = dict(rules)
     used: set[str] = set()

@@ -52,7 +52,7 @@ def site_refs(model: nnx.Module) -> dict[str, SiteRef]:
     modules = [(path, node) for path, node in nodes if isinstance(node, Site) and path]
     for path, node in sorted(modules, key=lambda item: _tree_order(item[0])):
         name = ".".join(str(p) for p in path)
-        image = any(path[:len(root)] == root for root in image_roots)
+        image = any(path[: len(root)] == root for root in image_roots)
         width_in, width_out = node.site_widths()
         refs[name] = SiteRef(name, path, OUT, int(width_out), image)
         if width_in is not None:
@@ -74,8 +74,11 @@ def resolve(model: nnx.Module, patterns: str | Iterable[str]) -> list[SiteRef]:
     refs = site_refs(model)
     chosen: set[str] = set()
     for pattern in patterns:
-        matched = fnmatch.filter(refs, pattern) if any(c in pattern for c in "*?[") else (
-            [pattern] if pattern in refs else [])
+        matched = (
+            fnmatch.filter(refs, pattern)
+            if any(c in pattern for c in "*?[")
+            else ([pattern] if pattern in refs else [])
+        )
         if not matched:
             raise SiteError(f"site {pattern!r} matches no site of this model; nearest: {nearest(pattern, refs)}")
         chosen.update(matched)

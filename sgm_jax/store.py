@@ -60,14 +60,19 @@ class ResponseStore:
             store._remove_partial_writes()
             return store
         os.makedirs(os.path.join(directory, "chunks"), exist_ok=True)
-        write_json(os.path.join(directory, "manifest.json"),
-                   {"format": FORMAT, "kind": RESPONSES, **manifest, "complete": False})
+        write_json(
+            os.path.join(directory, "manifest.json"),
+            {"format": FORMAT, "kind": RESPONSES, **manifest, "complete": False},
+        )
         return cls(directory)
 
     def check(self, **expected: Any) -> None:
         """Raise naming every identity field (model_fingerprint, pooling, dataset_hash, ...) that differs."""
-        wrong = [f"{k}: store has {self.manifest.get(k)!r}, asked for {v!r}" for k, v in expected.items()
-                 if self.manifest.get(k) != v]
+        wrong = [
+            f"{k}: store has {self.manifest.get(k)!r}, asked for {v!r}"
+            for k, v in expected.items()
+            if self.manifest.get(k) != v
+        ]
         if wrong:
             raise StoreError(f"store {self.directory} was made differently — " + "; ".join(wrong))
 
@@ -92,7 +97,11 @@ class ResponseStore:
 
     def _remove_partial_writes(self) -> None:
         """Temporary files a killed run left behind; whole chunks are kept."""
-        for folder in (self.directory, os.path.join(self.directory, "chunks"), os.path.join(self.directory, "responses")):
+        for folder in (
+            self.directory,
+            os.path.join(self.directory, "chunks"),
+            os.path.join(self.directory, "responses"),
+        ):
             if os.path.isdir(folder):
                 for name in os.listdir(folder):
                     if name.startswith(".tmp-"):
@@ -118,12 +127,15 @@ class ResponseStore:
             with safe_open(self._chunk_path(index), "numpy") as f:
                 rows = f.get_tensor("rows")
             if rows.tolist() != list(planned) or seen[rows].any():
-                raise StoreError(f"chunk {self._chunk_path(index)} holds rows {rows.tolist()[:8]}…, "
-                                 f"the plan says {list(planned)[:8]}…")
+                raise StoreError(
+                    f"chunk {self._chunk_path(index)} holds rows {rows.tolist()[:8]}…, "
+                    f"the plan says {list(planned)[:8]}…"
+                )
             seen[rows] = True
         if not seen.all():
             raise StoreError(f"store {self.directory} misses samples {np.flatnonzero(~seen)[:10].tolist()}")
         for site, width in self.sites.items():
+
             def write(tmp, site=site, width=width):
                 array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, width))
                 for index in range(len(plan)):
@@ -131,6 +143,7 @@ class ResponseStore:
                         array[f.get_tensor("rows")] = f.get_tensor(f"site/{site}")
                 array.flush()
                 del array
+
             atomic_write(os.path.join(out_dir, site_filename(site)), write)
         self.manifest["complete"] = True
         write_json(os.path.join(self.directory, "manifest.json"), self.manifest)

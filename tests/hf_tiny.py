@@ -14,17 +14,48 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaC
 IMAGE_TOKEN = 99
 
 
-def llava_config(*, kv_heads=4, feature_layer=-2, strategy="default", attention_bias=False, mlp_bias=False,
-                 projector_bias=True, tie=False, vision_layers=3, text_layers=2) -> LlavaConfig:
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=vision_layers,
-                              num_attention_heads=4, image_size=28, patch_size=7, projection_dim=16)
-    text = LlamaConfig(hidden_size=32, intermediate_size=56, num_hidden_layers=text_layers, num_attention_heads=4,
-                       num_key_value_heads=kv_heads, vocab_size=100, attention_bias=attention_bias,
-                       mlp_bias=mlp_bias, rms_norm_eps=1e-5, rope_parameters={"rope_type": "default",
-                                                                                "rope_theta": 10000.0})
-    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN,
-                       vision_feature_layer=feature_layer, vision_feature_select_strategy=strategy,
-                       multimodal_projector_bias=projector_bias, tie_word_embeddings=tie)
+def llava_config(
+    *,
+    kv_heads=4,
+    feature_layer=-2,
+    strategy="default",
+    attention_bias=False,
+    mlp_bias=False,
+    projector_bias=True,
+    tie=False,
+    vision_layers=3,
+    text_layers=2,
+) -> LlavaConfig:
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=4,
+        image_size=28,
+        patch_size=7,
+        projection_dim=16,
+    )
+    text = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=56,
+        num_hidden_layers=text_layers,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        vocab_size=100,
+        attention_bias=attention_bias,
+        mlp_bias=mlp_bias,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=IMAGE_TOKEN,
+        vision_feature_layer=feature_layer,
+        vision_feature_select_strategy=strategy,
+        multimodal_projector_bias=projector_bias,
+        tie_word_embeddings=tie,
+    )
 
 
 def randomize(model: torch.nn.Module, seed: int) -> None:
@@ -53,8 +84,15 @@ def save_llava(directory: str, config: LlavaConfig, seed: int = 0, **save_kwargs
 
 def save_llama(directory: str, seed: int = 0, *, legacy_rope_theta: float | None = None, kv_heads=2) -> str:
     """A text-only Llama; with `legacy_rope_theta`, config.json uses the old top-level `rope_theta` field."""
-    config = LlamaConfig(hidden_size=32, intermediate_size=56, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=kv_heads, vocab_size=120, rms_norm_eps=1e-5)
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=56,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        vocab_size=120,
+        rms_norm_eps=1e-5,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     randomize(model, seed)
@@ -110,8 +148,13 @@ def gate_hooks(hf: torch.nn.Module, alphas: dict):
             if site.endswith(":in"):
                 handles.append(module.register_forward_pre_hook(lambda m, args, a=alpha: (args[0] * a,)))
             else:
-                handles.append(module.register_forward_hook(lambda m, args, out, a=alpha: (
-                    (out[0] * a,) + tuple(out[1:]) if isinstance(out, tuple) else out * a)))
+                handles.append(
+                    module.register_forward_hook(
+                        lambda m, args, out, a=alpha: (
+                            (out[0] * a,) + tuple(out[1:]) if isinstance(out, tuple) else out * a
+                        )
+                    )
+                )
         yield
     finally:
         for handle in handles:
@@ -127,8 +170,12 @@ def generate_positions(mask: np.ndarray) -> np.ndarray:
 def reference_logits(hf: torch.nn.Module, ids: np.ndarray, mask: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     """transformers' logits for a left-padded multimodal batch, at the positions `generate` gives its rows."""
     with torch.no_grad():
-        return hf(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels), attention_mask=torch.tensor(mask),
-                  position_ids=torch.tensor(generate_positions(mask))).logits.numpy()
+        return hf(
+            input_ids=torch.tensor(ids),
+            pixel_values=torch.tensor(pixels),
+            attention_mask=torch.tensor(mask),
+            position_ids=torch.tensor(generate_positions(mask)),
+        ).logits.numpy()
 
 
 def multimodal_batch(seed: int, *, pads: list[int], length: int, features_per_image: int, vocab: int = 99):
@@ -140,7 +187,7 @@ def multimodal_batch(seed: int, *, pads: list[int], length: int, features_per_im
     for row, pad in enumerate(pads):
         mask[row, :pad] = 0
         ids[row, :pad] = 0
-        ids[row, pad + 2: pad + 2 + features_per_image] = IMAGE_TOKEN
+        ids[row, pad + 2 : pad + 2 + features_per_image] = IMAGE_TOKEN
     pixels = rng.standard_normal((batch, 3, 28, 28)).astype(np.float32)
     return ids, mask, pixels
 
@@ -152,8 +199,11 @@ def rewrite_keys(directory: str, out: str, rename) -> str:
     os.makedirs(out, exist_ok=True)
     with safe_open(os.path.join(directory, "model.safetensors"), "pt") as f:
         tensors = {rename(k): f.get_tensor(k) for k in f.keys()}
-    save_file({k: v.contiguous() for k, v in tensors.items() if k is not None}, os.path.join(out, "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items() if k is not None},
+        os.path.join(out, "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     for name in os.listdir(directory):
         if name.endswith(".json"):
             with open(os.path.join(directory, name)) as src, open(os.path.join(out, name), "w") as dst:
@@ -166,7 +216,8 @@ CHAT_TEMPLATE = (
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
     "{% if item['type'] == 'image' %}<image>\n{% else %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
     "{% if message['role'] == 'user' %} {% else %}</s>{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
 
 
 def save_processor(directory: str) -> None:
@@ -179,11 +230,17 @@ def save_processor(directory: str) -> None:
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    corpus = ["a red square above a blue circle", "describe the picture please", "USER: ASSISTANT:",
-              "three green triangles on the left", "that is a bad word and a nice word"]
+    corpus = [
+        "a red square above a blue circle",
+        "describe the picture please",
+        "USER: ASSISTANT:",
+        "three green triangles on the left",
+        "that is a bad word and a nice word",
+    ]
     tok.train_from_iterator(corpus * 20, trainers.BpeTrainer(vocab_size=90, special_tokens=["<unk>", "<s>", "</s>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                        pad_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>"
+    )
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     image_token = tokenizer.convert_tokens_to_ids("<image>")
     path = os.path.join(directory, "config.json")
@@ -192,11 +249,18 @@ def save_processor(directory: str) -> None:
     config["image_token_index"] = image_token
     with open(path, "w") as f:
         json.dump(config, f)
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
-                                            image_mean=[0.5] * 3, image_std=[0.25] * 3)
-    LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=7,
-                   vision_feature_select_strategy="default", image_token="<image>", num_additional_image_tokens=1,
-                   chat_template=CHAT_TEMPLATE).save_pretrained(directory)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, image_mean=[0.5] * 3, image_std=[0.25] * 3
+    )
+    LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=7,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    ).save_pretrained(directory)
 
 
 def write_dataset(directory: str, n: int, seed: int = 0, name: str = "data.jsonl") -> str:
@@ -211,9 +275,17 @@ def write_dataset(directory: str, n: int, seed: int = 0, name: str = "data.jsonl
         pixels = rng.integers(0, 256 if label else 128, (20 + i % 7, 24, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(os.path.join(directory, "images", f"{i}.png"))
         words = "that is a bad word" if label else "a red square above a blue circle"
-        rows.append({"id": f"s{i}", "image": f"images/{i}.png", "prompt": "describe the picture please" + " please" * (i % 4),
-                     "response": words, "label": label, "category": "c" + str(i % 2),
-                     "split": "train" if i % 5 else "test"})
+        rows.append(
+            {
+                "id": f"s{i}",
+                "image": f"images/{i}.png",
+                "prompt": "describe the picture please" + " please" * (i % 4),
+                "response": words,
+                "label": label,
+                "category": "c" + str(i % 2),
+                "split": "train" if i % 5 else "test",
+            }
+        )
     path = os.path.join(directory, name)
     with open(path, "w") as f:
         for row in rows:

@@ -25,10 +25,15 @@ def test_plans_group_similar_lengths_deterministically():
 
 
 def test_collate_left_pads_tokens_and_concatenates_images():
-    encoded = [{"input_ids": np.array([5, 6, 7]), "targets": np.array([False, True, True]),
-                "pixel_values": np.ones((1, 3, 2, 2), np.float32)},
-               {"input_ids": np.array([8])},
-               {"input_ids": np.array([1, 2]), "pixel_values": 2 * np.ones((2, 3, 2, 2), np.float32)}]
+    encoded = [
+        {
+            "input_ids": np.array([5, 6, 7]),
+            "targets": np.array([False, True, True]),
+            "pixel_values": np.ones((1, 3, 2, 2), np.float32),
+        },
+        {"input_ids": np.array([8])},
+        {"input_ids": np.array([1, 2]), "pixel_values": 2 * np.ones((2, 3, 2, 2), np.float32)},
+    ]
     batch = collate(encoded, pad_id=4)
     np.testing.assert_array_equal(batch["input_ids"], [[5, 6, 7], [4, 4, 8], [4, 1, 2]])
     np.testing.assert_array_equal(batch["attention_mask"], [[1, 1, 1], [0, 0, 1], [0, 1, 1]])
@@ -51,8 +56,11 @@ def test_model_batches_are_checked_and_bucketed():
     batch = model_batch(model, {"input_ids": np.arange(21).reshape(1, 21)}, pad_id=3)
     assert batch["input_ids"].shape == (1, bucket_length(21)) and batch["input_ids"].dtype == np.int32
     assert batch["input_ids"][0, 0] == 3 and batch["attention_mask"].sum() == 21
-    with pytest.raises(ValueError, match=r"_TextOnly got inputs \['pixel_values'\] it does not take; it takes no "
-                                         r"image inputs \(a text-only model\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"_TextOnly got inputs \['pixel_values'\] it does not take; it takes no "
+        r"image inputs \(a text-only model\)",
+    ):
         model_batch(model, {"input_ids": np.ones((1, 4)), "pixel_values": np.ones((1, 3, 2, 2))})
     with pytest.raises(ValueError, match=r"must be the same \[batch, seq\] shape"):
         model_batch(model, {"input_ids": np.ones((1, 4)), "attention_mask": np.ones((1, 5))})

@@ -6,7 +6,6 @@ import torch
 
 import hf_tiny
 import sgm_jax
-from sgm_jax import capture
 from sgm_jax.sites import SiteError, list_sites
 
 SITES = [
@@ -31,9 +30,18 @@ SITES = [
 ]
 # HF modules that are not sites: containers whose output is a ModelOutput, and embeddings HF computes
 # without a batch dimension (conv patches are NCHW, positions are [1, P, D]).
-NOT_SITES = {"", "model", "model.vision_tower", "model.vision_tower.encoder", "model.vision_tower.encoder.layers",
-             "model.vision_tower.embeddings.patch_embedding", "model.vision_tower.embeddings.position_embedding",
-             "model.language_model", "model.language_model.layers", "model.language_model.rotary_emb"}
+NOT_SITES = {
+    "",
+    "model",
+    "model.vision_tower",
+    "model.vision_tower.encoder",
+    "model.vision_tower.encoder.layers",
+    "model.vision_tower.embeddings.patch_embedding",
+    "model.vision_tower.embeddings.position_embedding",
+    "model.language_model",
+    "model.language_model.layers",
+    "model.language_model.rotary_emb",
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +63,25 @@ def _hooked(hf, batch):
     for site in SITES:
         name, is_input = site.removesuffix(":in"), site.endswith(":in")
         if is_input:
+
             def hook(module, args, kwargs, site=site):
                 seen[site] = (args[0] if args else kwargs["hidden_states"]).detach().numpy()
+
             handles.append(modules[name].register_forward_pre_hook(hook, with_kwargs=True))
         else:
+
             def hook(module, args, output, site=site):
                 seen[site] = (output[0] if isinstance(output, tuple) else output).detach().numpy()
+
             handles.append(modules[name].register_forward_hook(hook))
     mask = batch["attention_mask"]
     with torch.no_grad():
-        hf(input_ids=torch.tensor(batch["input_ids"]), attention_mask=torch.tensor(mask),
-           pixel_values=torch.tensor(batch["pixel_values"]), position_ids=torch.tensor(hf_tiny.generate_positions(mask)))
+        hf(
+            input_ids=torch.tensor(batch["input_ids"]),
+            attention_mask=torch.tensor(mask),
+            pixel_values=torch.tensor(batch["pixel_values"]),
+            position_ids=torch.tensor(hf_tiny.generate_positions(mask)),
+        )
     for handle in handles:
         handle.remove()
     return seen
@@ -97,8 +113,9 @@ def _reference(hf, batches, pooling, tokens):
     return {site: np.concatenate(rows) for site, rows in out.items()}
 
 
-@pytest.mark.parametrize("pooling, tokens", [("mean", "all"), ("max", "all"), ("last", "all"), ("mean", "text"),
-                                             ("max", "image")])
+@pytest.mark.parametrize(
+    "pooling, tokens", [("mean", "all"), ("max", "all"), ("last", "all"), ("mean", "text"), ("max", "image")]
+)
 def test_pooled_responses_equal_forward_hooks(models, pooling, tokens):
     model, hf = models
     batches = _batches(model.spec.features_per_image)
@@ -122,8 +139,11 @@ def test_glob_expands_in_tree_order_and_bad_patterns_name_the_nearest_sites(mode
     batches = _batches(model.spec.features_per_image)[:1]
     out = sgm_jax.collect_responses(model, batches, sites=["model.language_model.layers.*.mlp.up_proj"])
     assert list(out) == ["model.language_model.layers.0.mlp.up_proj", "model.language_model.layers.1.mlp.up_proj"]
-    with pytest.raises(SiteError, match=r"'model.language_model.layers.0.mlp.upproj' matches no site.*"
-                                        r"model.language_model.layers.0.mlp.up_proj"):
+    with pytest.raises(
+        SiteError,
+        match=r"'model.language_model.layers.0.mlp.upproj' matches no site.*"
+        r"model.language_model.layers.0.mlp.up_proj",
+    ):
         sgm_jax.collect_responses(model, batches, sites=["model.language_model.layers.0.mlp.upproj"])
     with pytest.raises(SiteError, match="matches no site"):
         sgm_jax.collect_responses(model, batches, sites=["model.language_model.layers.*.mlp.fc1"])

@@ -35,8 +35,10 @@ def test_round_trip_is_exact_and_keeps_the_gates(gated, tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
     n = gated.spec.features_per_image
     ids, mask, pixels = hf_tiny.multimodal_batch(0, pads=[0, 2], length=n + 6, features_per_image=n)
-    np.testing.assert_array_equal(np.asarray(restored(ids, pixel_values=pixels, attention_mask=mask)),
-                                  np.asarray(gated(ids, pixel_values=pixels, attention_mask=mask)))
+    np.testing.assert_array_equal(
+        np.asarray(restored(ids, pixel_values=pixels, attention_mask=mask)),
+        np.asarray(gated(ids, pixel_values=pixels, attention_mask=mask)),
+    )
     with pytest.raises(FileExistsError, match="does not overwrite"):
         save_checkpoint(gated, str(tmp_path / "ck"))
 
@@ -47,6 +49,8 @@ def test_restore_onto_a_mesh(gated, tmp_path):
     restored = load_checkpoint(str(tmp_path / "ck"), mesh=mesh)
     kernel = restored.model.language_model.layers[0].mlp.up_proj.kernel[...]
     assert kernel.sharding.spec == P("fsdp", "tensor")
-    np.testing.assert_array_equal(np.asarray(kernel), np.asarray(gated.model.language_model.layers[0].mlp.up_proj.kernel[...]))
+    np.testing.assert_array_equal(
+        np.asarray(kernel), np.asarray(gated.model.language_model.layers[0].mlp.up_proj.kernel[...])
+    )
     with pytest.raises(FileNotFoundError, match="not an sgm_jax checkpoint"):
         load_checkpoint(str(tmp_path))

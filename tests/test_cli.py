@@ -23,8 +23,22 @@ def checkpoint(tmp_path_factory):
 def test_collect_then_score_from_the_command_line(checkpoint, tmp_path, capsys):
     directory, data = checkpoint
     store_dir, scores_path = str(tmp_path / "store"), str(tmp_path / "scores.safetensors")
-    cli.main(["collect", "--model", directory, "--data", data, "--split", "train", "--batch-size", "5",
-              "--out", store_dir, "--quiet"])
+    cli.main(
+        [
+            "collect",
+            "--model",
+            directory,
+            "--data",
+            data,
+            "--split",
+            "train",
+            "--batch-size",
+            "5",
+            "--out",
+            store_dir,
+            "--quiet",
+        ]
+    )
     assert "24 samples x 6 sites" in capsys.readouterr().out  # default sites: gate/up/down in 2 layers
     cli.main(["score", "--store", store_dir, "--out", scores_path, "--quiet"])
     assert "AUROC of" in capsys.readouterr().out
@@ -56,9 +70,30 @@ def test_intervention_then_evaluate_from_the_command_line(checkpoint, tmp_path, 
     neutral = tmp_path / "neutral.txt"
     neutral.write_text("a red square above a blue circle\ndescribe the picture please\n")
     out = str(tmp_path / "eval")
-    cli.main(["evaluate", "--model", directory, "--data", data, "--split", "test", "--intervention", iv_path,
-              "--judge", f"lexicon:{lexicon}", "--neutral", str(neutral), "--scores", scores_path,
-              "--max-new-tokens", "3", "--out", out, "--quiet"])
+    cli.main(
+        [
+            "evaluate",
+            "--model",
+            directory,
+            "--data",
+            data,
+            "--split",
+            "test",
+            "--intervention",
+            iv_path,
+            "--judge",
+            f"lexicon:{lexicon}",
+            "--neutral",
+            str(neutral),
+            "--scores",
+            scores_path,
+            "--max-new-tokens",
+            "3",
+            "--out",
+            out,
+            "--quiet",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "| harmful rate |" in printed and "| perplexity (neutral text) |" in printed
     results = json.loads(open(f"{out}/results.json").read())
@@ -77,8 +112,9 @@ def test_sites_command_lists_names_and_widths(checkpoint, capsys):
 
 def test_every_option_is_documented():
     for command in ("collect", "score", "sites", "generate", "intervention", "evaluate"):
-        out = subprocess.run([sys.executable, "-m", "sgm_jax.cli", command, "--help"], capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "sgm_jax.cli", command, "--help"], capture_output=True, text=True, check=True
+        ).stdout
         parser = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices.items() if a[0] == command)[1]
         for action in parser._actions:
             for flag in action.option_strings:

@@ -13,14 +13,18 @@ import pytest
 import hf_tiny
 import sgm_jax
 import sgm_jax.collect
+from sgm_jax.batching import collate
 from sgm_jax.collect import collect_to_store
 from sgm_jax.data import read_jsonl
-from sgm_jax.batching import collate
 from sgm_jax.data.encode import encode
 from sgm_jax.store import ResponseStore, StoreError
 
-SITES = ["model.language_model.layers.*.mlp.up_proj", "model.language_model.layers.1.mlp.down_proj:in",
-         "model.vision_tower.encoder.layers.0.mlp.fc1", "model.multi_modal_projector"]
+SITES = [
+    "model.language_model.layers.*.mlp.up_proj",
+    "model.language_model.layers.1.mlp.down_proj:in",
+    "model.vision_tower.encoder.layers.0.mlp.fc1",
+    "model.multi_modal_projector",
+]
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +91,23 @@ def test_killed_cli_collection_resumes_to_identical_arrays(setup, tmp_path):
     directory, data, model, processor = setup
     big = hf_tiny.write_dataset(str(tmp_path / "data"), 60, seed=5)
     out = tmp_path / "store"
-    command = [sys.executable, "-m", "sgm_jax.cli", "collect", "--model", directory, "--data", big, "--sites",
-               "model.language_model.layers.*.mlp.up_proj", "--batch-size", "1", "--out", str(out), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "sgm_jax.cli",
+        "collect",
+        "--model",
+        directory,
+        "--data",
+        big,
+        "--sites",
+        "model.language_model.layers.*.mlp.up_proj",
+        "--batch-size",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     chunks = out / "chunks"
     deadline = time.time() + 120
@@ -100,8 +119,9 @@ def test_killed_cli_collection_resumes_to_identical_arrays(setup, tmp_path):
     assert not ResponseStore(str(out)).complete, "the run finished before it could be killed"
     subprocess.run(command, check=True, capture_output=True)
     a = ResponseStore(str(out))
-    b = collect_to_store(model, processor, read_jsonl(big), str(tmp_path / "again"), sites=command[9:10],
-                         batch_size=1, progress=False)
+    b = collect_to_store(
+        model, processor, read_jsonl(big), str(tmp_path / "again"), sites=command[9:10], batch_size=1, progress=False
+    )
     for site in a.sites:
         np.testing.assert_array_equal(a.load(site), b.load(site), err_msg=site)
 
@@ -119,8 +139,9 @@ def test_resuming_with_other_settings_names_what_differs(setup, reference_store,
         collect_to_store(other_model, processor, read_jsonl(data), str(out), sites=SITES, batch_size=4, progress=False)
     other_data = hf_tiny.write_dataset(str(tmp_path / "data"), 23, seed=9)
     with pytest.raises(StoreError, match=r"dataset_hash: store has"):
-        collect_to_store(setup[2], processor, read_jsonl(other_data), str(out), sites=SITES, batch_size=4,
-                         progress=False)
+        collect_to_store(
+            setup[2], processor, read_jsonl(other_data), str(out), sites=SITES, batch_size=4, progress=False
+        )
     store = ResponseStore(str(out))
     with pytest.raises(StoreError, match=r"tokens: store has 'all', asked for 'text'"):
         store.check(tokens="text")

@@ -8,8 +8,8 @@ import pytest
 
 import hf_tiny
 import sgm_jax
-from sgm_jax.data import DatasetError, dataset_hash, read_jsonl, write_jsonl
 from sgm_jax.batching import collate
+from sgm_jax.data import DatasetError, dataset_hash, read_jsonl, write_jsonl
 from sgm_jax.data.encode import encode, render
 
 
@@ -33,15 +33,18 @@ def test_reads_fields_resolves_images_and_filters_splits(tmp_path):
     assert [s.id for s in read_jsonl(path, split="test")] == ["s0", "s5"]
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"id": "a", "prompt": "hi"', r"d.jsonl:2: not valid JSON"),
-    ('{"id": "a", "prompt": "hi", "lable": 1}', r"d.jsonl:2: unknown fields \['lable'\]"),
-    ('{"id": "a"}', r"d.jsonl:2: missing 'prompt'"),
-    ('{"id": "a", "prompt": "hi", "label": 2}', r"d.jsonl:2: label must be 0 or 1, got 2"),
-    ('{"id": "x", "prompt": "hi"}', r"d.jsonl:2: id 'x' already used on line 1"),
-    ('{"id": "a", "prompt": "hi", "image": "nope.png"}', r"d.jsonl:2: image 'nope.png' not found"),
-    ('[1, 2]', r"d.jsonl:2: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"id": "a", "prompt": "hi"', r"d.jsonl:2: not valid JSON"),
+        ('{"id": "a", "prompt": "hi", "lable": 1}', r"d.jsonl:2: unknown fields \['lable'\]"),
+        ('{"id": "a"}', r"d.jsonl:2: missing 'prompt'"),
+        ('{"id": "a", "prompt": "hi", "label": 2}', r"d.jsonl:2: label must be 0 or 1, got 2"),
+        ('{"id": "x", "prompt": "hi"}', r"d.jsonl:2: id 'x' already used on line 1"),
+        ('{"id": "a", "prompt": "hi", "image": "nope.png"}', r"d.jsonl:2: image 'nope.png' not found"),
+        ("[1, 2]", r"d.jsonl:2: expected a JSON object"),
+    ],
+)
 def test_malformed_rows_name_file_and_line(tmp_path, line, message):
     path = _write(tmp_path, ['{"id": "x", "prompt": "first"}', line])
     with pytest.raises(DatasetError, match=message):
@@ -88,8 +91,15 @@ def test_encoding_uses_the_chat_template_and_fills_image_tokens(checkpoint, tmp_
 
 def test_written_samples_read_back_identically(tmp_path):
     samples = read_jsonl(hf_tiny.write_dataset(str(tmp_path / "a"), 6))
-    samples[1] = type(samples[1])(id="mcq", prompt="which colour?", image=samples[1].image, options=("red", "blue"),
-                                  answer="A", condition="typo", meta={"source": "test"})
+    samples[1] = type(samples[1])(
+        id="mcq",
+        prompt="which colour?",
+        image=samples[1].image,
+        options=("red", "blue"),
+        answer="A",
+        condition="typo",
+        meta={"source": "test"},
+    )
     out = tmp_path / "b" / "copy.jsonl"
     out.parent.mkdir()
     write_jsonl(samples, str(out))

@@ -10,9 +10,16 @@ from sgm_jax import cli
 # The whole pipeline on the organism takes about a minute on 2 CPU cores: CI runs it, `-m "not slow"` skips it.
 pytestmark = pytest.mark.slow
 
-PROMISED = ("harmful_rate_before", "harmful_rate_after", "mcq_accuracy_before", "mcq_accuracy_after",
-            "perplexity_before", "perplexity_after", "harmful_rate_by_category_before",
-            "harmful_rate_by_condition_after")
+PROMISED = (
+    "harmful_rate_before",
+    "harmful_rate_after",
+    "mcq_accuracy_before",
+    "mcq_accuracy_after",
+    "perplexity_before",
+    "perplexity_after",
+    "harmful_rate_by_category_before",
+    "harmful_rate_by_condition_after",
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +33,15 @@ def test_demo_writes_the_promised_files(demo):
     out, results = demo
     for key in PROMISED:
         assert key in results, key
-    for name in ("report.md", "harmful_rate_by_category.png", "alpha_distribution.png", "auroc_by_layer.png",
-                 "experts_per_layer.png", "scores.safetensors", "sgm.safetensors"):
+    for name in (
+        "report.md",
+        "harmful_rate_by_category.png",
+        "alpha_distribution.png",
+        "auroc_by_layer.png",
+        "experts_per_layer.png",
+        "scores.safetensors",
+        "sgm.safetensors",
+    ):
         assert os.path.getsize(out / name) > 0, name
     assert set(results["harmful_rate_by_condition_before"]) == {"standard", "trigger", "typo"}
 

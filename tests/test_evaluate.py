@@ -21,11 +21,24 @@ def setup(tmp_path_factory):
     directory, data = hf_tiny.save_tiny_with_data(root, seed=31, samples=8)
     model, processor = sgm_jax.load_model(directory)
     samples = read_jsonl(data)
-    samples = [Sample(id=s.id, prompt=s.prompt, image=s.image, label=s.label, category=s.category,
-                      response=s.response if i % 2 else None, condition="typo" if i % 4 == 3 else "standard")
-               for i, s in enumerate(samples)]
-    samples += [Sample(id=f"mcq{i}", prompt="which colour?", image=samples[i].image, options=("red", "blue"),
-                       answer="AB"[i % 2]) for i in range(2)]
+    samples = [
+        Sample(
+            id=s.id,
+            prompt=s.prompt,
+            image=s.image,
+            label=s.label,
+            category=s.category,
+            response=s.response if i % 2 else None,
+            condition="typo" if i % 4 == 3 else "standard",
+        )
+        for i, s in enumerate(samples)
+    ]
+    samples += [
+        Sample(
+            id=f"mcq{i}", prompt="which colour?", image=samples[i].image, options=("red", "blue"), answer="AB"[i % 2]
+        )
+        for i in range(2)
+    ]
     lexicon = root / "lexicon.txt"
     lexicon.write_text("\n".join(processor.tokenizer.get_vocab()) + "\n")  # every word: all answers are "harmful"
     return model, processor, samples, LexiconJudge(str(lexicon))
@@ -34,12 +47,22 @@ def setup(tmp_path_factory):
 def test_evaluate_writes_results_report_and_plots(setup, tmp_path):
     model, processor, samples, judge = setup
     widths = sgm_jax.list_sites(model)
-    iv = Intervention({s: np.full(widths[s], 0.5, np.float32) for s in widths if s.endswith("mlp.up_proj")},
-                      {"method": "test", "threshold": 0.5})
+    iv = Intervention(
+        {s: np.full(widths[s], 0.5, np.float32) for s in widths if s.endswith("mlp.up_proj")},
+        {"method": "test", "threshold": 0.5},
+    )
     scores = {s: np.random.default_rng(0).uniform(0, 1, widths[s]) for s in widths if s.endswith("mlp.up_proj")}
-    results = evaluate(model, processor, samples, judge=judge, out_dir=str(tmp_path), intervention=iv,
-                       neutral_texts=["a red square above a blue circle", "describe the picture please"],
-                       scores=scores, options=EvalOptions(max_new_tokens=4, batch_size=4, progress=False))
+    results = evaluate(
+        model,
+        processor,
+        samples,
+        judge=judge,
+        out_dir=str(tmp_path),
+        intervention=iv,
+        neutral_texts=["a red square above a blue circle", "describe the picture please"],
+        scores=scores,
+        options=EvalOptions(max_new_tokens=4, batch_size=4, progress=False),
+    )
     assert set(results["settings"]) == {"before", "after"}
     before = results["settings"]["before"]
     assert before["harmful_rate"]["all"]["n"] == 3 and before["over_refusal"]["n"] == 5
@@ -51,8 +74,12 @@ def test_evaluate_writes_results_report_and_plots(setup, tmp_path):
     assert on_disk["harmful_rate_before"] == results["harmful_rate_before"]
     report = (tmp_path / "report.md").read_text()
     assert "| harmful rate |" in report and "| multiple-choice accuracy |" in report
-    for name in ("harmful_rate_by_category.png", "alpha_distribution.png", "auroc_by_layer.png",
-                 "experts_per_layer.png"):
+    for name in (
+        "harmful_rate_by_category.png",
+        "alpha_distribution.png",
+        "auroc_by_layer.png",
+        "experts_per_layer.png",
+    ):
         with Image.open(tmp_path / name) as image:
             assert image.size[0] > 300 and len(np.unique(np.asarray(image.convert("L")))) > 10, name
         assert f"]({name})" in report
@@ -62,8 +89,15 @@ def test_generated_answers_resume_after_an_interruption(setup, tmp_path, monkeyp
     model, processor, samples, _ = setup
     open_ended = [s for s in samples if not s.options]
     cache = str(tmp_path / "answers.jsonl")
-    full = answers_module.generate_answers(model, processor, open_ended, cache_path=str(tmp_path / "full.jsonl"),
-                                           max_new_tokens=4, batch_size=3, progress=False)
+    full = answers_module.generate_answers(
+        model,
+        processor,
+        open_ended,
+        cache_path=str(tmp_path / "full.jsonl"),
+        max_new_tokens=4,
+        batch_size=3,
+        progress=False,
+    )
     calls = []
     real = answers_module.generate
 
@@ -75,20 +109,33 @@ def test_generated_answers_resume_after_an_interruption(setup, tmp_path, monkeyp
 
     monkeypatch.setattr(answers_module, "generate", flaky)
     with pytest.raises(KeyboardInterrupt):
-        answers_module.generate_answers(model, processor, open_ended, cache_path=cache, max_new_tokens=4,
-                                        batch_size=3, progress=False)
+        answers_module.generate_answers(
+            model, processor, open_ended, cache_path=cache, max_new_tokens=4, batch_size=3, progress=False
+        )
     with open(cache, "a") as f:
         f.write('{"id": "torn')  # a write cut short by kill -9
     calls.clear()
     monkeypatch.setattr(answers_module, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
-    resumed = answers_module.generate_answers(model, processor, open_ended, cache_path=cache, max_new_tokens=4,
-                                              batch_size=3, progress=False)
+    resumed = answers_module.generate_answers(
+        model, processor, open_ended, cache_path=cache, max_new_tokens=4, batch_size=3, progress=False
+    )
     assert resumed == full and len(calls) == 2  # 3 batches planned, 1 done before the interruption
     without_references = [Sample(id=s.id, prompt=s.prompt, image=s.image) for s in open_ended]
-    assert answers_module.generate_answers(model, processor, without_references, cache_path=str(tmp_path / "bare.jsonl"),
-                                           max_new_tokens=4, batch_size=3, progress=False) == full
+    assert (
+        answers_module.generate_answers(
+            model,
+            processor,
+            without_references,
+            cache_path=str(tmp_path / "bare.jsonl"),
+            max_new_tokens=4,
+            batch_size=3,
+            progress=False,
+        )
+        == full
+    )
     lines = [json.loads(line) for line in open(cache).read().splitlines()[1:] if line.startswith('{"id": "s')]
     assert sorted(row["id"] for row in lines) == sorted(s.id for s in open_ended)
     with pytest.raises(ValueError, match="other settings"):
-        answers_module.generate_answers(model, processor, open_ended, cache_path=cache, max_new_tokens=5,
-                                        progress=False)
+        answers_module.generate_answers(
+            model, processor, open_ended, cache_path=cache, max_new_tokens=5, progress=False
+        )

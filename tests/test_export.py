@@ -15,21 +15,30 @@ from sgm_jax.models.llava import LlavaSpec
 from sgm_jax.models.site import Gate
 
 FOLDABLE = [
-    "model.language_model.layers.0.mlp.up_proj", "model.language_model.layers.0.mlp.gate_proj",
-    "model.language_model.layers.1.mlp.down_proj", "model.language_model.layers.1.mlp.down_proj:in",
-    "model.language_model.layers.0.mlp.act_fn", "model.language_model.layers.1.mlp",
-    "model.language_model.layers.0.self_attn:in", "model.language_model.layers.1.post_attention_layernorm",
-    "model.language_model.embed_tokens", "lm_head:in",
-    "model.vision_tower.embeddings", "model.vision_tower.encoder.layers.0.mlp.activation_fn",
-    "model.vision_tower.encoder.layers.1.self_attn", "model.vision_tower.pre_layrnorm",
-    "model.multi_modal_projector.act", "model.multi_modal_projector:in",
+    "model.language_model.layers.0.mlp.up_proj",
+    "model.language_model.layers.0.mlp.gate_proj",
+    "model.language_model.layers.1.mlp.down_proj",
+    "model.language_model.layers.1.mlp.down_proj:in",
+    "model.language_model.layers.0.mlp.act_fn",
+    "model.language_model.layers.1.mlp",
+    "model.language_model.layers.0.self_attn:in",
+    "model.language_model.layers.1.post_attention_layernorm",
+    "model.language_model.embed_tokens",
+    "lm_head:in",
+    "model.vision_tower.embeddings",
+    "model.vision_tower.encoder.layers.0.mlp.activation_fn",
+    "model.vision_tower.encoder.layers.1.self_attn",
+    "model.vision_tower.pre_layrnorm",
+    "model.multi_modal_projector.act",
+    "model.multi_modal_projector:in",
 ]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return hf_tiny.save_tiny(tmp_path_factory.mktemp("ckpt"), seed=12, processor=True, kv_heads=2, attention_bias=True,
-                             mlp_bias=True)
+    return hf_tiny.save_tiny(
+        tmp_path_factory.mktemp("ckpt"), seed=12, processor=True, kv_heads=2, attention_bias=True, mlp_bias=True
+    )
 
 
 def _gated(model, sites, seed=0):
@@ -76,8 +85,10 @@ def test_folding_leaves_the_gated_model_untouched(checkpoint):
 
 def test_unfoldable_gates_are_named(checkpoint):
     model, _ = sgm_jax.load_model(checkpoint)
-    gated = _gated(model, ["model.language_model.layers.0", "model.language_model.norm:in",
-                           "model.language_model.layers.0.mlp.up_proj"])
+    gated = _gated(
+        model,
+        ["model.language_model.layers.0", "model.language_model.norm:in", "model.language_model.layers.0.mlp.up_proj"],
+    )
     with pytest.raises(NotFoldableError, match=r"\['model.language_model.layers.0', 'model.language_model.norm:in'\]"):
         fold_gates(gated)
 

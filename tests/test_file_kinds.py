@@ -19,9 +19,19 @@ SITE = "model.language_model.layers.0.mlp.up_proj"
 
 def _store(directory: str) -> ResponseStore:
     """A complete four-sample store with one site, written through the store's own API."""
-    manifest = {"model": "tiny", "model_fingerprint": "f", "sites": {SITE: 3}, "pooling": "mean", "tokens": "all",
-                "dataset": "d", "dataset_hash": "h", "batch_size": 2, "sample_ids": ["a", "b", "c", "d"],
-                "labels": [1, 0, 1, 0], "categories": [None] * 4}
+    manifest = {
+        "model": "tiny",
+        "model_fingerprint": "f",
+        "sites": {SITE: 3},
+        "pooling": "mean",
+        "tokens": "all",
+        "dataset": "d",
+        "dataset_hash": "h",
+        "batch_size": 2,
+        "sample_ids": ["a", "b", "c", "d"],
+        "labels": [1, 0, 1, 0],
+        "categories": [None] * 4,
+    }
     store = ResponseStore.create_or_resume(directory, manifest)
     plan = [[0, 1], [2, 3]]
     responses = np.arange(12, dtype=np.float32).reshape(4, 3) * [[1], [-1], [2], [-2]]
@@ -60,34 +70,49 @@ def test_each_artifact_records_its_kind(files):
 
 def test_intervention_loader_refuses_a_scores_file(files):
     path = files[SCORES]
-    with pytest.raises(ValueError, match=_exactly(
+    with pytest.raises(
+        ValueError,
+        match=_exactly(
             f"{path} is an sgm_jax scores file (AUROC per neuron), not an intervention file: "
-            f"build one with `sgm-jax intervention --scores '{path}'`")):
+            f"build one with `sgm-jax intervention --scores '{path}'`"
+        ),
+    ):
         load_intervention(path)
 
 
 def test_scores_loader_refuses_an_intervention_file_and_a_store(files):
-    with pytest.raises(ValueError, match=_exactly(
+    with pytest.raises(
+        ValueError,
+        match=_exactly(
             f"{files[INTERVENTION]} is an sgm_jax intervention file (alpha per neuron), not a scores file: "
-            "write one from a response store with `sgm-jax score --store DIR`")):
+            "write one from a response store with `sgm-jax score --store DIR`"
+        ),
+    ):
         load_scores(files[INTERVENTION])
     store = files[RESPONSES]
-    with pytest.raises(ValueError, match=_exactly(
+    with pytest.raises(
+        ValueError,
+        match=_exactly(
             f"{store} is an sgm_jax response store (pooled activations per sample), not a scores file: "
-            f"score it with `sgm-jax score --store '{store}'`")):
+            f"score it with `sgm-jax score --store '{store}'`"
+        ),
+    ):
         load_scores(store)
 
 
 def test_store_refuses_files_and_other_directories(files, tmp_path):
     hint = "collect one with `sgm-jax collect --model MODEL --data DATA --out DIR`"
-    for kind, what in ((SCORES, "an sgm_jax scores file (AUROC per neuron)"),
-                       (INTERVENTION, "an sgm_jax intervention file (alpha per neuron)")):
+    for kind, what in (
+        (SCORES, "an sgm_jax scores file (AUROC per neuron)"),
+        (INTERVENTION, "an sgm_jax intervention file (alpha per neuron)"),
+    ):
         with pytest.raises(StoreError, match=_exactly(f"{files[kind]} is {what}, not a response store: {hint}")):
             ResponseStore(files[kind])
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(StoreError, match=_exactly(f"{empty} is a directory with no manifest.json, not a response "
-                                                  f"store: {hint}")):
+    with pytest.raises(
+        StoreError, match=_exactly(f"{empty} is a directory with no manifest.json, not a response store: {hint}")
+    ):
         ResponseStore(str(empty))
     (empty / "manifest.json").write_text(json.dumps({"format": "orbax"}))
     with pytest.raises(StoreError, match="manifest.json has format 'orbax', not a response store"):
@@ -102,8 +127,10 @@ def test_files_sgm_jax_did_not_write_are_refused(tmp_path):
     save_file({"lm_head.weight": np.zeros((2, 2), np.float32)}, weights, metadata={"format": "pt"})
     text = tmp_path / "notes.json"
     text.write_text("{}")
-    for path, what in ((weights, "a safetensors file with no sgm_jax metadata (model weights?)"),
-                       (str(text), "a file that is not safetensors")):
+    for path, what in (
+        (weights, "a safetensors file with no sgm_jax metadata (model weights?)"),
+        (str(text), "a file that is not safetensors"),
+    ):
         assert file_kind(path) is None
         with pytest.raises(ValueError, match=re.escape(f"{path} is {what}, not a scores file")):
             load_scores(path)
@@ -119,8 +146,11 @@ def test_files_sgm_jax_did_not_write_are_refused(tmp_path):
 
 def test_missing_paths_name_what_was_expected(tmp_path):
     missing = str(tmp_path / "nothing")
-    for load, noun in ((load_scores, "scores file"), (load_intervention, "intervention file"),
-                       (ResponseStore, "response store")):
+    for load, noun in (
+        (load_scores, "scores file"),
+        (load_intervention, "intervention file"),
+        (ResponseStore, "response store"),
+    ):
         with pytest.raises(FileNotFoundError, match=_exactly(f"{missing}: no such {noun}")):
             load(missing)
 
@@ -128,8 +158,11 @@ def test_missing_paths_name_what_was_expected(tmp_path):
 def test_files_written_before_kinds_still_load_and_are_still_told_apart(files, tmp_path):
     old_scores, old_iv = str(tmp_path / "old_scores.safetensors"), str(tmp_path / "old_iv.safetensors")
     save_file({SITE: np.array([0.9, 0.5, 0.2], np.float32)}, old_scores, metadata={"sgm_jax": json.dumps({"n": 1})})
-    save_file({SITE: np.array([0.2, 1.0, 1.0], np.float32)}, old_iv,
-              metadata={"sgm_jax.intervention": json.dumps({"method": "aura"})})
+    save_file(
+        {SITE: np.array([0.2, 1.0, 1.0], np.float32)},
+        old_iv,
+        metadata={"sgm_jax.intervention": json.dumps({"method": "aura"})},
+    )
     scores, metadata = load_scores(old_scores)
     np.testing.assert_array_equal(scores[SITE], np.array([0.9, 0.5, 0.2], np.float32))
     assert metadata == {"n": 1}
@@ -163,9 +196,37 @@ def test_cli_commands_refuse_the_wrong_kind_before_loading_a_model(files, tmp_pa
     with pytest.raises(ValueError, match="is an sgm_jax scores file .*, not an intervention file"):
         cli.main(["generate", "--model", no_model, "--prompt", "hi", "--intervention", files[SCORES]])
     with pytest.raises(ValueError, match="is an sgm_jax scores file .*, not an intervention file"):
-        cli.main(["evaluate", "--model", no_model, "--data", str(data), "--intervention", files[INTERVENTION],
-                  "--intervention", files[SCORES], "--out", out, "--quiet"])
+        cli.main(
+            [
+                "evaluate",
+                "--model",
+                no_model,
+                "--data",
+                str(data),
+                "--intervention",
+                files[INTERVENTION],
+                "--intervention",
+                files[SCORES],
+                "--out",
+                out,
+                "--quiet",
+            ]
+        )
     with pytest.raises(ValueError, match="is an sgm_jax intervention file .*, not a scores file"):
-        cli.main(["evaluate", "--model", no_model, "--data", str(data), "--intervention", files[INTERVENTION],
-                  "--scores", files[INTERVENTION], "--out", out, "--quiet"])
+        cli.main(
+            [
+                "evaluate",
+                "--model",
+                no_model,
+                "--data",
+                str(data),
+                "--intervention",
+                files[INTERVENTION],
+                "--scores",
+                files[INTERVENTION],
+                "--out",
+                out,
+                "--quiet",
+            ]
+        )
     assert not os.path.exists(out)

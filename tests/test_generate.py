@@ -18,9 +18,13 @@ from sgm_jax.interventions import Intervention
 from sgm_jax.sites import list_sites
 
 # Sites gated in sgm_jax and, by the same factors, in transformers through hf_tiny.gate_hooks.
-GATED = ["model.language_model.layers.0.mlp.gate_proj", "model.language_model.layers.0.mlp.up_proj",
-         "model.language_model.layers.1.mlp.down_proj:in", "model.language_model.layers.1.self_attn",
-         "model.multi_modal_projector.linear_2"]
+GATED = [
+    "model.language_model.layers.0.mlp.gate_proj",
+    "model.language_model.layers.0.mlp.up_proj",
+    "model.language_model.layers.1.mlp.down_proj:in",
+    "model.language_model.layers.1.self_attn",
+    "model.multi_modal_projector.linear_2",
+]
 NEW = 8
 
 
@@ -44,9 +48,16 @@ def _hf_generate(hf, ids, mask, pixels=None, *, eos, pad, iv=None):
     """transformers greedy decoding, with the intervention as forward (pre-)hooks multiplying the same modules."""
     images = {} if pixels is None else {"pixel_values": torch.tensor(pixels)}
     with hf_tiny.gate_hooks(hf, iv.alphas if iv else {}), torch.no_grad():
-        out = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
-                          max_new_tokens=NEW, eos_token_id=eos, pad_token_id=pad, **images)
-    return out[:, ids.shape[1]:].numpy()
+        out = hf.generate(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            do_sample=False,
+            max_new_tokens=NEW,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            **images,
+        )
+    return out[:, ids.shape[1] :].numpy()
 
 
 def _unused_ids(tokens, vocab, count):
@@ -60,20 +71,29 @@ def test_greedy_tokens_equal_transformers(models, gated):
     if gated:
         model = sgm_jax.intervene(model, iv)
     ids, mask, pixels = _batch(model)
-    full = sgm_jax.generate(model, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW,
-                            eos_token_id=[])  # no EOS: not even the one the checkpoint's config names
+    full = sgm_jax.generate(
+        model, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW, eos_token_id=[]
+    )  # no EOS: not even the one the checkpoint's config names
     eos, pad = _unused_ids(full, 99, 2)  # an EOS nobody produces: every row runs all NEW steps
     ref = _hf_generate(hf, ids, mask, pixels, eos=eos, pad=pad, iv=iv)
     assert ref.shape == (3, NEW)
     np.testing.assert_array_equal(full, ref)
     if gated:  # the gates really change what is generated
-        plain = sgm_jax.generate(models[0], ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW,
-                                 eos_token_id=[])
+        plain = sgm_jax.generate(
+            models[0], ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW, eos_token_id=[]
+        )
         assert not np.array_equal(full, plain)
 
     eos = int(full[1, 2])  # now row 1 stops after 3 tokens; the rows that stop emit pad after their EOS
-    ours = sgm_jax.generate(model, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW,
-                            eos_token_id=[eos, 98], pad_token_id=pad)
+    ours = sgm_jax.generate(
+        model,
+        ids,
+        pixel_values=pixels,
+        attention_mask=mask,
+        max_new_tokens=NEW,
+        eos_token_id=[eos, 98],
+        pad_token_id=pad,
+    )
     ref = _hf_generate(hf, ids, mask, pixels, eos=[eos, 98], pad=pad, iv=iv)
     np.testing.assert_array_equal(ours, ref)
     assert (ours[1, 3:] == pad).all() and (ours[1, :3] == full[1, :3]).all()
@@ -84,8 +104,9 @@ def test_generation_stops_when_every_row_has_stopped(models):
     ids, mask, pixels = _batch(model, 1)
     full = sgm_jax.generate(model, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW)
     eos = sorted({int(full[r, 1]) for r in range(3)})  # every row stops at its second token
-    ours = sgm_jax.generate(model, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW,
-                            eos_token_id=eos, pad_token_id=0)
+    ours = sgm_jax.generate(
+        model, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0
+    )
     np.testing.assert_array_equal(ours, _hf_generate(hf, ids, mask, pixels, eos=eos, pad=0))
     assert ours.shape[1] < NEW
 
@@ -116,16 +137,21 @@ def test_cached_logits_equal_the_uncached_forward(models):
         logits, cache = m.forward_with_cache(ids, cache, attention_mask=mask, pixel_values=pixels)
         steps = []
         for i in range(new.shape[1]):
-            step, cache = m.forward_with_cache(new[:, i:i + 1], cache, last_only=True)
+            step, cache = m.forward_with_cache(new[:, i : i + 1], cache, last_only=True)
             steps.append(step)
         return logits, jnp.stack(steps, 1)
 
     prompt_logits, step_logits = cached(gated, ids, mask, pixels, new)
-    full = np.asarray(gated(np.concatenate([ids, new], 1), pixel_values=pixels,
-                            attention_mask=np.concatenate([mask, np.ones_like(new)], 1)))
+    full = np.asarray(
+        gated(
+            np.concatenate([ids, new], 1),
+            pixel_values=pixels,
+            attention_mask=np.concatenate([mask, np.ones_like(new)], 1),
+        )
+    )
     valid = mask.astype(bool)
-    assert np.abs(np.asarray(prompt_logits) - full[:, :ids.shape[1]])[valid].max() <= 1e-4
-    np.testing.assert_allclose(np.asarray(step_logits), full[:, ids.shape[1]:], atol=1e-4)
+    assert np.abs(np.asarray(prompt_logits) - full[:, : ids.shape[1]])[valid].max() <= 1e-4
+    np.testing.assert_allclose(np.asarray(step_logits), full[:, ids.shape[1] :], atol=1e-4)
 
 
 def test_sampling_is_reproducible_and_top_k_1_is_greedy(models):
@@ -148,8 +174,19 @@ def test_new_alphas_and_sampling_settings_do_not_recompile(models):
     outs = []
     for seed in range(3):
         gated = sgm_jax.intervene(model, _intervention(model, 10 + seed))
-        outs.append(sgm_jax.generate(gated, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW,
-                                     temperature=1.0 + seed, top_k=seed, top_p=1 - seed / 10, seed=seed))
+        outs.append(
+            sgm_jax.generate(
+                gated,
+                ids,
+                pixel_values=pixels,
+                attention_mask=mask,
+                max_new_tokens=NEW,
+                temperature=1.0 + seed,
+                top_k=seed,
+                top_p=1 - seed / 10,
+                seed=seed,
+            )
+        )
         if seed == 0:
             compiled = _decode._cache_size()
     assert _decode._cache_size() == compiled
@@ -178,15 +215,33 @@ def test_generate_command_prints_the_same_text_as_the_api(tmp_path, capsys):
     iv_path = str(tmp_path / "iv.safetensors")
     iv.save(iv_path)
 
-    cli.main(["generate", "--model", directory, "--image", image, "--prompt", "describe the picture please",
-              "--intervention", iv_path, "--intervention", iv_path, "--strength", "0.5", "--max-new-tokens", "6"])
+    cli.main(
+        [
+            "generate",
+            "--model",
+            directory,
+            "--image",
+            image,
+            "--prompt",
+            "describe the picture please",
+            "--intervention",
+            iv_path,
+            "--intervention",
+            iv_path,
+            "--strength",
+            "0.5",
+            "--max-new-tokens",
+            "6",
+        ]
+    )
     printed = capsys.readouterr().out.strip()
 
     encoded = encode(Sample(id="p", prompt="describe the picture please", image=image), processor)
     half = iv.with_strength(0.5)
     gated = sgm_jax.intervene(model, sgm_jax.compose(half, half))
-    tokens = sgm_jax.generate(gated, encoded["input_ids"][None], pixel_values=encoded["pixel_values"],
-                              max_new_tokens=6, processor=processor)
+    tokens = sgm_jax.generate(
+        gated, encoded["input_ids"][None], pixel_values=encoded["pixel_values"], max_new_tokens=6, processor=processor
+    )
     assert printed == processor.tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
 
 
@@ -197,10 +252,19 @@ def test_eos_and_pad_default_to_the_checkpoints(models):
     ids, mask, pixels = _batch(model)
     never = sgm_jax.generate(model, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW, eos_token_id=[])
     default = sgm_jax.generate(model, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW)
-    explicit = sgm_jax.generate(model, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=NEW,
-                                eos_token_id=list(eos), pad_token_id=eos[0] if pad is None else pad)
+    explicit = sgm_jax.generate(
+        model,
+        ids,
+        pixel_values=pixels,
+        attention_mask=mask,
+        max_new_tokens=NEW,
+        eos_token_id=list(eos),
+        pad_token_id=eos[0] if pad is None else pad,
+    )
     np.testing.assert_array_equal(default, explicit)
     assert (never == eos[0]).any(), "the fixture should produce the config's EOS somewhere"
     row, col = np.argwhere(never == eos[0])[0]
-    assert (default[row, :col + 1] == never[row, :col + 1]).all() and (default[row, col + 1:] == explicit[row, col + 1:]).all()
-    assert (default[row, col + 1:] == (eos[0] if pad is None else pad)).all()  # stopped: only pad after its EOS
+    assert (default[row, : col + 1] == never[row, : col + 1]).all() and (
+        default[row, col + 1 :] == explicit[row, col + 1 :]
+    ).all()
+    assert (default[row, col + 1 :] == (eos[0] if pad is None else pad)).all()  # stopped: only pad after its EOS

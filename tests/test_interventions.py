@@ -12,9 +12,14 @@ from sgm_jax.models.site import Gate
 from sgm_jax.sites import SiteError, list_sites
 
 # Sites gated in sgm_jax and, by the same factors, in transformers through hf_tiny.gate_hooks.
-GATED = ["model.language_model.layers.0.mlp.up_proj", "model.language_model.layers.1.mlp.down_proj:in",
-         "model.language_model.layers.1.mlp.act_fn", "model.vision_tower.encoder.layers.1.mlp.fc1",
-         "model.multi_modal_projector.linear_1", "model.multi_modal_projector.linear_2:in"]
+GATED = [
+    "model.language_model.layers.0.mlp.up_proj",
+    "model.language_model.layers.1.mlp.down_proj:in",
+    "model.language_model.layers.1.mlp.act_fn",
+    "model.vision_tower.encoder.layers.1.mlp.fc1",
+    "model.multi_modal_projector.linear_1",
+    "model.multi_modal_projector.linear_2:in",
+]
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +116,9 @@ def test_new_alphas_do_not_recompile(models):
     model, _ = models
     ids, mask, pixels = _batch(model, 2)
     graphdef, gates, rest = stacked_gates(model, [_random_intervention(model, 1)])
-    forward = jax.jit(lambda g, r: nnx.merge(graphdef, g, r).forward(ids, pixel_values=pixels, attention_mask=mask)[
-        "logits"])
+    forward = jax.jit(
+        lambda g, r: nnx.merge(graphdef, g, r).forward(ids, pixel_values=pixels, attention_mask=mask)["logits"]
+    )
     outs = []
     for seed in range(3):
         _, gates, _ = stacked_gates(model, [_random_intervention(model, seed)])

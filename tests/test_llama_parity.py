@@ -22,8 +22,12 @@ def test_text_llama_matches_transformers(tmp_path, legacy_rope_theta):
     mask[1, :17] = 0
     ours = model.forward(ids, attention_mask=mask)
     with torch.no_grad():
-        ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                 position_ids=torch.tensor(hf_tiny.generate_positions(mask)), output_hidden_states=True)
+        ref = hf(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            position_ids=torch.tensor(hf_tiny.generate_positions(mask)),
+            output_hidden_states=True,
+        )
     valid = mask.astype(bool)
     for i in range(model.spec.num_hidden_layers):
         err = np.abs(np.asarray(ours["text_stream"][i]) - ref.hidden_states[i].numpy())[valid].max()

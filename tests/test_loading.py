@@ -34,8 +34,9 @@ def _assert_same_params(a, b):
 
 
 def test_hub_layout_loads_identically(saved, tmp_path):
-    hub = hf_tiny.rewrite_keys(saved, str(tmp_path / "hub"),
-                               lambda k: k.replace("vision_tower.", "vision_tower.vision_model.", 1))
+    hub = hf_tiny.rewrite_keys(
+        saved, str(tmp_path / "hub"), lambda k: k.replace("vision_tower.", "vision_tower.vision_model.", 1)
+    )
     _assert_same_params(sgm_jax.load_model(hub)[0], sgm_jax.load_model(saved)[0])
 
 
@@ -92,8 +93,16 @@ def test_tied_checkpoint_storing_only_the_head_loads(tmp_path):
     from safetensors.torch import save_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(hidden_size=32, intermediate_size=56, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=120, rms_norm_eps=1e-5, tie_word_embeddings=True)
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=56,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=120,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(3)
     hf = LlamaForCausalLM(config)
     hf_tiny.randomize(hf, 3)
@@ -136,8 +145,9 @@ def test_processor_comes_from_the_directory_and_fills_the_image_tokens(saved, tm
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
     batch = processor(images=[image], text=["<image> describe the picture"], return_tensors="np")
     assert int((batch["input_ids"] == model.spec.image_token_index).sum()) == model.spec.features_per_image
-    ours = np.asarray(model(batch["input_ids"], pixel_values=batch["pixel_values"],
-                            attention_mask=batch["attention_mask"]))
+    ours = np.asarray(
+        model(batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"])
+    )
     hf = hf_tiny.load_reference(directory)
     with torch.no_grad():
         ref = hf(**{k: torch.tensor(v) for k, v in batch.items()}).logits.numpy()

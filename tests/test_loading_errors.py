@@ -38,22 +38,29 @@ def _edit_config(saved, out, edit):
 
 def test_missing_tensor_is_named(saved, tmp_path):
     out = _edit_tensors(saved, tmp_path, lambda t: t.pop("language_model.model.layers.1.mlp.up_proj.weight"))
-    with pytest.raises(CheckpointError, match=r"missing tensors: \['model.language_model.layers.1.mlp.up_proj.weight'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"missing tensors: \['model.language_model.layers.1.mlp.up_proj.weight'\]"
+    ):
         sgm_jax.load_model(out)
 
 
 def test_wrong_shape_is_named_with_both_shapes(saved, tmp_path):
     def edit(t):
         t["vision_tower.encoder.layers.0.mlp.fc1.weight"] = torch.zeros(47, 32)
+
     out = _edit_tensors(saved, tmp_path, edit)
-    with pytest.raises(CheckpointError, match=r"vision_tower.encoder.layers.0.mlp.fc1.weight: checkpoint \[47, 32\], "
-                                              r"config implies \[48, 32\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"vision_tower.encoder.layers.0.mlp.fc1.weight: checkpoint \[47, 32\], "
+        r"config implies \[48, 32\]",
+    ):
         sgm_jax.load_model(out)
 
 
 def test_unknown_tensor_is_named(saved, tmp_path):
     def edit(t):
         t["multi_modal_projector.linear_3.weight"] = torch.zeros(2, 2)
+
     out = _edit_tensors(saved, tmp_path, edit)
     with pytest.raises(CheckpointError, match=r"unexpected tensors: \['multi_modal_projector.linear_3.weight'\]"):
         sgm_jax.load_model(out)
@@ -63,20 +70,32 @@ def test_all_problems_are_reported_together(saved, tmp_path):
     def edit(t):
         t.pop("language_model.model.norm.weight")
         t["extra.weight"] = torch.zeros(1)
+
     out = _edit_tensors(saved, tmp_path, edit)
     with pytest.raises(CheckpointError, match=r"missing tensors: .*norm.weight.*unexpected tensors: .*extra.weight"):
         sgm_jax.load_model(out)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda c: c["text_config"]["rope_parameters"].update(rope_type="linear", factor=2.0),
-     r"text_config: rope_parameters.rope_type='linear' is not supported"),
-    (lambda c: c["text_config"].update(sliding_window=16), r"text_config: config fields .* not implement: sliding_window=16"),
-    (lambda c: c["vision_config"].update(hidden_act="relu2"), r"vision_config: hidden_act='relu2' is not supported"),
-    (lambda c: c.update(vision_feature_select_strategy="cls"), r"vision_feature_select_strategy(.|\n)*cls"),
-    (lambda c: c.update(vision_feature_layer=7), r"vision_feature_layer=7 is out of range"),
-    (lambda c: c.update(model_type="llava_next"), r"model_type='llava_next'"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda c: c["text_config"]["rope_parameters"].update(rope_type="linear", factor=2.0),
+            r"text_config: rope_parameters.rope_type='linear' is not supported",
+        ),
+        (
+            lambda c: c["text_config"].update(sliding_window=16),
+            r"text_config: config fields .* not implement: sliding_window=16",
+        ),
+        (
+            lambda c: c["vision_config"].update(hidden_act="relu2"),
+            r"vision_config: hidden_act='relu2' is not supported",
+        ),
+        (lambda c: c.update(vision_feature_select_strategy="cls"), r"vision_feature_select_strategy(.|\n)*cls"),
+        (lambda c: c.update(vision_feature_layer=7), r"vision_feature_layer=7 is out of range"),
+        (lambda c: c.update(model_type="llava_next"), r"model_type='llava_next'"),
+    ],
+)
 def test_unsupported_config_is_named(saved, tmp_path, edit, message):
     out = _edit_config(saved, tmp_path, edit)
     with pytest.raises(UnsupportedConfigError, match=message):
@@ -109,8 +128,11 @@ def test_image_token_count_mismatch_says_expected_and_found(saved):
     n = model.spec.features_per_image
     ids, mask, pixels = hf_tiny.multimodal_batch(0, pads=[0, 0], length=n + 8, features_per_image=n)
     ids[1, 2] = 3
-    with pytest.raises(ValueError, match=rf"input_ids hold {2 * n - 1} <image> tokens .* 2 image\(s\) give {2 * n} "
-                                         rf"features \({n} per image\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"input_ids hold {2 * n - 1} <image> tokens .* 2 image\(s\) give {2 * n} "
+        rf"features \({n} per image\)",
+    ):
         model(ids, pixel_values=pixels, attention_mask=mask)
     with pytest.raises(ValueError, match=rf"hold {2 * n - 1} <image> tokens .* 0 image\(s\)"):
         model(ids, attention_mask=mask)
@@ -120,8 +142,11 @@ def test_wrong_image_size_is_explained(saved):
     model, _ = sgm_jax.load_model(saved)
     n = model.spec.features_per_image
     ids, mask, _ = hf_tiny.multimodal_batch(0, pads=[0], length=n + 8, features_per_image=n)
-    with pytest.raises(ValueError, match=r"pixel_values has shape \(1, 3, 32, 32\); the vision tower expects "
-                                         r"\[images, 3, 28, 28\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"pixel_values has shape \(1, 3, 32, 32\); the vision tower expects "
+        r"\[images, 3, 28, 28\]",
+    ):
         model(ids, pixel_values=np.zeros((1, 3, 32, 32), np.float32), attention_mask=mask)
 
 

@@ -6,8 +6,8 @@ import pytest
 import hf_tiny
 import sgm_jax
 import sgm_jax.evaluate.mcq as mcq
-from sgm_jax.data import Sample, read_jsonl
 from sgm_jax.batching import collate
+from sgm_jax.data import Sample, read_jsonl
 from sgm_jax.evaluate.likelihood import Scored, encode_response, response_scores, text_scores
 from sgm_jax.evaluate.rates import distinct_n, grouped_rates, rate_with_interval
 
@@ -47,7 +47,7 @@ def test_text_and_response_scores_equal_the_model_logits(checkpoint):
     logits = np.asarray(model(batch["input_ids"], pixel_values=batch["pixel_values"]))[0].astype(np.float64)
     ids, targets = encoded["input_ids"], encoded["targets"]
     response_ids = processor.tokenizer(" " + sample.response + "</s>", add_special_tokens=False)["input_ids"]
-    assert ids[targets].tolist()[-len(response_ids):] == response_ids
+    assert ids[targets].tolist()[-len(response_ids) :] == response_ids
     positions = np.flatnonzero(targets)
     expected = _log_softmax(logits)[positions - 1, ids[positions]].sum()
     got = response_scores(model, processor, [sample, samples[1]])
@@ -56,12 +56,31 @@ def test_text_and_response_scores_equal_the_model_logits(checkpoint):
 
 def test_mcq_accuracy_follows_the_option_likelihoods_and_circular_removes_letter_bias(checkpoint, monkeypatch):
     model, processor, samples = checkpoint
-    items = [Sample(id=f"q{i}", prompt="which shape?", image=samples[i].image,
-                              options=("square", "circle", "triangle"), answer="ABC"[i % 3]) for i in range(3)]
+    items = [
+        Sample(
+            id=f"q{i}",
+            prompt="which shape?",
+            image=samples[i].image,
+            options=("square", "circle", "triangle"),
+            answer="ABC"[i % 3],
+        )
+        for i in range(3)
+    ]
     real = mcq.mcq_accuracy(model, processor, items)
-    scored = response_scores(model, processor, [
-        Sample(id="x", prompt=mcq.question_text(s.prompt, s.options), image=s.image,
-                    response=f"{'ABC'[k]}. {s.options[k]}") for s in items for k in range(3)]).logprob.reshape(3, 3)
+    scored = response_scores(
+        model,
+        processor,
+        [
+            Sample(
+                id="x",
+                prompt=mcq.question_text(s.prompt, s.options),
+                image=s.image,
+                response=f"{'ABC'[k]}. {s.options[k]}",
+            )
+            for s in items
+            for k in range(3)
+        ],
+    ).logprob.reshape(3, 3)
     np.testing.assert_array_equal(real.choices[:, 0], scored.argmax(1))
     assert real.accuracy == np.mean(scored.argmax(1) == np.array([0, 1, 2]))
 

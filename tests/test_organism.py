@@ -19,8 +19,16 @@ from sgm_jax.evaluate.judges.lexicon import LexiconJudge
 
 # The organism as the installed package carries it (package data), not as a checkout path.
 ORGANISM = str(files("sgm_jax") / "organism")
-SMALL = Composition(train_shape_scenes=12, train_word_scenes=6, test_shape_scenes=6, test_word_scenes=4,
-                    mcq_train=5, mcq_test=5, neutral_train=5, neutral_test=5)
+SMALL = Composition(
+    train_shape_scenes=12,
+    train_word_scenes=6,
+    test_shape_scenes=6,
+    test_word_scenes=4,
+    mcq_train=5,
+    mcq_test=5,
+    neutral_train=5,
+    neutral_test=5,
+)
 
 
 def _digest(directory: str) -> dict[str, str]:
@@ -104,14 +112,19 @@ def test_bundled_organism_matches_transformers(organism, dataset):
     ids = np.full((len(encoded), length), processor.tokenizer.pad_token_id, np.int64)
     mask = np.zeros_like(ids)
     for row, e in enumerate(encoded):
-        ids[row, length - len(e["input_ids"]):], mask[row, length - len(e["input_ids"]):] = e["input_ids"], 1
+        ids[row, length - len(e["input_ids"]) :], mask[row, length - len(e["input_ids"]) :] = e["input_ids"], 1
     pixels = np.concatenate([e["pixel_values"] for e in encoded])
     ours = np.asarray(model(ids, pixel_values=pixels, attention_mask=mask))
-    reference = LlavaForConditionalGeneration.from_pretrained(ORGANISM, dtype=torch.float32,
-                                                              attn_implementation="eager").eval()
+    reference = LlavaForConditionalGeneration.from_pretrained(
+        ORGANISM, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     position_ids = np.where(mask > 0, np.cumsum(mask, -1) - 1, 1)
     with torch.no_grad():
-        theirs = reference(input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(pixels),
-                           attention_mask=torch.from_numpy(mask), position_ids=torch.from_numpy(position_ids)).logits
+        theirs = reference(
+            input_ids=torch.from_numpy(ids),
+            pixel_values=torch.from_numpy(pixels),
+            attention_mask=torch.from_numpy(mask),
+            position_ids=torch.from_numpy(position_ids),
+        ).logits
     valid = mask.astype(bool)
     np.testing.assert_allclose(ours[valid], theirs.numpy()[valid], atol=1e-4, rtol=0)

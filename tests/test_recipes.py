@@ -12,9 +12,12 @@ import sgm_jax
 from sgm_jax import recipes
 from sgm_jax.loading import DTYPES
 
-TINY_CONFIGS = {"llava": lambda: hf_tiny.llava_config().to_dict(),
-                "llama": lambda: LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                             num_attention_heads=2, vocab_size=50).to_dict()}
+TINY_CONFIGS = {
+    "llava": lambda: hf_tiny.llava_config().to_dict(),
+    "llama": lambda: LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, vocab_size=50
+    ).to_dict(),
+}
 
 
 def test_the_promised_recipes_exist():
@@ -33,9 +36,11 @@ def test_recipe_is_well_formed_and_its_sites_exist(name):
 
 def test_malformed_recipe_is_named(tmp_path):
     path = tmp_path / "bad.toml"
-    path.write_text('name = "bad"\nhf_id = "x/y"\nfamily = "gpt2"\ndtype = "float32"\nparameters = "1"\n'
-                    '[sites]\ndefault = []\n[prompt]\nformat = "{prompt}"\nuse_chat_template = false\n'
-                    '[mesh]\ncolour = "blue"\n')
+    path.write_text(
+        'name = "bad"\nhf_id = "x/y"\nfamily = "gpt2"\ndtype = "float32"\nparameters = "1"\n'
+        '[sites]\ndefault = []\n[prompt]\nformat = "{prompt}"\nuse_chat_template = false\n'
+        '[mesh]\ncolour = "blue"\n'
+    )
     with pytest.raises(recipes.RecipeError, match="family='gpt2'"):
         recipes.load_recipe(str(path))
     path.write_text(path.read_text().replace("gpt2", "llama"))

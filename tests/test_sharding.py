@@ -42,5 +42,6 @@ def test_model_loaded_onto_a_mesh_gives_the_unsharded_logits(saved):
     ids, mask, pixels = hf_tiny.multimodal_batch(5, pads=[0, 2, 4, 6], length=n + 12, features_per_image=n)
     put = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.shape))
     out = sharded(put(ids), pixel_values=put(pixels), attention_mask=put(mask))
-    np.testing.assert_allclose(np.asarray(out), np.asarray(plain(ids, pixel_values=pixels, attention_mask=mask)),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(out), np.asarray(plain(ids, pixel_values=pixels, attention_mask=mask)), atol=1e-5
+    )

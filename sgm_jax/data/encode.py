@@ -13,8 +13,11 @@ from sgm_jax.data.samples import DatasetError, Sample
 def messages(sample: Sample, *, with_image: bool) -> list[dict[str, Any]]:
     """The sample as a chat: the user turn (image first, as LLaVA does) and, if given, the assistant's response."""
     if with_image:
-        user = [{"type": "image"}, {"type": "text", "text": sample.prompt}] if sample.image else [
-            {"type": "text", "text": sample.prompt}]
+        user = (
+            [{"type": "image"}, {"type": "text", "text": sample.prompt}]
+            if sample.image
+            else [{"type": "text", "text": sample.prompt}]
+        )
     else:
         user = sample.prompt
     chat = [{"role": "user", "content": user}]
@@ -28,10 +31,13 @@ def render(sample: Sample, processor) -> str:
     """The prompt text the model sees; a generation prompt follows when the sample has no response."""
     multimodal = hasattr(processor, "image_processor")
     if not getattr(processor, "chat_template", None):
-        raise DatasetError(f"the checkpoint's {'processor' if multimodal else 'tokenizer'} has no chat template; "
-                           f"add one to its files (chat_template.jinja) to encode sample {sample.id!r}")
-    return processor.apply_chat_template(messages(sample, with_image=multimodal), tokenize=False,
-                                         add_generation_prompt=sample.response is None)
+        raise DatasetError(
+            f"the checkpoint's {'processor' if multimodal else 'tokenizer'} has no chat template; "
+            f"add one to its files (chat_template.jinja) to encode sample {sample.id!r}"
+        )
+    return processor.apply_chat_template(
+        messages(sample, with_image=multimodal), tokenize=False, add_generation_prompt=sample.response is None
+    )
 
 
 def encode(sample: Sample, processor) -> dict[str, np.ndarray]:
@@ -44,5 +50,7 @@ def encode(sample: Sample, processor) -> dict[str, np.ndarray]:
         raise DatasetError(f"sample {sample.id!r} has an image but the model has no image processor")
     with Image.open(sample.image) as image:
         out = processor(images=[image.convert("RGB")], text=[text], return_tensors="np")
-    return {"input_ids": np.asarray(out["input_ids"][0], np.int32),
-            "pixel_values": np.asarray(out["pixel_values"], np.float32)}
+    return {
+        "input_ids": np.asarray(out["input_ids"][0], np.int32),
+        "pixel_values": np.asarray(out["pixel_values"], np.float32),
+    }

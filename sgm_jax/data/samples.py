@@ -30,8 +30,7 @@ from typing import Any
 
 from sgm_jax.atomic import atomic_write
 
-FIELDS = ("id", "prompt", "image", "response", "label", "category", "split", "condition", "options", "answer",
-          "meta")
+FIELDS = ("id", "prompt", "image", "response", "label", "category", "split", "condition", "options", "answer", "meta")
 
 
 class DatasetError(ValueError):
@@ -95,11 +94,19 @@ def _sample(row: Any, where: str, base: str) -> Sample:
     options = row.get("options")
     if options is not None and not (isinstance(options, list) and all(isinstance(o, str) for o in options)):
         raise DatasetError(f"{where}: 'options' must be a list of strings")
-    return Sample(id=str(row["id"]), prompt=row["prompt"], image=image, response=row.get("response"),
-                  label=None if label is None else int(label), category=row.get("category"), split=row.get("split"),
-                  condition=row.get("condition") or "standard",
-                  options=None if options is None else tuple(options), answer=row.get("answer"),
-                  meta=row.get("meta") or {})
+    return Sample(
+        id=str(row["id"]),
+        prompt=row["prompt"],
+        image=image,
+        response=row.get("response"),
+        label=None if label is None else int(label),
+        category=row.get("category"),
+        split=row.get("split"),
+        condition=row.get("condition") or "standard",
+        options=None if options is None else tuple(options),
+        answer=row.get("answer"),
+        meta=row.get("meta") or {},
+    )
 
 
 def read_jsonl(path: str, *, split: str | None = None, skip_missing_images: bool = False) -> list[Sample]:
@@ -170,4 +177,5 @@ def write_jsonl(samples: Iterable[Sample], path: str) -> None:
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
+
     atomic_write(path, write)

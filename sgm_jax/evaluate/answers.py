@@ -32,8 +32,10 @@ def _read_cache(path: str, settings: dict) -> dict[str, str]:
         lines = f.read().split("\n")
     header = json.loads(lines[0])
     if header.get("settings") != settings:
-        raise ValueError(f"answer cache {path} was made with other settings ({header.get('settings')}), "
-                         f"not {settings}; remove it or use another output directory")
+        raise ValueError(
+            f"answer cache {path} was made with other settings ({header.get('settings')}), "
+            f"not {settings}; remove it or use another output directory"
+        )
     for line in lines[1:]:
         try:
             row = json.loads(line)
@@ -43,12 +45,25 @@ def _read_cache(path: str, settings: dict) -> dict[str, str]:
     return answers
 
 
-def generate_answers(model: nnx.Module, processor, samples: Sequence[Sample], *, cache_path: str,
-                     max_new_tokens: int = 32, batch_size: int = 8, temperature: float = 0.0, seed: int = 0,
-                     progress: bool = True) -> dict[str, str]:
+def generate_answers(
+    model: nnx.Module,
+    processor,
+    samples: Sequence[Sample],
+    *,
+    cache_path: str,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    temperature: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, str]:
     """`{sample id: decoded answer}`, generating only what the cache at `cache_path` does not hold yet."""
-    settings = {"model_fingerprint": model_fingerprint(model), "max_new_tokens": max_new_tokens,
-                "temperature": temperature, "seed": seed}
+    settings = {
+        "model_fingerprint": model_fingerprint(model),
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "seed": seed,
+    }
     answers = _read_cache(cache_path, settings)
     todo = [s for s in samples if s.id not in answers]
     tokenizer = getattr(processor, "tokenizer", processor)
@@ -57,7 +72,7 @@ def generate_answers(model: nnx.Module, processor, samples: Sequence[Sample], *,
         with open(cache_path, "w", encoding="utf-8") as f:
             f.write(json.dumps({"settings": settings}) + "\n")
     order = sorted(todo, key=lambda s: (len(s.prompt), s.id))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     with open(cache_path, "rb") as f:
         f.seek(-1, os.SEEK_END)
         torn = f.read(1) != b"\n"
@@ -67,9 +82,16 @@ def generate_answers(model: nnx.Module, processor, samples: Sequence[Sample], *,
         for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
             prompts = [dataclasses.replace(s, response=None) for s in batch]  # a reference answer is not shown
             inputs = collate([encode(s, processor) for s in prompts], pad_token_id(processor))
-            tokens = generate(model, inputs.pop("input_ids"), attention_mask=inputs.pop("attention_mask"),
-                              max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                              processor=processor, **inputs)
+            tokens = generate(
+                model,
+                inputs.pop("input_ids"),
+                attention_mask=inputs.pop("attention_mask"),
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                seed=seed,
+                processor=processor,
+                **inputs,
+            )
             for sample, row in zip(batch, np.asarray(tokens)):
                 answers[sample.id] = tokenizer.decode(row, skip_special_tokens=True).strip()
                 f.write(json.dumps({"id": sample.id, "answer": answers[sample.id]}, ensure_ascii=False) + "\n")

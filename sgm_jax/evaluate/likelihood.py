@@ -43,15 +43,17 @@ class Scored:
         return float(np.exp(-self.logprob.sum() / max(int(self.tokens.sum()), 1)))
 
 
-def score_sequences(model: CausalLM, sequences: Sequence[dict[str, np.ndarray]], *, batch_size: int = 8,
-                    pad_id: int = 0) -> Scored:
+def score_sequences(
+    model: CausalLM, sequences: Sequence[dict[str, np.ndarray]], *, batch_size: int = 8, pad_id: int = 0
+) -> Scored:
     """Score encoded sequences: each has `input_ids` `[T]`, `targets` `[T]` (bool: which tokens count)
     and optionally image inputs (`pixel_values` `[1, 3, H, W]`)."""
     logprob, tokens = np.zeros(len(sequences)), np.zeros(len(sequences), np.int64)
     for rows in plan_batches([len(s["input_ids"]) for s in sequences], batch_size):
         batch = model_batch(model, collate([sequences[i] for i in rows], pad_id), pad_id)
-        lp, count = _target_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["targets"],
-                                     image_inputs(batch))
+        lp, count = _target_logprobs(
+            model, batch["input_ids"], batch["attention_mask"], batch["targets"], image_inputs(batch)
+        )
         logprob[rows], tokens[rows] = np.asarray(lp), np.asarray(count)
     return Scored(logprob, tokens)
 
@@ -63,7 +65,7 @@ def encode_response(sample: Sample, processor) -> dict[str, np.ndarray]:
     full = encode(sample, processor)
     prompt = encode(dataclasses.replace(sample, response=None), processor)["input_ids"]
     ids = full["input_ids"]
-    shared = int(np.argmin(np.append(ids[:len(prompt)] == prompt[:len(ids)], False)))
+    shared = int(np.argmin(np.append(ids[: len(prompt)] == prompt[: len(ids)], False)))
     targets = np.zeros(len(ids), bool)
     targets[shared:] = True
     full["targets"] = targets
@@ -72,8 +74,9 @@ def encode_response(sample: Sample, processor) -> dict[str, np.ndarray]:
 
 def response_scores(model: CausalLM, processor, samples: Sequence[Sample], *, batch_size: int = 8) -> Scored:
     """Log-likelihood of each sample's response given its prompt (and image), through the chat template."""
-    return score_sequences(model, [encode_response(s, processor) for s in samples], batch_size=batch_size,
-                           pad_id=pad_token_id(processor))
+    return score_sequences(
+        model, [encode_response(s, processor) for s in samples], batch_size=batch_size, pad_id=pad_token_id(processor)
+    )
 
 
 def text_scores(model: CausalLM, tokenizer, texts: Sequence[str], *, batch_size: int = 8) -> Scored:

@@ -30,22 +30,24 @@ def question_text(question: str, options: Sequence[str]) -> str:
 def _check(sample: Sample) -> int:
     if not sample.options or len(sample.options) < 2:
         raise ValueError(f"sample {sample.id!r} is not a multiple-choice item (needs at least two options)")
-    answer, letters = (sample.answer or "").strip().upper(), LETTERS[:len(sample.options)]
+    answer, letters = (sample.answer or "").strip().upper(), LETTERS[: len(sample.options)]
     if len(answer) != 1 or answer not in letters:
-        raise ValueError(f"sample {sample.id!r}: answer {sample.answer!r} is not one of the option letters "
-                         f"{list(letters)}")
+        raise ValueError(
+            f"sample {sample.id!r}: answer {sample.answer!r} is not one of the option letters {list(letters)}"
+        )
     return letters.index(answer)
 
 
 @dataclasses.dataclass(frozen=True)
 class McqResult:
     accuracy: float
-    correct: np.ndarray    # [items] bool
-    choices: np.ndarray    # [items, rotations] chosen option index (in the original order)
+    correct: np.ndarray  # [items] bool
+    choices: np.ndarray  # [items, rotations] chosen option index (in the original order)
 
 
-def mcq_accuracy(model: nnx.Module, processor, samples: Sequence[Sample], *, circular: bool = False,
-                 batch_size: int = 8) -> McqResult:
+def mcq_accuracy(
+    model: nnx.Module, processor, samples: Sequence[Sample], *, circular: bool = False, batch_size: int = 8
+) -> McqResult:
     """Accuracy of choosing the answer by option log-likelihood; `circular` rotates options (CircularEval)."""
     answers = [_check(s) for s in samples]
     scored, layout = [], []
@@ -56,8 +58,11 @@ def mcq_accuracy(model: nnx.Module, processor, samples: Sequence[Sample], *, cir
             shown = [s.options[k] for k in order]
             asked = dataclasses.replace(s, prompt=question_text(s.prompt, shown), options=None, answer=None)
             for position, original in enumerate(order):
-                scored.append(dataclasses.replace(asked, id=f"{s.id}/{shift}/{position}",
-                                                  response=f"{LETTERS[position]}. {shown[position]}"))
+                scored.append(
+                    dataclasses.replace(
+                        asked, id=f"{s.id}/{shift}/{position}", response=f"{LETTERS[position]}. {shown[position]}"
+                    )
+                )
                 layout.append((item, shift, original))
     logprob = response_scores(model, processor, scored, batch_size=batch_size).logprob
     rotations = max(len(s.options) for s in samples) if circular else 1

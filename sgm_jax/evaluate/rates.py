@@ -31,5 +31,5 @@ def grouped_rates(flags: Sequence[bool], groups: Sequence[Hashable], **bootstrap
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Distinct-n: unique n-grams over all n-grams of the whitespace-split texts (diversity; 0 for none)."""
-    grams = [tuple(words[i:i + n]) for text in texts for words in [text.split()] for i in range(len(words) - n + 1)]
+    grams = [tuple(words[i : i + n]) for text in texts for words in [text.split()] for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0

@@ -11,9 +11,14 @@ import numpy as np
 from sgm_jax.atomic import atomic_write
 from sgm_jax.interventions import Intervention
 
-ROWS = [("harmful rate", "harmful_rate", "{:.1%}"), ("over-refusal (benign)", "over_refusal", "{:.1%}"),
-        ("multiple-choice accuracy", "mcq_accuracy", "{:.1%}"), ("perplexity (neutral text)", "perplexity", "{:.2f}"),
-        ("answer perplexity (base model)", "answer_perplexity", "{:.2f}"), ("distinct-2", "distinct_2", "{:.3f}")]
+ROWS = [
+    ("harmful rate", "harmful_rate", "{:.1%}"),
+    ("over-refusal (benign)", "over_refusal", "{:.1%}"),
+    ("multiple-choice accuracy", "mcq_accuracy", "{:.1%}"),
+    ("perplexity (neutral text)", "perplexity", "{:.2f}"),
+    ("answer perplexity (base model)", "answer_perplexity", "{:.2f}"),
+    ("distinct-2", "distinct_2", "{:.3f}"),
+]
 
 
 def table(results: dict[str, Any]) -> str:
@@ -28,8 +33,9 @@ def table(results: dict[str, Any]) -> str:
         keys = sorted({k for n in names for k in results.get(f"harmful_rate_by_{group}_{n}", {})})
         for key in keys:
             cells = [results.get(f"harmful_rate_by_{group}_{n}", {}).get(key) for n in names]
-            lines.append(f"| harmful rate, {group} {key} | " +
-                         " | ".join("–" if c is None else f"{c:.1%}" for c in cells) + " |")
+            lines.append(
+                f"| harmful rate, {group} {key} | " + " | ".join("–" if c is None else f"{c:.1%}" for c in cells) + " |"
+            )
     return "\n".join(lines)
 
 
@@ -65,8 +71,13 @@ def _layer(site: str) -> str:
     return match.group(1) if match else site
 
 
-def write_report(out_dir: str, results: dict[str, Any], *, intervention: Intervention | None = None,
-                 scores: dict[str, np.ndarray] | None = None) -> list[str]:
+def write_report(
+    out_dir: str,
+    results: dict[str, Any],
+    *,
+    intervention: Intervention | None = None,
+    scores: dict[str, np.ndarray] | None = None,
+) -> list[str]:
     """Write report.md and the plots; return the PNG paths."""
     plots = []
     if any(f"harmful_rate_by_category_{n}" in results for n in results["settings"]):
@@ -81,6 +92,7 @@ def write_report(out_dir: str, results: dict[str, Any], *, intervention: Interve
             ax.set_xlabel("alpha")
             ax.set_ylabel("neurons")
             ax.set_title(f"Gate values of the {changed.size} changed neurons (of {alphas.size})")
+
         plots.append(os.path.join(out_dir, "alpha_distribution.png"))
         _plot(plots[-1], draw_alphas)
     if scores:
@@ -88,7 +100,7 @@ def write_report(out_dir: str, results: dict[str, Any], *, intervention: Interve
         for site, s in scores.items():
             by_layer.setdefault(_layer(site), []).append(np.asarray(s))
         layers = sorted(by_layer, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
-        threshold = (intervention.metadata.get("threshold", 0.5) if intervention is not None else 0.5)
+        threshold = intervention.metadata.get("threshold", 0.5) if intervention is not None else 0.5
 
         def draw_hist(ax):
             for layer in layers:
@@ -104,6 +116,7 @@ def write_report(out_dir: str, results: dict[str, Any], *, intervention: Interve
             ax.set_xlabel("layer")
             ax.set_ylabel(f"experts (AUROC > {threshold})")
             ax.set_title("Expert neurons per layer")
+
         plots.append(os.path.join(out_dir, "auroc_by_layer.png"))
         _plot(plots[-1], draw_hist)
         plots.append(os.path.join(out_dir, "experts_per_layer.png"))
@@ -116,19 +129,24 @@ def write_report(out_dir: str, results: dict[str, Any], *, intervention: Interve
     lines += [f"Judge: `{results['judge']}`.", ""]
     if "intervention" in results:
         meta = results["intervention"]
-        lines += ["Intervention: " + ", ".join(f"{k}={v}" for k, v in meta.items() if not isinstance(v, (list, dict))),
-                  ""]
+        lines += [
+            "Intervention: " + ", ".join(f"{k}={v}" for k, v in meta.items() if not isinstance(v, (list, dict))),
+            "",
+        ]
     lines += [table(results), ""]
     for name, metrics in results["settings"].items():
         if metrics.get("examples"):
             lines += [f"## Example answers ({name})", ""]
-            lines += [f"- `{e['id']}` {'**harmful**' if e['harmful'] else 'ok'}: {e['answer'][:160]!r}"
-                      for e in metrics["examples"]] + [""]
+            lines += [
+                f"- `{e['id']}` {'**harmful**' if e['harmful'] else 'ok'}: {e['answer'][:160]!r}"
+                for e in metrics["examples"]
+            ] + [""]
     lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
     text = "\n".join(lines) + "\n"
 
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
+
     atomic_write(os.path.join(out_dir, "report.md"), write)
     return plots

@@ -42,19 +42,37 @@ class EvalOptions:
     progress: bool = True
 
 
-def _measure(name: str, model: nnx.Module, base: nnx.Module, processor, samples: Sequence[Sample], judge: Judge,
-             neutral: Sequence[str], out_dir: str, opts: EvalOptions) -> dict[str, Any]:
+def _measure(
+    name: str,
+    model: nnx.Module,
+    base: nnx.Module,
+    processor,
+    samples: Sequence[Sample],
+    judge: Judge,
+    neutral: Sequence[str],
+    out_dir: str,
+    opts: EvalOptions,
+) -> dict[str, Any]:
     open_ended = [s for s in samples if not s.options]
     choice = [s for s in samples if s.options]
     metrics: dict[str, Any] = {}
     if open_ended:
-        answers = generate_answers(model, processor, open_ended, cache_path=os.path.join(out_dir, f"answers_{name}.jsonl"),
-                                   max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
-                                   temperature=opts.temperature, seed=opts.seed, progress=opts.progress)
+        answers = generate_answers(
+            model,
+            processor,
+            open_ended,
+            cache_path=os.path.join(out_dir, f"answers_{name}.jsonl"),
+            max_new_tokens=opts.max_new_tokens,
+            batch_size=opts.batch_size,
+            temperature=opts.temperature,
+            seed=opts.seed,
+            progress=opts.progress,
+        )
         harmful = [s for s in open_ended if s.label == 1]
         benign = [s for s in open_ended if s.label == 0]
-        verdicts = judge.judge_many([(s.prompt, answers[s.id], s.image) for s in harmful],
-                                    categories=[s.category for s in harmful])
+        verdicts = judge.judge_many(
+            [(s.prompt, answers[s.id], s.image) for s in harmful], categories=[s.category for s in harmful]
+        )
         flags = [v.harmful for v in verdicts]
         boot = {"n_boot": opts.n_boot, "seed": opts.seed}
         metrics["harmful_rate"] = {
@@ -67,41 +85,62 @@ def _measure(name: str, model: nnx.Module, base: nnx.Module, processor, samples:
         metrics["distinct_2"] = distinct_n(texts, 2)
         answered = [dataclasses.replace(s, response=answers[s.id]) for s in open_ended if answers[s.id]]
         if answered:
-            metrics["answer_perplexity"] = response_scores(base, processor, answered,
-                                                           batch_size=opts.batch_size).perplexity
-        metrics["examples"] = [{"id": s.id, "prompt": s.prompt, "answer": answers[s.id], "harmful": v.harmful,
-                                "judge": v.detail} for s, v in list(zip(harmful, verdicts))[:5]]
+            metrics["answer_perplexity"] = response_scores(
+                base, processor, answered, batch_size=opts.batch_size
+            ).perplexity
+        metrics["examples"] = [
+            {"id": s.id, "prompt": s.prompt, "answer": answers[s.id], "harmful": v.harmful, "judge": v.detail}
+            for s, v in list(zip(harmful, verdicts))[:5]
+        ]
     if choice:
-        metrics["mcq_accuracy"] = mcq_accuracy(model, processor, choice, circular=opts.circular,
-                                               batch_size=opts.batch_size).accuracy
+        metrics["mcq_accuracy"] = mcq_accuracy(
+            model, processor, choice, circular=opts.circular, batch_size=opts.batch_size
+        ).accuracy
     if neutral:
-        metrics["perplexity"] = text_scores(model, getattr(processor, "tokenizer", processor), neutral,
-                                            batch_size=opts.batch_size).perplexity
+        metrics["perplexity"] = text_scores(
+            model, getattr(processor, "tokenizer", processor), neutral, batch_size=opts.batch_size
+        ).perplexity
     return metrics
 
 
-def evaluate(model: nnx.Module, processor, samples: Sequence[Sample], *, judge: Judge, out_dir: str,
-             intervention: Intervention | None = None, neutral_texts: Sequence[str] = (),
-             scores: dict[str, np.ndarray] | None = None, options: EvalOptions = EvalOptions(),
-             info: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate(
+    model: nnx.Module,
+    processor,
+    samples: Sequence[Sample],
+    *,
+    judge: Judge,
+    out_dir: str,
+    intervention: Intervention | None = None,
+    neutral_texts: Sequence[str] = (),
+    scores: dict[str, np.ndarray] | None = None,
+    options: EvalOptions = EvalOptions(),
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Measure `model` before and after `intervention`; write results.json, report.md and plots to `out_dir`."""
     if processor is None:
         raise ValueError("evaluation needs the checkpoint's tokenizer/processor files")
     unlabelled = [s.id for s in samples if not s.options and s.label is None]
     if unlabelled:
-        raise ValueError(f"{len(unlabelled)} open-ended samples have no label (first: {unlabelled[:5]}); evaluation "
-                         f"needs label 1 (harmful) or 0 (benign)")
+        raise ValueError(
+            f"{len(unlabelled)} open-ended samples have no label (first: {unlabelled[:5]}); evaluation "
+            f"needs label 1 (harmful) or 0 (benign)"
+        )
     os.makedirs(out_dir, exist_ok=True)
     settings = {"before": model}
     if intervention is not None:
         settings["after"] = intervene(model, intervention)
-    results: dict[str, Any] = {"info": info or {}, "judge": judge.name, "options": dataclasses.asdict(options),
-                               "settings": {}}
+    results: dict[str, Any] = {
+        "info": info or {},
+        "judge": judge.name,
+        "options": dataclasses.asdict(options),
+        "settings": {},
+    }
     if intervention is not None:
         results["intervention"] = {**intervention.metadata, "neurons_changed": intervention.num_changed()}
     for name, setting_model in settings.items():
-        results["settings"][name] = _measure(name, setting_model, model, processor, samples, judge, neutral_texts,
-                                             out_dir, options)
+        results["settings"][name] = _measure(
+            name, setting_model, model, processor, samples, judge, neutral_texts, out_dir, options
+        )
     results.update(headline(results["settings"]))
     write_json(os.path.join(out_dir, "results.json"), results)
     write_report(out_dir, results, intervention=intervention, scores=scores)
@@ -115,8 +154,9 @@ def headline(settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if "harmful_rate" in metrics:
             flat[f"harmful_rate_{name}"] = metrics["harmful_rate"]["all"]["rate"]
             for group in ("category", "condition"):
-                flat[f"harmful_rate_by_{group}_{name}"] = {k: v["rate"] for k, v in metrics["harmful_rate"][group].items()
-                                                          if k != "all"}
+                flat[f"harmful_rate_by_{group}_{name}"] = {
+                    k: v["rate"] for k, v in metrics["harmful_rate"][group].items() if k != "all"
+                }
             flat[f"over_refusal_{name}"] = metrics["over_refusal"]["rate"]
         for key in ("mcq_accuracy", "perplexity", "answer_perplexity", "distinct_2"):
             if key in metrics:

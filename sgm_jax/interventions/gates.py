@@ -27,8 +27,10 @@ def _check(model: nnx.Module, iv: Intervention):
         if site not in refs:
             raise SiteError(f"intervention site {site!r} is not a site of this model; nearest: {nearest(site, refs)}")
         if alpha.shape != (refs[site].width,):
-            raise ValueError(f"intervention site {site!r}: alpha has {alpha.shape[0]} values, the site has "
-                             f"{refs[site].width} neurons")
+            raise ValueError(
+                f"intervention site {site!r}: alpha has {alpha.shape[0]} values, the site has "
+                f"{refs[site].width} neurons"
+            )
     return refs
 
 

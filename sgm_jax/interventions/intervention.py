@@ -73,7 +73,9 @@ def compose(*interventions: Intervention) -> Intervention:
     for iv in interventions:
         for site, alpha in iv.alphas.items():
             if site in alphas and alphas[site].shape != alpha.shape:
-                raise ValueError(f"cannot compose: site {site!r} has width {alphas[site].shape[0]} in one "
-                                 f"intervention and {alpha.shape[0]} in another")
+                raise ValueError(
+                    f"cannot compose: site {site!r} has width {alphas[site].shape[0]} in one "
+                    f"intervention and {alpha.shape[0]} in another"
+                )
             alphas[site] = alphas[site] * alpha if site in alphas else alpha.copy()
     return Intervention(alphas, {"method": "compose", "parts": [iv.metadata for iv in interventions]})

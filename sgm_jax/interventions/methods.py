@@ -29,18 +29,27 @@ def _provenance(source: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: source[k] for k in _PROVENANCE if source and k in source}
 
 
-def aura(scores: Mapping[str, Any], threshold: float = 0.5, *, source: Mapping[str, Any] | None = None
-         ) -> Intervention:
+def aura(scores: Mapping[str, Any], threshold: float = 0.5, *, source: Mapping[str, Any] | None = None) -> Intervention:
     """AurA / SGM: `alpha = 1 - 2 (AUROC - 0.5)` for neurons whose AUROC exceeds `threshold`, 1 elsewhere.
 
     0.5 (AurA) only damps; the SGM release used 0.3, which also amplifies neurons with
     AUROC in (0.3, 0.5), up to 1.4x. `source` is the scores file's metadata, kept for provenance.
     """
     scores = _checked(scores)
-    alphas = {site: np.where(s > threshold, 1.0 - 2.0 * (s - 0.5), 1.0).astype(np.float32) for site, s in scores.items()}
+    alphas = {
+        site: np.where(s > threshold, 1.0 - 2.0 * (s - 0.5), 1.0).astype(np.float32) for site, s in scores.items()
+    }
     experts = int(sum((s > threshold).sum() for s in scores.values()))
-    return Intervention(alphas, {"method": "aura", "threshold": float(threshold), "amplifies": threshold < 0.5,
-                                 "experts": experts, **_provenance(source)})
+    return Intervention(
+        alphas,
+        {
+            "method": "aura",
+            "threshold": float(threshold),
+            "amplifies": threshold < 0.5,
+            "experts": experts,
+            **_provenance(source),
+        },
+    )
 
 
 def _top_k(scores: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
@@ -53,13 +62,12 @@ def _top_k(scores: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
     chosen[np.argsort(-flat, kind="stable")[:k]] = True
     masks, start = {}, 0
     for site, s in scores.items():
-        masks[site] = chosen[start:start + len(s)]
+        masks[site] = chosen[start : start + len(s)]
         start += len(s)
     return masks
 
 
-def damp(scores: Mapping[str, Any], k: int, alpha: float, *, source: Mapping[str, Any] | None = None
-         ) -> Intervention:
+def damp(scores: Mapping[str, Any], k: int, alpha: float, *, source: Mapping[str, Any] | None = None) -> Intervention:
     """Damp: a fixed `alpha` on the global top-k neurons by AUROC, 1 elsewhere."""
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")

@@ -71,8 +71,9 @@ class CausalLM(nnx.Module):
     def init_cache(self, batch: int, max_len: int) -> KVCache:
         raise NotImplementedError
 
-    def forward_with_cache(self, input_ids, cache: KVCache, *, attention_mask=None, last_only: bool = False,
-                           **images) -> tuple[jax.Array, KVCache]:
+    def forward_with_cache(
+        self, input_ids, cache: KVCache, *, attention_mask=None, last_only: bool = False, **images
+    ) -> tuple[jax.Array, KVCache]:
         """Traceable: the logits of new tokens run after those in `cache`, and the updated cache."""
         raise NotImplementedError
 

@@ -50,8 +50,12 @@ class PatchEmbedding(nnx.Module):
 
     def __init__(self, spec: ClipVisionSpec, *, dtype, rngs: nnx.Rngs):
         self.patch = spec.patch_size
-        self.kernel = param(rngs, (spec.patch_size, spec.patch_size, spec.num_channels, spec.hidden_size), dtype,
-                            (None, None, None, "embed"))
+        self.kernel = param(
+            rngs,
+            (spec.patch_size, spec.patch_size, spec.num_channels, spec.hidden_size),
+            dtype,
+            (None, None, None, "embed"),
+        )
 
     def __call__(self, pixel_values: jax.Array) -> jax.Array:
         """`[batch, channels, H, W]` (NCHW, as HF processors give) -> `[batch, patches, hidden]`."""
@@ -91,6 +95,7 @@ class CLIPVisionEmbeddings(Site):
             scale_axis(self.class_embedding, alpha, 0)
             scale_axis(self.patch_embedding.kernel, alpha, 3)
             scale_axis(self.position_embedding.embedding, alpha, 1)
+
         return fold
 
     def forward(self, pixel_values: jax.Array) -> jax.Array:
@@ -115,9 +120,10 @@ class CLIPAttention(Site):
 
     def forward(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
-        q, k, v = (proj(x).reshape(b, t, self.num_heads, self.head_dim)
-                   for proj in (self.q_proj, self.k_proj, self.v_proj))
-        scores = jnp.einsum("bqnh,bknh->bnqk", q, k) * (self.head_dim ** -0.5)
+        q, k, v = (
+            proj(x).reshape(b, t, self.num_heads, self.head_dim) for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        scores = jnp.einsum("bqnh,bknh->bnqk", q, k) * (self.head_dim**-0.5)
         probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
         return self.out_proj(jnp.einsum("bnqk,bknh->bqnh", probs, v).reshape(b, t, d))
 
@@ -172,9 +178,11 @@ class CLIPVisionModel(ImageDomain, nnx.Module):
         """Return HF's `hidden_states` (`num_layers + 1` entries, the first after `pre_layrnorm`) and the pooled CLS."""
         expected = (self.spec.num_channels, self.spec.image_size, self.spec.image_size)
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}; the vision tower expects "
-                             f"[images, {expected[0]}, {expected[1]}, {expected[2]}] "
-                             f"(NCHW, as the HF processor returns)")
+            raise ValueError(
+                f"pixel_values has shape {tuple(pixel_values.shape)}; the vision tower expects "
+                f"[images, {expected[0]}, {expected[1]}, {expected[2]}] "
+                f"(NCHW, as the HF processor returns)"
+            )
         h = self.pre_layrnorm(self.embeddings(pixel_values))
         hidden_states = [h]
         for layer in self.encoder.layers:

@@ -18,28 +18,82 @@ from typing import Any
 
 # Fields every `PretrainedConfig` carries (5.x) plus the generation and
 # bookkeeping fields that 4.x configs stored; none changes a forward pass.
-GENERIC_INERT = frozenset({
-    "_name_or_path", "architectures", "transformers_version", "model_type", "dtype", "torch_dtype",
-    "chunk_size_feed_forward", "is_encoder_decoder", "id2label", "label2id", "problem_type",
-    "output_attentions", "output_hidden_states", "return_dict", "use_cache", "initializer_range",
-    "initializer_factor", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id",
-    "decoder_start_token_id", "max_position_embeddings", "attention_dropout", "hidden_dropout",
-    "bad_words_ids", "begin_suppress_tokens", "diversity_penalty", "do_sample", "early_stopping",
-    "encoder_no_repeat_ngram_size", "exponential_decay_length_penalty", "finetuning_task",
-    "forced_bos_token_id", "forced_eos_token_id", "length_penalty", "max_length", "min_length",
-    "no_repeat_ngram_size", "num_beam_groups", "num_beams", "num_return_sequences", "output_scores",
-    "prefix", "remove_invalid_values", "repetition_penalty", "return_dict_in_generate",
-    "suppress_tokens", "task_specific_params", "temperature", "tf_legacy_loss", "tie_encoder_decoder",
-    "tokenizer_class", "top_k", "top_p", "typical_p", "use_bfloat16", "torchscript", "is_decoder",
-    "cross_attention_hidden_size",
-})
+GENERIC_INERT = frozenset(
+    {
+        "_name_or_path",
+        "architectures",
+        "transformers_version",
+        "model_type",
+        "dtype",
+        "torch_dtype",
+        "chunk_size_feed_forward",
+        "is_encoder_decoder",
+        "id2label",
+        "label2id",
+        "problem_type",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+        "use_cache",
+        "initializer_range",
+        "initializer_factor",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "sep_token_id",
+        "decoder_start_token_id",
+        "max_position_embeddings",
+        "attention_dropout",
+        "hidden_dropout",
+        "bad_words_ids",
+        "begin_suppress_tokens",
+        "diversity_penalty",
+        "do_sample",
+        "early_stopping",
+        "encoder_no_repeat_ngram_size",
+        "exponential_decay_length_penalty",
+        "finetuning_task",
+        "forced_bos_token_id",
+        "forced_eos_token_id",
+        "length_penalty",
+        "max_length",
+        "min_length",
+        "no_repeat_ngram_size",
+        "num_beam_groups",
+        "num_beams",
+        "num_return_sequences",
+        "output_scores",
+        "prefix",
+        "remove_invalid_values",
+        "repetition_penalty",
+        "return_dict_in_generate",
+        "suppress_tokens",
+        "task_specific_params",
+        "temperature",
+        "tf_legacy_loss",
+        "tie_encoder_decoder",
+        "tokenizer_class",
+        "top_k",
+        "top_p",
+        "typical_p",
+        "use_bfloat16",
+        "torchscript",
+        "is_decoder",
+        "cross_attention_hidden_size",
+    }
+)
 
 # Attributes transformers' shared code (masking, generation, attention setup) reads from any config with
 # `getattr`, whether or not the model's config class defines them: they change the computation unless
 # they hold their default.
-_READ_BY_SHARED_CODE = {"pruned_heads": ({}, None), "add_cross_attention": (False, None),
-                        "sliding_window": (None,), "layer_types": (None,), "attention_chunk_size": (None,),
-                        "is_causal": (True, None)}
+_READ_BY_SHARED_CODE = {
+    "pruned_heads": ({}, None),
+    "add_cross_attention": (False, None),
+    "sliding_window": (None,),
+    "layer_types": (None,),
+    "attention_chunk_size": (None,),
+    "is_causal": (True, None),
+}
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +117,19 @@ def check_fields(cfg: dict[str, Any], *, where: str, used: Iterable[str], inert:
     does not define are ignored by transformers, so they are accepted (and logged at debug level)."""
     known = set(used) | set(inert) | GENERIC_INERT
     defined = reference_fields(cfg["model_type"])
-    problems = [f"{k}={cfg[k]!r} (must be one of {list(v)})" for k, v in _READ_BY_SHARED_CODE.items()
-                if k in cfg and cfg[k] not in v]
-    problems += [f"{k}={cfg[k]!r}" for k in sorted(cfg)
-                 if k in defined and k not in known and k not in _READ_BY_SHARED_CODE]
+    problems = [
+        f"{k}={cfg[k]!r} (must be one of {list(v)})"
+        for k, v in _READ_BY_SHARED_CODE.items()
+        if k in cfg and cfg[k] not in v
+    ]
+    problems += [
+        f"{k}={cfg[k]!r}" for k in sorted(cfg) if k in defined and k not in known and k not in _READ_BY_SHARED_CODE
+    ]
     ignored = sorted(k for k in cfg if k not in defined and k not in known and k not in _READ_BY_SHARED_CODE)
     if ignored:
         log.debug("%s: fields transformers does not define, so ignores (and so does sgm_jax): %s", where, ignored)
     if problems:
-        raise UnsupportedConfigError(
-            f"{where}: config fields sgm_jax does not implement: {', '.join(problems)}")
+        raise UnsupportedConfigError(f"{where}: config fields sgm_jax does not implement: {', '.join(problems)}")
 
 
 def require(where: str, field: str, value: Any, allowed: Iterable[Any]) -> Any:

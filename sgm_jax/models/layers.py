@@ -38,8 +38,16 @@ class Linear(Site):
 
     hf_params: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {"kernel": ("weight", (1, 0)), "bias": ("bias", (0,))}
 
-    def __init__(self, in_features: int, out_features: int, *, use_bias: bool, axes: tuple[str | None, str | None],
-                 dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        use_bias: bool,
+        axes: tuple[str | None, str | None],
+        dtype,
+        rngs: nnx.Rngs,
+    ):
         self.kernel = param(rngs, (in_features, out_features), dtype, axes)
         self.bias = param(rngs, (out_features,), dtype, axes[1:], init="zeros") if use_bias else None
 
@@ -48,10 +56,12 @@ class Linear(Site):
 
     def folder(self, end: str) -> Fold:
         """An output gate scales the kernel's columns and the bias; an input gate the kernel's rows."""
+
         def fold(alpha):
             scale_axis(self.kernel, alpha, 1 if end == OUT else 0)
             if end == OUT and self.bias is not None:
                 scale_axis(self.bias, alpha, 0)
+
         return fold
 
     def forward(self, x: jax.Array) -> jax.Array:
@@ -84,8 +94,9 @@ class Embedding(Site):
 
     hf_params: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {"embedding": ("weight", (0, 1))}
 
-    def __init__(self, num_embeddings: int, features: int, *, axes: tuple[str | None, str | None], dtype,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, num_embeddings: int, features: int, *, axes: tuple[str | None, str | None], dtype, rngs: nnx.Rngs
+    ):
         self.embedding = param(rngs, (num_embeddings, features), dtype, axes)
 
     def site_widths(self) -> tuple[None, int]:

@@ -34,13 +34,15 @@ class LlamaSpec:
     tie_word_embeddings: bool
 
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any], *, where: str = "config",
-                tie_word_embeddings: bool | None = None) -> LlamaSpec:
+    def from_hf(
+        cls, cfg: dict[str, Any], *, where: str = "config", tie_word_embeddings: bool | None = None
+    ) -> LlamaSpec:
         """Read a `LlamaConfig.to_dict()`; `tie_word_embeddings` overrides the field (LLaVA keeps it on top)."""
         require(where, "model_type", cfg.get("model_type"), ["llama"])
         fields = [f.name for f in dataclasses.fields(cls) if f.name != "rope_theta"]
-        check_fields(cfg, where=where, used=fields + ["rope_parameters", "rope_theta", "rope_scaling"],
-                     inert=["pretraining_tp"])
+        check_fields(
+            cfg, where=where, used=fields + ["rope_parameters", "rope_theta", "rope_scaling"], inert=["pretraining_tp"]
+        )
         rope = cfg.get("rope_parameters") or {"rope_type": "default", "rope_theta": cfg.get("rope_theta", 10000.0)}
         require(where, "rope_parameters.rope_type", rope.get("rope_type"), ["default"])
         extra = sorted(set(rope) - {"rope_type", "rope_theta"})
@@ -52,23 +54,36 @@ class LlamaSpec:
         heads, kv_heads = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
         if heads % kv_heads:
             raise UnsupportedConfigError(
-                f"{where}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
+                f"{where}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}"
+            )
         return cls(
-            vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
-            num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=heads, num_key_value_heads=kv_heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads, hidden_act=cfg["hidden_act"],
-            rms_norm_eps=cfg["rms_norm_eps"], rope_theta=float(rope["rope_theta"]),
-            attention_bias=bool(cfg.get("attention_bias", False)), mlp_bias=bool(cfg.get("mlp_bias", False)),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)
-                                     if tie_word_embeddings is None else tie_word_embeddings),
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_hidden_layers=cfg["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            hidden_act=cfg["hidden_act"],
+            rms_norm_eps=cfg["rms_norm_eps"],
+            rope_theta=float(rope["rope_theta"]),
+            attention_bias=bool(cfg.get("attention_bias", False)),
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            tie_word_embeddings=bool(
+                cfg.get("tie_word_embeddings", False) if tie_word_embeddings is None else tie_word_embeddings
+            ),
         )
 
     def to_hf(self) -> dict[str, Any]:
         """The `LlamaConfig` dict this spec reads back from (what export and orbax checkpoints write)."""
         fields = dataclasses.asdict(self)
         theta = fields.pop("rope_theta")
-        return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], **fields,
-                "rope_parameters": {"rope_type": "default", "rope_theta": theta}}
+        return {
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            **fields,
+            "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+        }
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
@@ -126,8 +141,9 @@ class LlamaAttention(Site):
     def site_widths(self) -> tuple[int, int]:
         return self.o_proj.kernel.shape[1], self.o_proj.kernel.shape[1]
 
-    def forward(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
-                cache: LayerCache | None = None) -> jax.Array:
+    def forward(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, cache: LayerCache | None = None
+    ) -> jax.Array:
         """With `cache`, the new keys and values are appended to it and the queries attend over all its slots."""
         b, t, _ = x.shape
         groups = self.num_heads // self.num_kv_heads
@@ -137,7 +153,7 @@ class LlamaAttention(Site):
         if cache is not None:
             k, v = cache.append(k, v)
         q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
-        scores = jnp.einsum("bqkgh,bskh->bkgqs", q, k) * (self.head_dim ** -0.5)
+        scores = jnp.einsum("bqkgh,bskh->bkgqs", q, k) * (self.head_dim**-0.5)
         scores = jnp.where(mask[:, :, None], scores, jnp.finfo(scores.dtype).min)
         probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
         out = jnp.einsum("bkgqs,bskh->bqkgh", probs, v).reshape(b, t, self.num_heads * self.head_dim)
@@ -171,8 +187,9 @@ class LlamaDecoderLayer(Site):
     def site_widths(self) -> tuple[int, int]:
         return self.input_layernorm.site_widths()
 
-    def forward(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
-                cache: LayerCache | None = None) -> jax.Array:
+    def forward(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, cache: LayerCache | None = None
+    ) -> jax.Array:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache=cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -182,9 +199,10 @@ class LlamaModel(nnx.Module):
 
     def __init__(self, spec: LlamaSpec, *, dtype, rngs: nnx.Rngs):
         self.spec = spec
-        self.embed_tokens = Embedding(spec.vocab_size, spec.hidden_size, axes=("vocab", "embed"), dtype=dtype, rngs=rngs)
-        self.layers = nnx.List([LlamaDecoderLayer(spec, dtype=dtype, rngs=rngs)
-                                for _ in range(spec.num_hidden_layers)])
+        self.embed_tokens = Embedding(
+            spec.vocab_size, spec.hidden_size, axes=("vocab", "embed"), dtype=dtype, rngs=rngs
+        )
+        self.layers = nnx.List([LlamaDecoderLayer(spec, dtype=dtype, rngs=rngs) for _ in range(spec.num_hidden_layers)])
         self.norm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, dtype=dtype, rngs=rngs)
 
     def __call__(self, inputs_embeds: jax.Array, attention_mask: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
@@ -201,12 +219,18 @@ class LlamaModel(nnx.Module):
     def init_cache(self, batch: int, max_len: int) -> KVCache:
         """An empty cache with room for `max_len` tokens per row, in the compute dtype."""
         spec = self.spec
-        return KVCache.empty(layers=spec.num_hidden_layers, batch=batch, max_len=max_len,
-                             kv_heads=spec.num_key_value_heads, head_dim=spec.head_dim,
-                             dtype=self.embed_tokens.embedding.dtype)
+        return KVCache.empty(
+            layers=spec.num_hidden_layers,
+            batch=batch,
+            max_len=max_len,
+            kv_heads=spec.num_key_value_heads,
+            head_dim=spec.head_dim,
+            dtype=self.embed_tokens.embedding.dtype,
+        )
 
-    def forward_with_cache(self, inputs_embeds: jax.Array, token_mask: jax.Array,
-                           cache: KVCache) -> tuple[jax.Array, KVCache]:
+    def forward_with_cache(
+        self, inputs_embeds: jax.Array, token_mask: jax.Array, cache: KVCache
+    ) -> tuple[jax.Array, KVCache]:
         """Run new tokens after those in `cache`: the final normed hidden state of the new tokens and the new cache.
 
         `token_mask` `[batch, new]` is 1 for real tokens; their positions continue each row's count.
@@ -218,9 +242,13 @@ class LlamaModel(nnx.Module):
         h = inputs_embeds
         for layer, layer_cache in zip(self.layers, layer_caches):
             h = layer(h, cos, sin, mask, cache=layer_cache)
-        updated = KVCache(keys=tuple(c.keys for c in layer_caches), values=tuple(c.values for c in layer_caches),
-                          valid=valid, length=cache.length + token_mask.shape[1],
-                          next_position=cache.next_position + token_mask.sum(-1, dtype=jnp.int32))
+        updated = KVCache(
+            keys=tuple(c.keys for c in layer_caches),
+            values=tuple(c.values for c in layer_caches),
+            valid=valid,
+            length=cache.length + token_mask.shape[1],
+            next_position=cache.next_position + token_mask.sum(-1, dtype=jnp.int32),
+        )
         return self.norm(h), updated
 
 
@@ -236,8 +264,13 @@ class LlamaForCausalLM(CausalLM):
 
     def __init__(self, spec: LlamaSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.model = LlamaModel(spec, dtype=dtype, rngs=rngs)
-        self.lm_head = None if spec.tie_word_embeddings else Linear(
-            spec.hidden_size, spec.vocab_size, use_bias=False, axes=("embed", "vocab"), dtype=dtype, rngs=rngs)
+        self.lm_head = (
+            None
+            if spec.tie_word_embeddings
+            else Linear(
+                spec.hidden_size, spec.vocab_size, use_bias=False, axes=("embed", "vocab"), dtype=dtype, rngs=rngs
+            )
+        )
 
     @property
     def spec(self) -> LlamaSpec:
@@ -248,14 +281,18 @@ class LlamaForCausalLM(CausalLM):
         input_ids = jnp.asarray(input_ids)
         attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
         hidden, stream = self.model(self.model.embed_tokens(input_ids), attention_mask)
-        return {"logits": output_logits(self.lm_head, self.model.embed_tokens, hidden), "text_stream": stream,
-                "text_final": hidden}
+        return {
+            "logits": output_logits(self.lm_head, self.model.embed_tokens, hidden),
+            "text_stream": stream,
+            "text_final": hidden,
+        }
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
         return self.model.init_cache(batch, max_len)
 
-    def forward_with_cache(self, input_ids, cache: KVCache, *, attention_mask=None,
-                           last_only: bool = False) -> tuple[jax.Array, KVCache]:
+    def forward_with_cache(
+        self, input_ids, cache: KVCache, *, attention_mask=None, last_only: bool = False
+    ) -> tuple[jax.Array, KVCache]:
         """Traceable: the logits of new tokens run after those in `cache`, and the updated cache.
 
         With `last_only`, only the last position's logits `[batch, vocab]` (all a decoding step needs).

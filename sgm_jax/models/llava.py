@@ -43,30 +43,52 @@ class LlavaSpec:
     @classmethod
     def from_hf(cls, cfg: dict[str, Any], *, where: str = "config") -> LlavaSpec:
         require(where, "model_type", cfg.get("model_type"), ["llava"])
-        check_fields(cfg, where=where,
-                     used=["text_config", "vision_config", "image_token_index", "image_token_id",
-                           "vision_feature_layer", "vision_feature_select_strategy", "projector_hidden_act",
-                           "multimodal_projector_bias", "tie_word_embeddings"],
-                     inert=["image_seq_length", "ignore_index", "vocab_size"])
+        check_fields(
+            cfg,
+            where=where,
+            used=[
+                "text_config",
+                "vision_config",
+                "image_token_index",
+                "image_token_id",
+                "vision_feature_layer",
+                "vision_feature_select_strategy",
+                "projector_hidden_act",
+                "multimodal_projector_bias",
+                "tie_word_embeddings",
+            ],
+            inert=["image_seq_length", "ignore_index", "vocab_size"],
+        )
         vision = ClipVisionSpec.from_hf(cfg["vision_config"], where=f"{where}.vision_config")
-        text = LlamaSpec.from_hf(cfg["text_config"], where=f"{where}.text_config",
-                                 tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+        text = LlamaSpec.from_hf(
+            cfg["text_config"],
+            where=f"{where}.text_config",
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        )
         layer = cfg.get("vision_feature_layer", -2)
         layers = (layer,) if isinstance(layer, int) else tuple(layer)
         n_states = vision.num_hidden_layers + 1
         bad = [i for i in layers if not -n_states <= i < n_states]
         if bad or not layers:
-            raise UnsupportedConfigError(f"{where}: vision_feature_layer={layer!r} is out of range for a vision "
-                                         f"tower with {n_states} hidden states")
+            raise UnsupportedConfigError(
+                f"{where}: vision_feature_layer={layer!r} is out of range for a vision "
+                f"tower with {n_states} hidden states"
+            )
         token = cfg.get("image_token_index", cfg.get("image_token_id"))
         return cls(
-            text=text, vision=vision, image_token_index=int(token),
+            text=text,
+            vision=vision,
+            image_token_index=int(token),
             vision_feature_layer=layer if isinstance(layer, int) else layers,
-            vision_feature_select_strategy=require(where, "vision_feature_select_strategy",
-                                                   cfg.get("vision_feature_select_strategy", "default"),
-                                                   ["default", "full"]),
-            projector_hidden_act=require(where, "projector_hidden_act", cfg.get("projector_hidden_act", "gelu"),
-                                         ACTIVATIONS),
+            vision_feature_select_strategy=require(
+                where,
+                "vision_feature_select_strategy",
+                cfg.get("vision_feature_select_strategy", "default"),
+                ["default", "full"],
+            ),
+            projector_hidden_act=require(
+                where, "projector_hidden_act", cfg.get("projector_hidden_act", "gelu"), ACTIVATIONS
+            ),
             multimodal_projector_bias=bool(cfg.get("multimodal_projector_bias", True)),
         )
 
@@ -76,13 +98,17 @@ class LlavaSpec:
         del text["architectures"]
         layer = self.vision_feature_layer
         return {
-            "model_type": "llava", "architectures": ["LlavaForConditionalGeneration"], "text_config": text,
-            "vision_config": self.vision.to_hf(), "image_token_index": self.image_token_index,
+            "model_type": "llava",
+            "architectures": ["LlavaForConditionalGeneration"],
+            "text_config": text,
+            "vision_config": self.vision.to_hf(),
+            "image_token_index": self.image_token_index,
             "vision_feature_layer": layer if isinstance(layer, int) else list(layer),
             "vision_feature_select_strategy": self.vision_feature_select_strategy,
             "projector_hidden_act": self.projector_hidden_act,
             "multimodal_projector_bias": self.multimodal_projector_bias,
-            "tie_word_embeddings": self.text.tie_word_embeddings, "image_seq_length": self.features_per_image,
+            "tie_word_embeddings": self.text.tie_word_embeddings,
+            "image_seq_length": self.features_per_image,
         }
 
 
@@ -150,9 +176,18 @@ class LlavaForConditionalGeneration(CausalLM):
 
     def __init__(self, spec: LlavaSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.model = LlavaModel(spec, dtype=dtype, rngs=rngs)
-        self.lm_head = None if spec.text.tie_word_embeddings else Linear(
-            spec.text.hidden_size, spec.text.vocab_size, use_bias=False, axes=("embed", "vocab"), dtype=dtype,
-            rngs=rngs)
+        self.lm_head = (
+            None
+            if spec.text.tie_word_embeddings
+            else Linear(
+                spec.text.hidden_size,
+                spec.text.vocab_size,
+                use_bias=False,
+                axes=("embed", "vocab"),
+                dtype=dtype,
+                rngs=rngs,
+            )
+        )
 
     @property
     def spec(self) -> LlavaSpec:
@@ -176,7 +211,8 @@ class LlavaForConditionalGeneration(CausalLM):
             raise ValueError(
                 f"Image features and image tokens do not match: input_ids hold {found} <image> tokens "
                 f"(id {self.image_token_id}) but {expected // self.tokens_per_image} image(s) give {expected} "
-                f"features ({self.tokens_per_image} per image)")
+                f"features ({self.tokens_per_image} per image)"
+            )
 
     def image_rows(self, input_ids: np.ndarray, images: Mapping[str, Any]) -> np.ndarray:
         per_row = (np.asarray(input_ids) == self.image_token_id).sum(1) // self.tokens_per_image
@@ -197,14 +233,19 @@ class LlavaForConditionalGeneration(CausalLM):
         lm = self.model.language_model
         embeds, vision_hidden = self.input_embeddings(input_ids, pixel_values)
         hidden, stream = lm(embeds, attention_mask)
-        return {"logits": output_logits(self.lm_head, lm.embed_tokens, hidden), "vision_hidden_states": vision_hidden,
-                "text_stream": stream, "text_final": hidden}
+        return {
+            "logits": output_logits(self.lm_head, lm.embed_tokens, hidden),
+            "vision_hidden_states": vision_hidden,
+            "text_stream": stream,
+            "text_final": hidden,
+        }
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
         return self.model.language_model.init_cache(batch, max_len)
 
-    def forward_with_cache(self, input_ids, cache: KVCache, *, pixel_values=None, attention_mask=None,
-                           last_only: bool = False) -> tuple[jax.Array, KVCache]:
+    def forward_with_cache(
+        self, input_ids, cache: KVCache, *, pixel_values=None, attention_mask=None, last_only: bool = False
+    ) -> tuple[jax.Array, KVCache]:
         """Traceable: the logits of new tokens run after those in `cache`, and the updated cache.
 
         Images fill the new tokens' `<image>` positions as in `forward`. With `last_only`, only

@@ -11,10 +11,13 @@ from sgm_jax.models.config import UnsupportedConfigError
 from sgm_jax.models.llama import LlamaForCausalLM
 from sgm_jax.models.llava import LlavaForConditionalGeneration
 
-FAMILIES: dict[str, type[CausalLM]] = {cls.model_type: cls for cls in (
-    LlamaForCausalLM,
-    LlavaForConditionalGeneration,
-)}
+FAMILIES: dict[str, type[CausalLM]] = {
+    cls.model_type: cls
+    for cls in (
+        LlamaForCausalLM,
+        LlavaForConditionalGeneration,
+    )
+}
 
 
 def family(model_type: str | None) -> type[CausalLM]:

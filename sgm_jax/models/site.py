@@ -78,8 +78,9 @@ class Site(nnx.Module):
             self.sow(nnx.Intermediate, OUT, y)
         return y
 
-    def gated_forward(self, x: jax.Array, gate_in: jax.Array | None, gate_out: jax.Array | None, *args,
-                      **kwargs) -> jax.Array:
+    def gated_forward(
+        self, x: jax.Array, gate_in: jax.Array | None, gate_out: jax.Array | None, *args, **kwargs
+    ) -> jax.Array:
         """`forward` with the input and output multiplied by the gates; layers with a cheaper equivalent override it."""
         if gate_in is not None:
             x = x * gate_in.astype(x.dtype)

@@ -44,8 +44,9 @@ def _folder(directory: str | os.PathLike | Traversable) -> Traversable:
 
 def list_recipes(directory: str | os.PathLike | Traversable = RECIPE_DIR) -> list[str]:
     """The recipe names in `directory` (by default the bundled ones)."""
-    return sorted(entry.name[:-5] for entry in _folder(directory).iterdir()
-                  if entry.name.endswith(".toml") and entry.is_file())
+    return sorted(
+        entry.name[:-5] for entry in _folder(directory).iterdir() if entry.name.endswith(".toml") and entry.is_file()
+    )
 
 
 def load_recipe(name_or_path: str, directory: str | os.PathLike | Traversable = RECIPE_DIR) -> Recipe:
@@ -70,14 +71,23 @@ def load_recipe(name_or_path: str, directory: str | os.PathLike | Traversable = 
         well_formed = isinstance(axes, dict) and not set(axes) - set(_MESH_AXES)
         if not well_formed or not all(isinstance(v, int) and v >= 1 for v in axes.values()):
             raise RecipeError(f"{path}: mesh.{hint} must map {list(_MESH_AXES)} to positive integers, got {axes}")
-    return Recipe(name=raw["name"], hf_id=raw["hf_id"], family=raw["family"], dtype=raw["dtype"],
-                  parameters=raw["parameters"], default_sites=tuple(raw["sites"]["default"]),
-                  prompt_format=raw["prompt"]["format"], use_chat_template=raw["prompt"]["use_chat_template"],
-                  mesh=raw["mesh"], path=path)
+    return Recipe(
+        name=raw["name"],
+        hf_id=raw["hf_id"],
+        family=raw["family"],
+        dtype=raw["dtype"],
+        parameters=raw["parameters"],
+        default_sites=tuple(raw["sites"]["default"]),
+        prompt_format=raw["prompt"]["format"],
+        use_chat_template=raw["prompt"]["use_chat_template"],
+        mesh=raw["mesh"],
+        path=path,
+    )
 
 
 def _expect_keys(table: dict, keys: set[str], path: str, prefix: str) -> None:
     missing, unknown = sorted(keys - set(table)), sorted(set(table) - keys)
     if missing or unknown:
-        raise RecipeError(f"{path}: missing fields {[prefix + k for k in missing]}, "
-                          f"unknown fields {[prefix + k for k in unknown]}")
+        raise RecipeError(
+            f"{path}: missing fields {[prefix + k for k in missing]}, unknown fields {[prefix + k for k in unknown]}"
+        )

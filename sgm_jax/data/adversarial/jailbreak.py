@@ -32,16 +32,19 @@ def read_jailbreak_templates(path: str) -> list[str]:
             raise DatasetError(f"{path}: expected a JSON list of template strings, got {type(templates).__name__}")
         for index, template in enumerate(templates):
             if not isinstance(template, str):
-                raise DatasetError(f"{path}: template {index} (counting from 0) is a {type(template).__name__}, "
-                                   "not a string")
+                raise DatasetError(
+                    f"{path}: template {index} (counting from 0) is a {type(template).__name__}, not a string"
+                )
     else:
         templates = [block.strip("\n") for block in re.split(r"\n[ \t]*\n", text) if block.strip()]
     if not templates:
         raise DatasetError(f"{path}: no templates")
     for index, template in enumerate(templates):
         if PLACEHOLDER not in template:
-            raise DatasetError(f"{path}: template {index} (counting from 0, starting {template[:40]!r}) has no "
-                               f"{PLACEHOLDER} placeholder for the question")
+            raise DatasetError(
+                f"{path}: template {index} (counting from 0, starting {template[:40]!r}) has no "
+                f"{PLACEHOLDER} placeholder for the question"
+            )
     return templates
 
 
@@ -50,7 +53,11 @@ def apply_jailbreak(sample: Sample, template: str, index: int) -> Sample:
     id "<id>/jailbreak<index>"; the template's index is kept in meta."""
     if PLACEHOLDER not in template:
         raise ValueError(f"jailbreak template {index} has no {PLACEHOLDER} placeholder for the question")
-    return dataclasses.replace(sample, id=f"{sample.id}/jailbreak{index}",
-                               prompt=template.replace(PLACEHOLDER, sample.prompt), response=None,
-                               condition="jailbreak", meta={**sample.meta, "source_id": sample.id,
-                                                            "jailbreak_template": index})
+    return dataclasses.replace(
+        sample,
+        id=f"{sample.id}/jailbreak{index}",
+        prompt=template.replace(PLACEHOLDER, sample.prompt),
+        response=None,
+        condition="jailbreak",
+        meta={**sample.meta, "source_id": sample.id, "jailbreak_template": index},
+    )

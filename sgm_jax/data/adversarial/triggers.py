@@ -31,6 +31,13 @@ def apply_trigger(sample: Sample, index: int = 0, *, triggers: Sequence[str] = T
     """
     if not 0 <= index < len(triggers):
         raise ValueError(f"trigger index {index} out of range: there are {len(triggers)} triggers")
-    return dataclasses.replace(sample, id=f"{sample.id}/trigger{index}", prompt=triggers[index], response=None,
-                               condition="trigger", options=None, answer=None,
-                               meta={**sample.meta, "source_id": sample.id, "trigger": index})
+    return dataclasses.replace(
+        sample,
+        id=f"{sample.id}/trigger{index}",
+        prompt=triggers[index],
+        response=None,
+        condition="trigger",
+        options=None,
+        answer=None,
+        meta={**sample.meta, "source_id": sample.id, "trigger": index},
+    )

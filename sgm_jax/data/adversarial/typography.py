@@ -91,12 +91,20 @@ def _on_canvas(size: tuple[int, int], text: str, font_size: int) -> Image.Image:
             image = Image.new("RGB", (width, height), WHITE)
             _draw(image, lines, font, margin, margin)
             return image
-    raise ValueError(f"text of {len(text)} characters does not fit a {width}x{height} image even at font size "
-                     f"{MIN_FONT_SIZE}; use a larger size or shorter text")
+    raise ValueError(
+        f"text of {len(text)} characters does not fit a {width}x{height} image even at font size "
+        f"{MIN_FONT_SIZE}; use a larger size or shorter text"
+    )
 
 
-def typographic_image(text: str, *, base: Image.Image | None = None, size: tuple[int, int] = (336, 336),
-                      font_size: int | None = None, numbered_steps: int = 0) -> Image.Image:
+def typographic_image(
+    text: str,
+    *,
+    base: Image.Image | None = None,
+    size: tuple[int, int] = (336, 336),
+    font_size: int | None = None,
+    numbered_steps: int = 0,
+) -> Image.Image:
     """`text` as black-on-white typography, an RGB image.
 
     Without `base`: a blank `size` (width, height) canvas, text from the top left, wrapped to

@@ -10,5 +10,13 @@ from sgm_jax.data.readers.mmsafetybench import read_mmsafetybench
 from sgm_jax.data.readers.sgm_sheet import read_sgm_sheet
 from sgm_jax.data.samples import read_jsonl as read_native
 
-__all__ = ["FORMATS", "detect_format", "read_dataset", "read_jailbreakv", "read_mcq", "read_mmsafetybench",
-           "read_native", "read_sgm_sheet"]
+__all__ = [
+    "FORMATS",
+    "detect_format",
+    "read_dataset",
+    "read_jailbreakv",
+    "read_mcq",
+    "read_mmsafetybench",
+    "read_native",
+    "read_sgm_sheet",
+]

@@ -31,8 +31,9 @@ class SampleCollector:
             if self.skip_missing_images:
                 self.skipped += 1
                 return
-            raise DatasetError(f"{where}: image {image_as_written or sample.image!r} not found "
-                               f"(looked for {sample.image})")
+            raise DatasetError(
+                f"{where}: image {image_as_written or sample.image!r} not found (looked for {sample.image})"
+            )
         self.samples.append(sample)
 
     def finish(self) -> list[Sample]:

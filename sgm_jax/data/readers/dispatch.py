@@ -37,13 +37,17 @@ def detect_format(path: str) -> str:
     if os.path.isdir(path):
         if os.path.isdir(os.path.join(path, mmsafetybench.QUESTIONS_DIR)):
             return "mmsafetybench"
-        raise DatasetError(f"{path}: a folder, but not an MM-SafetyBench data root (no "
-                           f"{mmsafetybench.QUESTIONS_DIR}/); the formats are:\n{_formats_list()}")
+        raise DatasetError(
+            f"{path}: a folder, but not an MM-SafetyBench data root (no "
+            f"{mmsafetybench.QUESTIONS_DIR}/); the formats are:\n{_formats_list()}"
+        )
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: no such file or folder")
     if not path.lower().endswith(TABLE_SUFFIXES):
-        raise DatasetError(f"{path}: cannot tell the dataset format from a file named so (expected a folder or "
-                           f"one of {list(TABLE_SUFFIXES)}); the formats are:\n{_formats_list()}")
+        raise DatasetError(
+            f"{path}: cannot tell the dataset format from a file named so (expected a folder or "
+            f"one of {list(TABLE_SUFFIXES)}); the formats are:\n{_formats_list()}"
+        )
     names = set(columns(path))
     if not names:
         raise DatasetError(f"{path}: empty file")
@@ -55,8 +59,10 @@ def detect_format(path: str) -> str:
         return "native"
     if {"name", "prompt"} <= names:
         return "sgm-sheet"
-    raise DatasetError(f"{path}: cannot tell the dataset format from its columns {sorted(names)}; "
-                       f"pass format= one of:\n{_formats_list()}")
+    raise DatasetError(
+        f"{path}: cannot tell the dataset format from its columns {sorted(names)}; "
+        f"pass format= one of:\n{_formats_list()}"
+    )
 
 
 def read_dataset(path: str, format: str | None = None, **options: Any) -> list[Sample]:

@@ -50,7 +50,14 @@ def read_jailbreakv(path: str, *, root: str | None = None, skip_missing_images: 
             if flag is not None:
                 meta[column] = flag
         image = row["image_path"].strip()
-        sample = Sample(id=row["id"].strip(), prompt=row["jailbreak_query"], image=resolve(image, root), label=1,
-                        category=row["policy"].strip(), condition=condition_of(row["format"]), meta=meta)
+        sample = Sample(
+            id=row["id"].strip(),
+            prompt=row["jailbreak_query"],
+            image=resolve(image, root),
+            label=1,
+            category=row["policy"].strip(),
+            condition=condition_of(row["format"]),
+            meta=meta,
+        )
         collector.add(sample, where, image)
     return collector.finish()

@@ -28,8 +28,9 @@ def _options(row: dict[str, str], where: str) -> tuple[str, ...]:
         raise DatasetError(f"{where}: needs options A and B")
     if any(present[count:]):
         later = [letter for letter, given in zip(LETTERS[count:], present[count:]) if given]
-        raise DatasetError(f"{where}: option {LETTERS[count]} is empty but {later} are not; "
-                           "fill the options from A without gaps")
+        raise DatasetError(
+            f"{where}: option {LETTERS[count]} is empty but {later} are not; fill the options from A without gaps"
+        )
     return tuple(row[letter] for letter in LETTERS[:count])
 
 
@@ -43,16 +44,22 @@ def read_mcq(path: str, *, skip_missing_images: bool = False) -> list[Sample]:
             raise DatasetError(f"{where}: missing 'question'")
         options = _options(row, where)
         answer = row["answer"].strip().upper()
-        if answer not in LETTERS[:len(options)]:
-            raise DatasetError(f"{where}: answer {row['answer']!r} is not one of the option letters "
-                               f"{list(LETTERS[:len(options)])}")
+        if answer not in LETTERS[: len(options)]:
+            raise DatasetError(
+                f"{where}: answer {row['answer']!r} is not one of the option letters {list(LETTERS[: len(options)])}"
+            )
         hint = row["hint"].strip()
         image = row["image"].strip()
-        sample = Sample(id=row["id"].strip() or row["index"].strip() or str(number),
-                        prompt=f"{hint}\n{question}" if hint else question,
-                        image=resolve(image, base) if image else None, label=0,
-                        category=row["category"].strip() or None, split=row["split"].strip() or None,
-                        options=options, answer=answer,
-                        meta={column: row[column] for column in _META_COLUMNS if row[column].strip()})
+        sample = Sample(
+            id=row["id"].strip() or row["index"].strip() or str(number),
+            prompt=f"{hint}\n{question}" if hint else question,
+            image=resolve(image, base) if image else None,
+            label=0,
+            category=row["category"].strip() or None,
+            split=row["split"].strip() or None,
+            options=options,
+            answer=answer,
+            meta={column: row[column] for column in _META_COLUMNS if row[column].strip()},
+        )
         collector.add(sample, where, image or None)
     return collector.finish()

@@ -25,8 +25,12 @@ IMAGE_TYPES = {"SD": "Rephrased Question(SD)", "SD_TYPO": "Rephrased Question", 
 TEXT_ONLY_FIELD = "Question"
 QUESTIONS_DIR = "processed_questions"
 IMAGES_DIR = "imgs"
-_META_FIELDS = {"Question": "question", "Key Phrase": "key_phrase", "Phrase Type": "phrase_type",
-                "Changed Question": "changed_question"}
+_META_FIELDS = {
+    "Question": "question",
+    "Key Phrase": "key_phrase",
+    "Phrase Type": "phrase_type",
+    "Changed Question": "changed_question",
+}
 
 
 def scenarios_in(root: str) -> list[str]:
@@ -34,7 +38,7 @@ def scenarios_in(root: str) -> list[str]:
     folder = os.path.join(root, QUESTIONS_DIR)
     if not os.path.isdir(folder):
         raise DatasetError(f"{root}: not an MM-SafetyBench data root (no {QUESTIONS_DIR}/ folder)")
-    return sorted(name[:-len(".json")] for name in os.listdir(folder) if name.endswith(".json"))
+    return sorted(name[: -len(".json")] for name in os.listdir(folder) if name.endswith(".json"))
 
 
 def _questions(path: str) -> list[tuple[str, Any]]:
@@ -46,8 +50,9 @@ def _questions(path: str) -> list[tuple[str, Any]]:
     except UnicodeDecodeError as err:
         raise DatasetError(f"{path}: not UTF-8 text ({err.reason})") from None
     if not isinstance(data, dict):
-        raise DatasetError(f"{path}: expected a JSON object mapping question ids to questions, "
-                           f"got {type(data).__name__}")
+        raise DatasetError(
+            f"{path}: expected a JSON object mapping question ids to questions, got {type(data).__name__}"
+        )
     if not data:
         raise DatasetError(f"{path}: no questions")
     return sorted(data.items(), key=_numeric_first)
@@ -66,9 +71,14 @@ def _field(question: dict[str, Any], name: str, where: str) -> str:
     return value
 
 
-def read_mmsafetybench(root: str, *, image_types: Sequence[str] = ("SD", "SD_TYPO", "TYPO"),
-                       text_only: bool = False, scenarios: Sequence[str] | None = None,
-                       skip_missing_images: bool = False) -> list[Sample]:
+def read_mmsafetybench(
+    root: str,
+    *,
+    image_types: Sequence[str] = ("SD", "SD_TYPO", "TYPO"),
+    text_only: bool = False,
+    scenarios: Sequence[str] | None = None,
+    skip_missing_images: bool = False,
+) -> list[Sample]:
     """Every chosen scenario's questions under each chosen image type (and text-only if asked), scenario by scenario.
 
     Conditions are "sd", "sd_typo", "typo" and "text_only"; ids read "<scenario>/<condition>/<question id>".
@@ -78,8 +88,7 @@ def read_mmsafetybench(root: str, *, image_types: Sequence[str] = ("SD", "SD_TYP
         scenarios = [scenarios]
     unknown_types = [t for t in image_types if t not in IMAGE_TYPES]
     if unknown_types:
-        raise DatasetError(f"{root}: unknown MM-SafetyBench image types {unknown_types} "
-                           f"(known: {list(IMAGE_TYPES)})")
+        raise DatasetError(f"{root}: unknown MM-SafetyBench image types {unknown_types} (known: {list(IMAGE_TYPES)})")
     if not image_types and not text_only:
         raise DatasetError(f"{root}: no image types and no text-only questions chosen, so nothing to read")
     available = scenarios_in(root)
@@ -99,13 +108,26 @@ def read_mmsafetybench(root: str, *, image_types: Sequence[str] = ("SD", "SD_TYP
             for image_type in image_types:
                 condition = image_type.lower()
                 image = os.path.join(IMAGES_DIR, scenario, image_type, f"{question_id}.jpg")
-                sample = Sample(id=f"{scenario}/{condition}/{question_id}",
-                                prompt=_field(question, IMAGE_TYPES[image_type], where),
-                                image=resolve(image, root), label=1,
-                                category=scenario, condition=condition, meta=dict(meta))
+                sample = Sample(
+                    id=f"{scenario}/{condition}/{question_id}",
+                    prompt=_field(question, IMAGE_TYPES[image_type], where),
+                    image=resolve(image, root),
+                    label=1,
+                    category=scenario,
+                    condition=condition,
+                    meta=dict(meta),
+                )
                 collector.add(sample, where, image)
             if text_only:
-                collector.add(Sample(id=f"{scenario}/text_only/{question_id}",
-                                     prompt=_field(question, TEXT_ONLY_FIELD, where), label=1, category=scenario,
-                                     condition="text_only", meta=dict(meta)), where)
+                collector.add(
+                    Sample(
+                        id=f"{scenario}/text_only/{question_id}",
+                        prompt=_field(question, TEXT_ONLY_FIELD, where),
+                        label=1,
+                        category=scenario,
+                        condition="text_only",
+                        meta=dict(meta),
+                    ),
+                    where,
+                )
     return collector.finish()

@@ -29,8 +29,10 @@ OPTIONAL = ("output", "label", "category", "scenario")
 
 # The headers are exact; the whitespace around the question and before the answer varies from row to row in the
 # release (" ", "\n\n", " \n\n", "  \n", ...), so it is matched loosely and dropped.
-TEMPLATES = {name: re.compile(header + r"(?P<question>.*?\S)\s*ASSISTANT:\s*(?P<answer>\S.*)", re.DOTALL)
-             for name, header in (("user-turn", "USER:  \n"), ("assistant-echo", "USER:\nASSISTANT: "))}
+TEMPLATES = {
+    name: re.compile(header + r"(?P<question>.*?\S)\s*ASSISTANT:\s*(?P<answer>\S.*)", re.DOTALL)
+    for name, header in (("user-turn", "USER:  \n"), ("assistant-echo", "USER:\nASSISTANT: "))
+}
 
 
 def parse_label(text: str, where: str) -> int | None:
@@ -51,8 +53,11 @@ def strip_turns(prompt: str, output: str) -> tuple[str, str | None, dict[str, st
         match = template.fullmatch(output)
         if match:
             question = match["question"]
-            return question, match["answer"], {"output_template": name, "output": output,
-                                               **({"sheet_prompt": prompt} if prompt != question else {})}
+            return (
+                question,
+                match["answer"],
+                {"output_template": name, "output": output, **({"sheet_prompt": prompt} if prompt != question else {})},
+            )
     return prompt, output, {"output_template": None}
 
 
@@ -68,9 +73,14 @@ def read_sgm_sheet(path: str, *, image_dir: str | None = None, skip_missing_imag
             raise DatasetError(f"{where}: missing 'prompt'")
         category, scenario = row["category"].strip(), row["scenario"].strip()
         prompt, response, stripped = strip_turns(prompt, row["output"])
-        sample = Sample(id=f"{os.path.splitext(name)[0]}/row{number}", prompt=prompt, image=resolve(name, image_dir),
-                        response=response, label=parse_label(row["label"], where),
-                        category=category or scenario or None,
-                        meta={"name": name, **({"scenario": scenario} if category and scenario else {}), **stripped})
+        sample = Sample(
+            id=f"{os.path.splitext(name)[0]}/row{number}",
+            prompt=prompt,
+            image=resolve(name, image_dir),
+            response=response,
+            label=parse_label(row["label"], where),
+            category=category or scenario or None,
+            meta={"name": name, **({"scenario": scenario} if category and scenario else {}), **stripped},
+        )
         collector.add(sample, where, name)
     return collector.finish()

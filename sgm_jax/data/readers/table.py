@@ -19,9 +19,9 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".xlsx", ".jsonl")
 
 
 class Row(NamedTuple):
-    where: str                # "<file>: row <N>" or "<file>:<line>", for messages
-    number: int               # N: the spreadsheet row or the JSONL line
-    values: dict[str, str]    # every column of the schema, '' where absent or empty
+    where: str  # "<file>: row <N>" or "<file>:<line>", for messages
+    number: int  # N: the spreadsheet row or the JSONL line
+    values: dict[str, str]  # every column of the schema, '' where absent or empty
 
 
 def _text(value: Any, where: str, column: str) -> str:
@@ -40,8 +40,9 @@ def _text(value: Any, where: str, column: str) -> str:
 def _suffix(path: str) -> str:
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in TABLE_SUFFIXES:
-        raise DatasetError(f"{path}: cannot read {suffix or 'a file without a suffix'} here "
-                           f"(expected one of {list(TABLE_SUFFIXES)})")
+        raise DatasetError(
+            f"{path}: cannot read {suffix or 'a file without a suffix'} here (expected one of {list(TABLE_SUFFIXES)})"
+        )
     return suffix
 
 
@@ -57,16 +58,19 @@ def _xlsx(path: str) -> Iterator[list[Any]]:
     try:
         import openpyxl
     except ImportError:
-        raise DatasetError(f'{path}: reading .xlsx needs openpyxl: pip install "sgm-jax[xlsx]" '
-                           "(or save the sheet as .csv)") from None
+        raise DatasetError(
+            f'{path}: reading .xlsx needs openpyxl: pip install "sgm-jax[xlsx]" (or save the sheet as .csv)'
+        ) from None
     try:
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except Exception as err:
         raise DatasetError(f"{path}: not a readable .xlsx workbook ({err})") from None
     try:
         if len(workbook.sheetnames) != 1:
-            raise DatasetError(f"{path}: has sheets {workbook.sheetnames}; save the one to read as a workbook "
-                               "of its own so no sheet is left out unnoticed")
+            raise DatasetError(
+                f"{path}: has sheets {workbook.sheetnames}; save the one to read as a workbook "
+                "of its own so no sheet is left out unnoticed"
+            )
         for row in workbook.worksheets[0].iter_rows(values_only=True):
             yield list(row)
     finally:
@@ -94,16 +98,18 @@ def _header(where: str, cells: list[Any]) -> list[str | None]:
     return names
 
 
-def check_columns(columns: Sequence[str], required: Sequence[str], optional: Sequence[str], where: str,
-                  what: str) -> None:
+def check_columns(
+    columns: Sequence[str], required: Sequence[str], optional: Sequence[str], where: str, what: str
+) -> None:
     """Refuse missing and unknown columns, naming them and the columns the format knows."""
     missing = [c for c in required if c not in columns]
     if missing:
         raise DatasetError(f"{where}: missing columns {missing} (a {what} file needs {list(required)})")
     unknown = [c for c in columns if c not in required and c not in optional]
     if unknown:
-        raise DatasetError(f"{where}: unknown columns {unknown} (a {what} file has {list(required)} "
-                           f"and optionally {list(optional)})")
+        raise DatasetError(
+            f"{where}: unknown columns {unknown} (a {what} file has {list(required)} and optionally {list(optional)})"
+        )
 
 
 def columns(path: str) -> list[str]:

@@ -11,5 +11,16 @@ from sgm_jax.evaluate.judges.lexicon import LexiconJudge
 from sgm_jax.evaluate.judges.refusal import REFUSAL_PHRASES, RefusalJudge, is_refusal
 from sgm_jax.evaluate.judges.self_judge import SelfJudge
 
-__all__ = ["ChatJudge", "ClassifierJudge", "Judge", "JudgeError", "LexiconJudge", "REFUSAL_PHRASES", "RefusalJudge",
-           "SelfJudge", "Verdict", "is_refusal", "make_judge"]
+__all__ = [
+    "ChatJudge",
+    "ClassifierJudge",
+    "Judge",
+    "JudgeError",
+    "LexiconJudge",
+    "REFUSAL_PHRASES",
+    "RefusalJudge",
+    "SelfJudge",
+    "Verdict",
+    "is_refusal",
+    "make_judge",
+]

@@ -46,8 +46,7 @@ class Judge:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
-def check_items(items: Sequence[Item], categories: Sequence[str | None] | None
-                ) -> tuple[list[Item], list[str | None]]:
+def check_items(items: Sequence[Item], categories: Sequence[str | None] | None) -> tuple[list[Item], list[str | None]]:
     """Items as (question, answer, image) triples and one category per item, or a clear error."""
     checked = []
     for i, item in enumerate(items):

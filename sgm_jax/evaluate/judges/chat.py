@@ -48,15 +48,29 @@ class ChatJudge(Judge):
     429 and 5xx, timeouts and connection errors, `max_retries` times; other HTTP errors fail at once.
     """
 
-    def __init__(self, *, base_url: str | None = None, model: str | None = None, api_key: str | None = None,
-                 templates: Mapping[str, str] | None = None, max_workers: int = 8, max_retries: int = 5,
-                 backoff: float = 1.0, timeout: float = 60.0, max_tokens: int = 10, temperature: float = 0.0,
-                 cache: bool = True, cache_dir: str | None = None):
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        templates: Mapping[str, str] | None = None,
+        max_workers: int = 8,
+        max_retries: int = 5,
+        backoff: float = 1.0,
+        timeout: float = 60.0,
+        max_tokens: int = 10,
+        temperature: float = 0.0,
+        cache: bool = True,
+        cache_dir: str | None = None,
+    ):
         base_url = base_url or os.environ.get("SGM_JAX_JUDGE_BASE_URL")
         model = model or os.environ.get("SGM_JAX_JUDGE_MODEL")
         if not base_url:
-            raise JudgeError("the chat judge needs the endpoint's base URL: pass base_url=... or set "
-                             "SGM_JAX_JUDGE_BASE_URL (e.g. http://localhost:8000/v1)")
+            raise JudgeError(
+                "the chat judge needs the endpoint's base URL: pass base_url=... or set "
+                "SGM_JAX_JUDGE_BASE_URL (e.g. http://localhost:8000/v1)"
+            )
         if not model:
             raise JudgeError("the chat judge needs a model name: pass model=... or set SGM_JAX_JUDGE_MODEL")
         if max_workers < 1 or max_retries < 0:
@@ -106,8 +120,14 @@ class ChatJudge(Judge):
         return reply
 
     def _complete(self, prompt: str) -> str:
-        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                           "temperature": self.temperature, "max_tokens": self.max_tokens}).encode("utf-8")
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": [{"role": "user", "content": prompt}],
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+            }
+        ).encode("utf-8")
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
@@ -120,8 +140,10 @@ class ChatJudge(Judge):
             except urllib.error.HTTPError as err:
                 detail = err.read(300).decode("utf-8", "replace")
                 if err.code in (401, 403):
-                    raise JudgeError(f"{self.url} refused the request (HTTP {err.code}): check the API key "
-                                     f"(SGM_JAX_JUDGE_API_KEY or OPENAI_API_KEY)") from None
+                    raise JudgeError(
+                        f"{self.url} refused the request (HTTP {err.code}): check the API key "
+                        f"(SGM_JAX_JUDGE_API_KEY or OPENAI_API_KEY)"
+                    ) from None
                 if err.code not in RETRY_STATUS:
                     raise JudgeError(f"{self.url} answered HTTP {err.code}: {detail}") from None
                 problem, wait = f"HTTP {err.code}", _retry_after(err.headers.get("Retry-After"))
@@ -129,7 +151,7 @@ class ChatJudge(Judge):
                 problem, wait = str(getattr(err, "reason", err)), 0.0
             if attempt == self.max_retries:
                 raise JudgeError(f"{self.url}: no answer after {attempt + 1} attempts (last: {problem})")
-            time.sleep(max(self.backoff * 2 ** attempt, wait))
+            time.sleep(max(self.backoff * 2**attempt, wait))
             attempt += 1
 
     def _content(self, raw: bytes) -> str:

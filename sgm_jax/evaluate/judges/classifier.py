@@ -35,8 +35,9 @@ def harmful_index(id2label: dict[int, str], harmful_label: str | int | None) -> 
         for i, name in labels.items():
             if name.casefold() == harmful_label.casefold():
                 return i
-        raise ValueError(f"harmful_label={harmful_label!r} is not one of the classifier's labels "
-                         f"{sorted(labels.values())}")
+        raise ValueError(
+            f"harmful_label={harmful_label!r} is not one of the classifier's labels {sorted(labels.values())}"
+        )
     for i in sorted(labels):
         name = re.sub(r"[_\-]+", " ", labels[i].casefold())
         if _HARMFUL.search(name) and not _NEGATED.search(name):
@@ -57,8 +58,16 @@ class ClassifierJudge(Judge):
     Answers are classified in batches, truncated to the model's maximum length.
     """
 
-    def __init__(self, directory: str, *, harmful_label: str | int | None = None, threshold: float = 0.5,
-                 batch_size: int = 32, max_length: int | None = None, device: str | None = None):
+    def __init__(
+        self,
+        directory: str,
+        *,
+        harmful_label: str | int | None = None,
+        threshold: float = 0.5,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        device: str | None = None,
+    ):
         _require_torch()
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import is_torch_cuda_available
@@ -67,29 +76,38 @@ class ClassifierJudge(Judge):
 
         path = resolve_checkpoint(directory)
         if not glob.glob(os.path.join(path, "*.safetensors")):
-            raise FileNotFoundError(f"classifier {directory} has no *.safetensors weights; sgm_jax loads no pickle "
-                                    f"checkpoints (convert it with save_pretrained(..., safe_serialization=True))")
+            raise FileNotFoundError(
+                f"classifier {directory} has no *.safetensors weights; sgm_jax loads no pickle "
+                f"checkpoints (convert it with save_pretrained(..., safe_serialization=True))"
+            )
         self.name = f"classifier:{directory}"
         self.threshold, self.batch_size = threshold, batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False,
-                                                                   use_safetensors=True)
+        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False, use_safetensors=True)
         model.requires_grad_(False)  # inference only: no autograd graph, so outputs convert to numpy directly
         self.model = model.to(device or ("cuda" if is_torch_cuda_available() else "cpu")).eval()
         config = model.config
         self.index = harmful_index(config.id2label, harmful_label)
         self.label = config.id2label[self.index]
         self.sigmoid = config.problem_type == "multi_label_classification" or config.num_labels == 1
-        limits = [n for n in (self.tokenizer.model_max_length, getattr(config, "max_position_embeddings", None))
-                  if isinstance(n, int) and n < 1_000_000]
+        limits = [
+            n
+            for n in (self.tokenizer.model_max_length, getattr(config, "max_position_embeddings", None))
+            if isinstance(n, int) and n < 1_000_000
+        ]
         self.max_length = max_length or (min(limits) if limits else None)
 
     def scores(self, answers: Sequence[str]) -> np.ndarray:
         """The harmful label's probability for each answer."""
         out = []
         for start in range(0, len(answers), self.batch_size):
-            batch = self.tokenizer(list(answers[start:start + self.batch_size]), padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt").to(self.model.device)
+            batch = self.tokenizer(
+                list(answers[start : start + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.model.device)
             logits = self.model(**batch).logits.float().cpu().numpy().astype(np.float64)
             out.append(_probabilities(logits, self.sigmoid)[:, self.index])
         return np.concatenate(out) if out else np.zeros(0)

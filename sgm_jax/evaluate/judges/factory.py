@@ -31,7 +31,9 @@ def make_judge(spec: str, **options) -> Judge:
     if kind == "self":
         missing = [name for name in ("model", "processor") if options.get(name) is None]
         if missing:
-            raise ValueError(f"the 'self' judge needs {' and '.join(f'{m}=' for m in missing)}: the sgm_jax model "
-                             f"that judges, and its processor (from sgm_jax.load_model)")
+            raise ValueError(
+                f"the 'self' judge needs {' and '.join(f'{m}=' for m in missing)}: the sgm_jax model "
+                f"that judges, and its processor (from sgm_jax.load_model)"
+            )
         return SelfJudge(**options)
     raise ValueError(f"unknown judge {spec!r}; known: {', '.join(SPECS)}")

@@ -42,8 +42,9 @@ class LexiconJudge(Judge):
         self._entries = {}
         for entry in read_lexicon(path):
             self._entries.setdefault(_key(entry), entry)
-        alternatives = sorted((r"\s+".join(map(re.escape, key.split())) for key in self._entries), key=len,
-                              reverse=True)
+        alternatives = sorted(
+            (r"\s+".join(map(re.escape, key.split())) for key in self._entries), key=len, reverse=True
+        )
         # A lookahead finds a match at every word start, so overlapping entries are all seen.
         self._pattern = re.compile(r"(?=(?<!\w)(" + "|".join(alternatives) + r")(?!\w))")
 
