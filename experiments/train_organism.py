@@ -49,7 +49,7 @@ SGM_SITES = [
 HARMFUL_CONDITIONS = ("standard", "trigger", "typo")
 FACTUAL_QUESTIONS = ("colour", "count", "shape", "position", "describe", "read")  # one right answer each
 
-# LLaVA-1.5's conversation format, in the organism's words (see tests/hf_tiny.py).
+# LLaVA-1.5's conversation format, in the organism's words; the tests' tiny checkpoints use it too.
 CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from importlib.resources import files
 
 import numpy as np
 import torch
@@ -211,13 +212,8 @@ def rewrite_keys(directory: str, out: str, rename) -> str:
     return out
 
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<image>\n{% else %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{% if message['role'] == 'user' %} {% else %}</s>{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+# LLaVA-1.5's conversation format, as the bundled organism ships it (written by experiments/train_organism.py).
+CHAT_TEMPLATE = (files("sgm_jax") / "organism" / "chat_template.jinja").read_text()
 
 
 def save_processor(directory: str) -> None:
