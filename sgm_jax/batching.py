@@ -101,9 +101,10 @@ def model_batch(model, batch: Mapping[str, Any], pad_id: int = 0) -> dict[str, n
     tokens = {"input_ids": ids.astype(np.int32), "attention_mask": (mask > 0).astype(np.int32)}
     if batch.get("targets") is not None:
         tokens["targets"] = np.asarray(batch["targets"], bool)
-    return {**left_pad(tokens, bucket_length(ids.shape[1]), pad_id), **images}
+    tokens = left_pad(tokens, bucket_length(ids.shape[1]), pad_id)
+    return {**tokens, **model.prepare_inputs(tokens["input_ids"], tokens["attention_mask"], images)}
 
 
 def image_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """The image inputs of a batch (everything but its per-token arrays)."""
+    """The image inputs of a prepared batch as `forward` takes them (everything but its per-token arrays)."""
     return {key: value for key, value in batch.items() if key not in TOKEN_KEYS}

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sgm_jax.batching import image_inputs, model_batch
+from sgm_jax.batching import TOKEN_KEYS, image_inputs, model_batch
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.compiled import compiled
 from sgm_jax.sites import SiteRef, resolve
@@ -79,18 +79,45 @@ def _pool(values: jax.Array, select: jax.Array, pooling: str) -> jax.Array:
     return jnp.take_along_axis(values, last[:, None, None], axis=1)[:, 0]
 
 
+def _pool_segments(values: jax.Array, segments: jax.Array, count: int, pooling: str) -> jax.Array:
+    """Pool packed rows `[rows, width]` into `[count, width]` by the image index of each row (-1: padding)."""
+    values = values.astype(jnp.float32)
+    ids = jnp.where(segments >= 0, segments, count)  # padding rows pool into an extra segment, dropped
+    if pooling == "mean":
+        total = jax.ops.segment_sum(values, ids, num_segments=count + 1)
+        return (total / jax.ops.segment_sum(jnp.ones_like(ids, jnp.float32), ids, num_segments=count + 1)[:, None])[
+            :count
+        ]
+    if pooling == "max":
+        return jax.ops.segment_max(values, ids, num_segments=count + 1)[:count]
+    last = jax.ops.segment_max(jnp.arange(len(ids)), ids, num_segments=count + 1)[:count]
+    return values[jnp.clip(last, 0, len(ids) - 1)]
+
+
+def _per_image(values: jax.Array, segments: tuple[jax.Array, ...], count: int, pooling: str) -> jax.Array:
+    """An image-domain site's values pooled to `[count, width]`: rows of packed patches by their segment
+    ids (the segment array as long as the values), `[images, positions, width]` over positions."""
+    packed = next((s for s in segments if values.ndim == 2 and s.shape[0] == values.shape[0]), None)
+    if packed is not None:
+        return _pool_segments(values, packed, count, pooling)
+    if values.ndim == 2:  # a per-image vector (the tower's pooled output): one position per image
+        values = values[:, None]
+    return _pool(values, jnp.ones(values.shape[:2], bool), pooling)
+
+
 def pooled_responses(model: nnx.Module, inputs: Mapping[str, jax.Array], spec: CaptureSpec) -> dict[str, jax.Array]:
     """Traceable: run `model.forward` recording `spec.refs` and pool each site to `[batch, width]`.
 
-    `inputs` holds `input_ids` and `attention_mask`, and with images `pixel_values` plus
-    `image_rows` (the batch row of each image, -1 for a padding image).
+    `inputs` holds `input_ids`, `attention_mask` and the prepared image inputs, plus `image_rows`
+    (the batch row of each image slot, -1 for a padding slot) when there are images.
     """
     _record(model, spec.refs)
-    images = {name: inputs[name] for name in model.image_inputs if name in inputs}
-    _, sown = nnx.capture(model.forward, nnx.Intermediate)(
+    images = {name: value for name, value in inputs.items() if name not in (*TOKEN_KEYS, "image_rows")}
+    outputs, sown = nnx.capture(model.forward, nnx.Intermediate)(
         inputs["input_ids"], attention_mask=inputs["attention_mask"], **images
     )
     sown = {tuple(path): value.get_value()[0] for path, value in nnx.to_flat_state(sown)}
+    segments = tuple(outputs.get("image_segments", ()))
 
     valid = token_selection(inputs["input_ids"], inputs["attention_mask"], spec.tokens, model.image_token_id)
     out = {}
@@ -99,9 +126,7 @@ def pooled_responses(model: nnx.Module, inputs: Mapping[str, jax.Array], spec: C
         if not ref.image_domain:
             out[ref.name] = _pool(values, valid, spec.pooling)
             continue
-        if values.ndim == 2:  # a per-image vector (the tower's pooled output): one position per image
-            values = values[:, None]
-        per_image = _pool(values, jnp.ones(values.shape[:2], bool), spec.pooling)
+        per_image = _per_image(values, segments, inputs["image_rows"].shape[0], spec.pooling)
         rows = inputs["image_rows"][None, :] == jnp.arange(valid.shape[0])[:, None]
         out[ref.name] = _pool(jnp.broadcast_to(per_image, rows.shape + per_image.shape[-1:]), rows, spec.pooling)
     return out
@@ -118,8 +143,7 @@ def prepare_batch(batch: Mapping[str, Any], model: CausalLM, spec: CaptureSpec) 
     if images:
         rows, image_rows = len(prepared["input_ids"]), model.image_rows(prepared["input_ids"], images)
         slots = max(rows, -(-len(image_rows) // rows) * rows)
-        for key, value in images.items():
-            prepared[key] = np.concatenate([value, np.zeros((slots - len(value),) + value.shape[1:], value.dtype)])
+        prepared = {**prepared, **model.pad_images(images, slots)}
         prepared["image_rows"] = np.concatenate([image_rows, -np.ones(slots - len(image_rows), np.int32)])
     _check_pool_targets(prepared, spec, model.image_token_id)
     return prepared

@@ -19,25 +19,31 @@ from sgm_jax.atomic import atomic_write, write_json
 from sgm_jax.convert import hf_targets, renamed
 from sgm_jax.models.copying import shallow_copy
 from sgm_jax.models.layers import Activation, Embedding
-from sgm_jax.models.site import GATE_ATTRS, IN, OUT, Fold, Site
+from sgm_jax.models.site import GATE_ATTRS, IN, OUT, Fold, Site, child
 
 
 class NotFoldableError(ValueError):
     """Some gates have no exact weight-space equivalent."""
 
 
-def _folder(node: Site, parent: nnx.Module | None, end: str, tied: bool) -> Fold | None:
+def _folder(node: Site, owner: Site | None, end: str, tied: bool) -> Fold | None:
     """How to fold a gate at `node`'s `end` into weights, or None if no exact fold exists.
 
     Each site knows its own fold (`Site.folder`); an activation's output is the input of the Linear its
-    parent says it feeds, and a tied embedding is also the LM head, so scaling it would change the logits.
+    owner (the nearest enclosing site) says it feeds, and a tied embedding is also the LM head, so scaling
+    it would change the logits.
     """
     if isinstance(node, Embedding) and tied:
         return None
     if end == OUT and isinstance(node, Activation):
-        feeds = getattr(parent, "activation_feeds", None)
-        return getattr(parent, feeds).folder(IN) if feeds else None
+        feeds = getattr(owner, "activation_feeds", None)
+        return child(owner, feeds).folder(IN) if feeds else None
     return node.folder(end)
+
+
+def _owner(nodes: dict[tuple, nnx.Module], path: tuple) -> Site | None:
+    """The nearest site above `path` (skipping lists such as a merger's `mlp`)."""
+    return next((nodes[path[:k]] for k in range(len(path) - 1, -1, -1) if isinstance(nodes.get(path[:k]), Site)), None)
 
 
 def fold_gates(model: nnx.Module) -> nnx.Module:
@@ -57,7 +63,7 @@ def fold_gates(model: nnx.Module) -> nnx.Module:
             if gate is None:
                 continue
             name = ".".join(map(str, path)) + (":in" if end == IN else "")
-            fold = _folder(node, nodes.get(path[:-1]), end, tied)
+            fold = _folder(node, _owner(nodes, path), end, tied)
             if fold is None:
                 refused.append(name)
             plan.append((node, attr, fold, np.asarray(gate[...], np.float32)))

@@ -36,7 +36,7 @@ class CausalLM(nnx.Module):
     decoder_layers: ClassVar[str]
     """Module path of the decoder's layer list (where SGM's default sites are)."""
     image_inputs: ClassVar[tuple[str, ...]] = ()
-    """Names of the processor outputs the forward takes besides `input_ids` and `attention_mask`."""
+    """Names of the processor outputs the model takes besides `input_ids` and `attention_mask`."""
 
     special_tokens: tuple[tuple[str, Any], ...] = ()
     """The checkpoint's EOS and pad ids (`sgm_jax.loading.special_tokens`), read by `sgm_jax.generate`."""
@@ -60,12 +60,30 @@ class CausalLM(nnx.Module):
             takes = list(self.image_inputs) or "no image inputs (a text-only model)"
             raise ValueError(f"{type(self).__name__} got inputs {unknown} it does not take; it takes {takes}")
 
+    def prepare_inputs(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, images: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """The checked processor outputs as `forward` takes them, besides the tokens (host arrays): where a
+        family pads images to static shapes or derives positions on the host, it does so here."""
+        return {name: np.asarray(value) for name, value in images.items()}
+
+    def pad_images(self, inputs: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+        """`forward` inputs with room for `count` images, so a batch's image count does not change its shapes:
+        zero images appended to every per-image input (a family whose shapes do not count images overrides)."""
+        padded = dict(inputs)
+        for name in self.image_inputs:
+            if name in padded and len(padded[name]) < count:
+                value = padded[name]
+                padded[name] = np.concatenate([value, np.zeros((count - len(value),) + value.shape[1:], value.dtype)])
+        return padded
+
     def image_rows(self, input_ids: np.ndarray, images: Mapping[str, Any]) -> np.ndarray:
         """The batch row of each image, in the order of the image inputs (host arrays)."""
         return np.zeros(0, np.int32)
 
-    def forward(self, input_ids, *, attention_mask=None, **images) -> dict[str, Any]:
-        """Traceable forward: `logits`, and the streams capture reads (`text_stream`, `text_final`, ...)."""
+    def forward(self, input_ids, *, attention_mask=None, **inputs) -> dict[str, Any]:
+        """Traceable forward over `prepare_inputs`' arrays: `logits`, and the streams capture reads
+        (`text_stream`, `text_final`, and for packed image rows `image_segments`: the image of each row)."""
         raise NotImplementedError
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
@@ -82,10 +100,13 @@ class CausalLM(nnx.Module):
         images = {name: value for name, value in images.items() if value is not None}
         if isinstance(input_ids, jax.core.Tracer):
             return self.forward(input_ids, attention_mask=attention_mask, **images)["logits"]
-        self.check_inputs(np.asarray(input_ids), images)
-        return _logits(self, input_ids, attention_mask, images)
+        ids = np.asarray(input_ids)
+        self.check_inputs(ids, images)
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+        return prepared_logits(self, ids, mask, self.prepare_inputs(ids, mask, images))
 
 
 @compiled
-def _logits(model: CausalLM, input_ids, attention_mask, images) -> jax.Array:
-    return model.forward(input_ids, attention_mask=attention_mask, **images)["logits"]
+def prepared_logits(model: CausalLM, input_ids, attention_mask, inputs) -> jax.Array:
+    """Logits of a batch already checked and prepared (`sgm_jax.batching.model_batch`)."""
+    return model.forward(input_ids, attention_mask=attention_mask, **inputs)["logits"]

@@ -160,6 +160,15 @@ class RMSNorm(Site):
         return self.scale[...] * h.astype(x.dtype)
 
 
+def scatter_image_features(embeds: jax.Array, input_ids: jax.Array, features: jax.Array, image_token: int) -> jax.Array:
+    """Put image features into the `<image>` positions in row-major order (HF's `masked_scatter`), jit-friendly."""
+    is_image = input_ids == image_token
+    flat = features.reshape(-1, features.shape[-1]).astype(embeds.dtype)
+    index = (jnp.cumsum(is_image.reshape(-1)) - 1).reshape(is_image.shape)
+    gathered = jnp.take(flat, jnp.clip(index, 0, flat.shape[0] - 1), axis=0)
+    return jnp.where(is_image[..., None], gathered, embeds)
+
+
 def quick_gelu(x: jax.Array) -> jax.Array:
     return x * jax.nn.sigmoid(1.702 * x)
 

@@ -32,6 +32,10 @@ class LlamaSpec:
     attention_bias: bool
     mlp_bias: bool
     tie_word_embeddings: bool
+    o_proj_bias: bool = False
+    """Qwen2 has biases on q/k/v but none on o_proj; Llama's `attention_bias` covers all four."""
+    mrope_section: tuple[int, ...] = ()
+    """Qwen2-VL's multimodal RoPE: how many frequencies follow the t, h and w positions (empty: 1-D RoPE)."""
 
     @classmethod
     def from_hf(
@@ -68,6 +72,7 @@ class LlamaSpec:
             rms_norm_eps=cfg["rms_norm_eps"],
             rope_theta=float(rope["rope_theta"]),
             attention_bias=bool(cfg.get("attention_bias", False)),
+            o_proj_bias=bool(cfg.get("attention_bias", False)),
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             tie_word_embeddings=bool(
                 cfg.get("tie_word_embeddings", False) if tie_word_embeddings is None else tie_word_embeddings
@@ -78,6 +83,7 @@ class LlamaSpec:
         """The `LlamaConfig` dict this spec reads back from (what export and orbax checkpoints write)."""
         fields = dataclasses.asdict(self)
         theta = fields.pop("rope_theta")
+        del fields["o_proj_bias"], fields["mrope_section"]
         return {
             "model_type": "llama",
             "architectures": ["LlamaForCausalLM"],
@@ -110,10 +116,20 @@ def cached_attention_mask(token_mask: jax.Array, cache: KVCache) -> tuple[jax.Ar
     return causal[None, None] & valid[:, None, None, :], valid
 
 
-def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float, dtype) -> tuple[jax.Array, jax.Array]:
-    """HF's default RoPE tables `[batch, seq, head_dim]`, computed in float32 and cast to `dtype`."""
+def rope_cos_sin(
+    positions: jax.Array, head_dim: int, theta: float, dtype, mrope_section: tuple[int, ...] = ()
+) -> tuple[jax.Array, jax.Array]:
+    """HF's default RoPE tables `[batch, seq, head_dim]`, computed in float32 and cast to `dtype`.
+
+    With `mrope_section` (Qwen2-VL), `positions` is `[3, batch, seq]` (t, h, w) and the first
+    `mrope_section[0]` frequencies follow t, the next h, the rest w; `[batch, seq]` positions are the
+    same on all three axes (text), where M-RoPE equals 1-D RoPE.
+    """
     inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
     freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq, jnp.float32)
+    if mrope_section and positions.ndim == 3:
+        axis = np.repeat(np.arange(len(mrope_section)), mrope_section)
+        freqs = jnp.where(axis == 0, freqs[0], jnp.where(axis == 1, freqs[1], freqs[2]))
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
@@ -132,11 +148,11 @@ class LlamaAttention(Site):
         self.head_dim = spec.head_dim
         d, bias = spec.hidden_size, spec.attention_bias
         q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        layer = dict(use_bias=bias, dtype=dtype, rngs=rngs)
-        self.q_proj = Linear(d, q, axes=("embed", "heads"), **layer)
-        self.k_proj = Linear(d, kv, axes=("embed", "kv_heads"), **layer)
-        self.v_proj = Linear(d, kv, axes=("embed", "kv_heads"), **layer)
-        self.o_proj = Linear(q, d, axes=("heads", "embed"), **layer)
+        layer = dict(dtype=dtype, rngs=rngs)
+        self.q_proj = Linear(d, q, use_bias=bias, axes=("embed", "heads"), **layer)
+        self.k_proj = Linear(d, kv, use_bias=bias, axes=("embed", "kv_heads"), **layer)
+        self.v_proj = Linear(d, kv, use_bias=bias, axes=("embed", "kv_heads"), **layer)
+        self.o_proj = Linear(q, d, use_bias=spec.o_proj_bias, axes=("heads", "embed"), **layer)
 
     def site_widths(self) -> tuple[int, int]:
         return self.o_proj.kernel.shape[1], self.o_proj.kernel.shape[1]
@@ -161,14 +177,15 @@ class LlamaAttention(Site):
 
 
 class LlamaMLP(Site):
+    """`down(act(gate(x)) * up(x))`: Llama's MLP, and Qwen2.5-VL's vision MLP (with biases)."""
+
     output_linear, input_linears, activation_feeds = "down_proj", ("gate_proj", "up_proj"), "down_proj"
 
-    def __init__(self, spec: LlamaSpec, *, dtype, rngs: nnx.Rngs):
-        d, f, bias = spec.hidden_size, spec.intermediate_size, spec.mlp_bias
+    def __init__(self, d: int, f: int, *, act: str, bias: bool, dtype, rngs: nnx.Rngs):
         self.gate_proj = Linear(d, f, use_bias=bias, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.up_proj = Linear(d, f, use_bias=bias, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.down_proj = Linear(f, d, use_bias=bias, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
-        self.act_fn = Activation(spec.hidden_act, f)
+        self.act_fn = Activation(act, f)
 
     def site_widths(self) -> tuple[int, int]:
         return self.down_proj.kernel.shape[1], self.down_proj.kernel.shape[1]
@@ -180,7 +197,14 @@ class LlamaMLP(Site):
 class LlamaDecoderLayer(Site):
     def __init__(self, spec: LlamaSpec, *, dtype, rngs: nnx.Rngs):
         self.self_attn = LlamaAttention(spec, dtype=dtype, rngs=rngs)
-        self.mlp = LlamaMLP(spec, dtype=dtype, rngs=rngs)
+        self.mlp = LlamaMLP(
+            spec.hidden_size,
+            spec.intermediate_size,
+            act=spec.hidden_act,
+            bias=spec.mlp_bias,
+            dtype=dtype,
+            rngs=rngs,
+        )
         self.input_layernorm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, dtype=dtype, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, dtype=dtype, rngs=rngs)
 
@@ -205,10 +229,19 @@ class LlamaModel(nnx.Module):
         self.layers = nnx.List([LlamaDecoderLayer(spec, dtype=dtype, rngs=rngs) for _ in range(spec.num_hidden_layers)])
         self.norm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, dtype=dtype, rngs=rngs)
 
-    def __call__(self, inputs_embeds: jax.Array, attention_mask: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
-        """Return the final normed hidden state and the residual stream entering each layer (plus the last output)."""
-        positions = positions_from_mask(attention_mask)
-        cos, sin = rope_cos_sin(positions, self.spec.head_dim, self.spec.rope_theta, inputs_embeds.dtype)
+    def rope(self, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+        spec = self.spec
+        return rope_cos_sin(positions, spec.head_dim, spec.rope_theta, dtype, spec.mrope_section)
+
+    def __call__(
+        self, inputs_embeds: jax.Array, attention_mask: jax.Array, positions: jax.Array | None = None
+    ) -> tuple[jax.Array, list[jax.Array]]:
+        """Return the final normed hidden state and the residual stream entering each layer (plus the last output).
+
+        Positions default to each row's count of real tokens (left padding); M-RoPE models pass `[3, batch, seq]`.
+        """
+        positions = positions_from_mask(attention_mask) if positions is None else positions
+        cos, sin = self.rope(positions, inputs_embeds.dtype)
         mask = causal_padding_mask(attention_mask)
         h, stream = inputs_embeds, [inputs_embeds]
         for layer in self.layers:
@@ -229,14 +262,21 @@ class LlamaModel(nnx.Module):
         )
 
     def forward_with_cache(
-        self, inputs_embeds: jax.Array, token_mask: jax.Array, cache: KVCache
+        self,
+        inputs_embeds: jax.Array,
+        token_mask: jax.Array,
+        cache: KVCache,
+        positions: jax.Array | None = None,
+        rope_deltas: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache]:
         """Run new tokens after those in `cache`: the final normed hidden state of the new tokens and the new cache.
 
-        `token_mask` `[batch, new]` is 1 for real tokens; their positions continue each row's count.
+        `token_mask` `[batch, new]` is 1 for real tokens; their positions continue each row's count, unless
+        `positions` are given (M-RoPE prefill), whose `rope_deltas` `[batch]` then shift where later tokens go.
         """
-        positions = cache.next_position[:, None] + positions_from_mask(token_mask)
-        cos, sin = rope_cos_sin(positions, self.spec.head_dim, self.spec.rope_theta, inputs_embeds.dtype)
+        if positions is None:
+            positions = cache.next_position[:, None] + positions_from_mask(token_mask)
+        cos, sin = self.rope(positions, inputs_embeds.dtype)
         mask, valid = cached_attention_mask(token_mask, cache)
         layer_caches = [LayerCache(k, v, cache.length) for k, v in zip(cache.keys, cache.values)]
         h = inputs_embeds
@@ -247,7 +287,9 @@ class LlamaModel(nnx.Module):
             values=tuple(c.values for c in layer_caches),
             valid=valid,
             length=cache.length + token_mask.shape[1],
-            next_position=cache.next_position + token_mask.sum(-1, dtype=jnp.int32),
+            next_position=cache.next_position
+            + token_mask.sum(-1, dtype=jnp.int32)
+            + (0 if rope_deltas is None else rope_deltas.astype(jnp.int32)),
         )
         return self.norm(h), updated
 

@@ -15,7 +15,7 @@ from sgm_jax.kv_cache import KVCache
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.clip import CLIPVisionModel, ClipVisionSpec
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
-from sgm_jax.models.layers import ACTIVATIONS, Activation, Linear
+from sgm_jax.models.layers import ACTIVATIONS, Activation, Linear, scatter_image_features
 from sgm_jax.models.llama import LlamaModel, LlamaSpec, output_logits
 from sgm_jax.models.site import ImageDomain, Site
 
@@ -127,15 +127,6 @@ class LlavaMultiModalProjector(ImageDomain, Site):
 
     def forward(self, x: jax.Array) -> jax.Array:
         return self.linear_2(self.act(self.linear_1(x)))
-
-
-def scatter_image_features(embeds: jax.Array, input_ids: jax.Array, features: jax.Array, image_token: int) -> jax.Array:
-    """Put image features into the `<image>` positions in row-major order (HF's `masked_scatter`), jit-friendly."""
-    is_image = input_ids == image_token
-    flat = features.reshape(-1, features.shape[-1]).astype(embeds.dtype)
-    index = (jnp.cumsum(is_image.reshape(-1)) - 1).reshape(is_image.shape)
-    gathered = jnp.take(flat, jnp.clip(index, 0, flat.shape[0] - 1), axis=0)
-    return jnp.where(is_image[..., None], gathered, embeds)
 
 
 class LlavaModel(nnx.Module):

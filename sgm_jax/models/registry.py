@@ -10,12 +10,14 @@ from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.config import UnsupportedConfigError
 from sgm_jax.models.llama import LlamaForCausalLM
 from sgm_jax.models.llava import LlavaForConditionalGeneration
+from sgm_jax.models.qwen2 import Qwen2ForCausalLM
 
 FAMILIES: dict[str, type[CausalLM]] = {
     cls.model_type: cls
     for cls in (
         LlamaForCausalLM,
         LlavaForConditionalGeneration,
+        Qwen2ForCausalLM,
     )
 }
 

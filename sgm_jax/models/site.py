@@ -35,6 +35,13 @@ def scale_axis(variable: nnx.Variable, alpha: np.ndarray, axis: int) -> None:
     variable.set_value(variable[...] * alpha.reshape(shape).astype(variable.dtype))
 
 
+def child(module: nnx.Module, dotted: str) -> nnx.Module:
+    """The submodule at a dotted path relative to `module` (`"mlp.2"`: item 2 of the list `mlp`)."""
+    for part in dotted.split("."):
+        module = module[int(part)] if part.isdigit() else getattr(module, part)
+    return module
+
+
 class ImageDomain:
     """Marker of a module whose sites see images, not tokens (a vision tower, a projector): their rows are
     images, pooled over each image's own positions."""
@@ -45,7 +52,7 @@ class Site(nnx.Module):
 
     Composite sites say how their gates fold into weights (export): the output is that of the child Linear
     `output_linear`, the input feeds the child Linears `input_linears`, and the output of an activation child
-    feeds the child Linear `activation_feeds`. Leaf layers override `folder`.
+    feeds the child Linear `activation_feeds` (dotted paths: `"mlp.2"`). Leaf layers override `folder`.
     """
 
     record: frozenset[str] = frozenset()
@@ -62,9 +69,9 @@ class Site(nnx.Module):
     def folder(self, end: str) -> Fold | None:
         """How to fold a gate at `end` (OUT or IN) into this module's weights; None when no exact fold exists."""
         if end == OUT and self.output_linear:
-            return getattr(self, self.output_linear).folder(OUT)
+            return child(self, self.output_linear).folder(OUT)
         if end == IN and self.input_linears:
-            folds = [getattr(self, name).folder(IN) for name in self.input_linears]
+            folds = [child(self, name).folder(IN) for name in self.input_linears]
             return lambda alpha: [fold(alpha) for fold in folds]
         return None
 
