@@ -11,6 +11,7 @@ from sgm_jax.models.config import UnsupportedConfigError
 from sgm_jax.models.llama import LlamaForCausalLM
 from sgm_jax.models.llava import LlavaForConditionalGeneration
 from sgm_jax.models.qwen2 import Qwen2ForCausalLM
+from sgm_jax.models.qwen2_vl import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
 FAMILIES: dict[str, type[CausalLM]] = {
     cls.model_type: cls
@@ -18,6 +19,8 @@ FAMILIES: dict[str, type[CausalLM]] = {
         LlamaForCausalLM,
         LlavaForConditionalGeneration,
         Qwen2ForCausalLM,
+        Qwen2VLForConditionalGeneration,
+        Qwen2_5_VLForConditionalGeneration,
     )
 }
 
