@@ -83,15 +83,15 @@ def _pool_segments(values: jax.Array, segments: jax.Array, count: int, pooling: 
     """Pool packed rows `[rows, width]` into `[count, width]` by the image index of each row (-1: padding)."""
     values = values.astype(jnp.float32)
     ids = jnp.where(segments >= 0, segments, count)  # padding rows pool into an extra segment, dropped
+    rows = jax.ops.segment_sum(jnp.ones_like(ids, jnp.float32), ids, num_segments=count + 1)[:count, None]
     if pooling == "mean":
-        total = jax.ops.segment_sum(values, ids, num_segments=count + 1)
-        return (total / jax.ops.segment_sum(jnp.ones_like(ids, jnp.float32), ids, num_segments=count + 1)[:, None])[
-            :count
-        ]
-    if pooling == "max":
-        return jax.ops.segment_max(values, ids, num_segments=count + 1)[:count]
-    last = jax.ops.segment_max(jnp.arange(len(ids)), ids, num_segments=count + 1)[:count]
-    return values[jnp.clip(last, 0, len(ids) - 1)]
+        pooled = jax.ops.segment_sum(values, ids, num_segments=count + 1)[:count] / jnp.maximum(rows, 1.0)
+    elif pooling == "max":
+        pooled = jax.ops.segment_max(values, ids, num_segments=count + 1)[:count]
+    else:
+        last = jax.ops.segment_max(jnp.arange(len(ids)), ids, num_segments=count + 1)[:count]
+        pooled = values[jnp.clip(last, 0, len(ids) - 1)]
+    return jnp.where(rows > 0, pooled, 0.0)  # image slots with no image (padding slots) hold zeros
 
 
 def _per_image(values: jax.Array, segments: tuple[jax.Array, ...], count: int, pooling: str) -> jax.Array:

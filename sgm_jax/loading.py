@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 
 from sgm_jax import sharding
 from sgm_jax.convert import load_into
+from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.config import UnsupportedConfigError
 from sgm_jax.models.registry import family
 
@@ -49,13 +50,18 @@ def read_config(directory: str) -> dict[str, Any]:
     return config.to_dict()
 
 
-def load_processor(directory: str):
-    """The directory's processor (images + text) or tokenizer, or None for a bare checkpoint."""
+def load_processor(directory: str, model_class: type[CausalLM] | None = None):
+    """The directory's processor (images + text) or tokenizer, or None for a bare checkpoint.
+
+    A family may name its own processor class (`CausalLM.processor_class`) where `AutoProcessor` would need
+    more than the family uses (Qwen2-VL's video processor, which needs torchvision).
+    """
     from transformers import AutoProcessor, AutoTokenizer
 
     names = set(os.listdir(directory))
     if names.intersection(_PROCESSOR_FILES):
-        return AutoProcessor.from_pretrained(directory, trust_remote_code=False)
+        cls = (model_class and model_class.processor_class()) or AutoProcessor
+        return cls.from_pretrained(directory, trust_remote_code=False)
     if names.intersection(_TOKENIZER_FILES):
         return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     return None
@@ -85,7 +91,7 @@ def load_model(path: str, *, dtype="float32", mesh: Mesh | None = None, rules: s
         place = lambda array, variable: jax.device_put(array, sharding.variable_sharding(variable, mesh, rules))
     load_into(model, directory, type(model).load_layout, dtype=_dtype(dtype), place=place)
     model.special_tokens = special_tokens(directory)
-    return model, load_processor(directory)
+    return model, load_processor(directory, type(model))
 
 
 def special_tokens(directory: str) -> tuple[tuple[str, Any], ...]:

@@ -41,7 +41,8 @@ def render(sample: Sample, processor) -> str:
 
 
 def encode(sample: Sample, processor) -> dict[str, np.ndarray]:
-    """`input_ids` `[tokens]` and, with an image, `pixel_values` `[1, 3, H, W]` for one sample."""
+    """`input_ids` `[tokens]` and, with an image, the processor's image inputs for one sample (`pixel_values`,
+    and whatever else the family's processor returns with it, such as `image_grid_thw`)."""
     text = render(sample, processor)
     if sample.image is None:
         tokenizer = getattr(processor, "tokenizer", processor)
@@ -50,7 +51,10 @@ def encode(sample: Sample, processor) -> dict[str, np.ndarray]:
         raise DatasetError(f"sample {sample.id!r} has an image but the model has no image processor")
     with Image.open(sample.image) as image:
         out = processor(images=[image.convert("RGB")], text=[text], return_tensors="np")
-    return {
-        "input_ids": np.asarray(out["input_ids"][0], np.int32),
-        "pixel_values": np.asarray(out["pixel_values"], np.float32),
-    }
+    ids = np.asarray(out["input_ids"])
+    # The image inputs as the processor names them; per-token outputs (the mask, token types) are the batch's
+    # to rebuild after padding.
+    images = {key: np.asarray(value) for key, value in out.items() if np.shape(value) != ids.shape}
+    if "pixel_values" in images:
+        images["pixel_values"] = images["pixel_values"].astype(np.float32)
+    return {"input_ids": ids[0].astype(np.int32), **images}

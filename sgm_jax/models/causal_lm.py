@@ -43,6 +43,11 @@ class CausalLM(nnx.Module):
 
     spec: Any
 
+    @classmethod
+    def processor_class(cls) -> type | None:
+        """The processor class to read the checkpoint's processor files with, or None for `AutoProcessor`."""
+        return None
+
     @property
     def image_token_id(self) -> int | None:
         """The id of the token image features replace, or None for a text-only model."""

@@ -12,6 +12,7 @@ batched per image (and per window) with no cross-image work at all. M-RoPE posit
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -140,7 +141,7 @@ class QwenVisionSpec:
             **common,
             "embed_dim": self.hidden_size,
             "hidden_size": self.out_hidden_size,
-            "mlp_ratio": self.intermediate_size / self.hidden_size,
+            "mlp_ratio": ratio if (ratio := self.intermediate_size / self.hidden_size) % 1 else int(ratio),
         }
 
 
@@ -395,6 +396,7 @@ class Qwen2VLForConditionalGeneration(CausalLM):
 
     model_type, spec_class, decoder_layers = "qwen2_vl", QwenVLSpec, "model.language_model.layers"
     image_inputs = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
+    processor_name = "Qwen2VLProcessor"
     # The hub and `save_pretrained` layout (`model.` = the LM, `visual.`), then the `state_dict()` one.
     load_layout = (
         ("model.language_model.", "model.language_model."),
@@ -418,6 +420,14 @@ class Qwen2VLForConditionalGeneration(CausalLM):
     @property
     def spec(self) -> QwenVLSpec:
         return self.model.spec
+
+    @classmethod
+    def processor_class(cls) -> type:
+        """transformers' processor without its video slot: the stock one requires a video processor, which
+        needs torchvision (and sgm_jax takes no video)."""
+        import transformers
+
+        return _images_only(getattr(transformers, cls.processor_name))
 
     @property
     def image_token_id(self) -> int:
@@ -539,7 +549,18 @@ class Qwen2VLForConditionalGeneration(CausalLM):
 class Qwen2_5_VLForConditionalGeneration(Qwen2VLForConditionalGeneration):
     """Qwen2.5-VL: Qwen2-VL's interface, with the windowed vision tower."""
 
-    model_type = "qwen2_5_vl"
+    model_type, processor_name = "qwen2_5_vl", "Qwen2_5_VLProcessor"
+
+
+@functools.cache
+def _images_only(stock: type) -> type:
+    """`stock` under its own name (so saved files read as the hub's) with no video processor in `__init__`,
+    which is where transformers' processors take their parts from."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        stock.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    return type(stock.__name__, (stock,), {"__init__": __init__})
 
 
 def _runs(row: np.ndarray, token: int) -> list[tuple[int, int]]:
