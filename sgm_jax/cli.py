@@ -24,8 +24,12 @@ def _mesh(text: str | None):
 
 def _load(args):
     import sgm_jax
+    from sgm_jax.data.encode import SquareImages
 
-    return sgm_jax.load_model(args.model, dtype=args.dtype, mesh=_mesh(args.mesh))
+    model, processor = sgm_jax.load_model(args.model, dtype=args.dtype, mesh=_mesh(args.mesh))
+    if getattr(args, "image_size", None) and processor is not None:
+        processor = SquareImages(processor, args.image_size)
+    return model, processor
 
 
 def _interventions(args):
@@ -226,6 +230,16 @@ def _model_options(p) -> None:
     _mesh_option(p, "shard the model over a device mesh of these sizes, e.g. 1,4,2 (default: one device)")
 
 
+def _image_size_option(p) -> None:
+    p.add_argument(
+        "--image-size",
+        type=int,
+        metavar="PIXELS",
+        help="resize every image to PIXELS x PIXELS before the processor: one canonical resolution (the "
+        "recipe's images.canonical_size; for Qwen2-VL a multiple of 28, so the tower runs batched per image)",
+    )
+
+
 def _intervention_options(p, file_help: str, strength_help: str) -> None:
     """--intervention (repeatable) and --strength, as `_interventions` reads them."""
     p.add_argument("--intervention", action="append", metavar="FILE", help=file_help)
@@ -289,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=8, help="samples per forward pass (default: 8)")
     _skip_missing_option(p)
+    _image_size_option(p)
     _output_options(p, "store directory (created, or resumed if it exists)", "no progress bar")
     p.set_defaults(func=cmd_collect)
 
@@ -324,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.add_argument("--prompt", required=True, help="the user's message")
     p.add_argument("--image", help="an image file shown with the prompt (default: text only)")
+    _image_size_option(p)
     _intervention_options(
         p,
         "an intervention file to apply; repeat to compose several (default: none)",
@@ -419,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, help="evaluate only the first N samples (a quick look)")
     _skip_missing_option(p)
+    _image_size_option(p)
     _output_options(p, "output directory (created; resumed if it holds cached answers)", "no progress bars")
     p.set_defaults(func=cmd_evaluate)
 

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from sgm_jax.batching import collate, pad_token_id, plan_batches
 from sgm_jax.capture import CaptureSpec, pooled_batch
-from sgm_jax.data.encode import encode, render
+from sgm_jax.data.encode import SquareImages, encode, render
 from sgm_jax.data.samples import Sample, dataset_hash
 from sgm_jax.fingerprint import model_fingerprint
 from sgm_jax.models.causal_lm import CausalLM
@@ -52,6 +52,7 @@ def collect_to_store(
         "dataset": dataset_name,
         "dataset_hash": dataset_hash(samples),
         "batch_size": batch_size,
+        "image_size": processor.image_size if isinstance(processor, SquareImages) else None,
         "sample_ids": [s.id for s in samples],
         "labels": [s.label for s in samples],
         "categories": [s.category for s in samples],

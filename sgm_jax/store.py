@@ -28,7 +28,7 @@ from sgm_jax.atomic import atomic_write, write_json
 
 FORMAT = "sgm_jax.responses/1"
 # Fields that must agree for a store to be resumed or read back for the same purpose.
-IDENTITY = ("model_fingerprint", "sites", "pooling", "tokens", "dataset_hash", "batch_size")
+IDENTITY = ("model_fingerprint", "sites", "pooling", "tokens", "dataset_hash", "batch_size", "image_size")
 
 
 class StoreError(ValueError):

@@ -10,7 +10,11 @@ import hf_qwen
 import hf_tiny
 import sgm_jax
 from sgm_jax import cli
-from sgm_jax.store import ResponseStore
+from sgm_jax.batching import collate, model_batch
+from sgm_jax.data import read_jsonl
+from sgm_jax.data.encode import SquareImages, encode
+from sgm_jax.data.samples import Sample
+from sgm_jax.store import ResponseStore, StoreError
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +74,6 @@ def test_collect_score_intervention_evaluate_and_generate(checkpoint, tmp_path, 
         ]
     )
     model, processor = sgm_jax.load_model(directory)
-    from sgm_jax.data.encode import encode
-    from sgm_jax.data.samples import Sample
 
     encoded = encode(Sample(id="x", prompt="describe the picture please", image=image), processor)
     assert set(encoded) == {"input_ids", "pixel_values", "image_grid_thw"}
@@ -111,3 +113,22 @@ def test_collect_score_intervention_evaluate_and_generate(checkpoint, tmp_path, 
     assert results["settings"]["after"]["harmful_rate"]["all"]["n"] > 0
     after = results["settings"]["after"]
     assert np.isfinite(after["perplexity"]) and np.isfinite(after["answer_perplexity"]) and after["perplexity"] > 1
+
+
+def test_one_canonical_image_size_gives_one_grid_and_is_part_of_the_store(checkpoint, tmp_path, capsys):
+    directory, data = checkpoint
+    model, processor = sgm_jax.load_model(directory)
+    square = SquareImages(processor, 16)
+    samples = read_jsonl(data)[:3]
+    grids = [encode(s, square)["image_grid_thw"].tolist() for s in samples]
+    assert grids == [[[1, 8, 8]]] * 3 and len({encode(s, processor)["pixel_values"].shape for s in samples}) > 1
+    batch = collate([encode(s, square) for s in samples], processor.tokenizer.pad_token_id)
+    prepared = model_batch(model, batch)
+    assert prepared["image_segments"].shape[1] == 64 and prepared["window_segments"].shape[1] == 16
+
+    store = str(tmp_path / "store")
+    args = ["collect", "--model", directory, "--data", data, "--out", store, "--quiet", "--image-size"]
+    cli.main(args + ["16"])
+    assert ResponseStore(store).manifest["image_size"] == 16
+    with pytest.raises(StoreError, match="image_size: store has 16, asked for 24"):
+        cli.main(args + ["24"])

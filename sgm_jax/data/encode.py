@@ -10,6 +10,29 @@ from PIL import Image
 from sgm_jax.data.samples import DatasetError, Sample
 
 
+class SquareImages:
+    """The checkpoint's processor with every image first resized to `size` x `size` pixels (bicubic).
+
+    One canonical resolution gives every image of a batch one patch grid, which is what lets a
+    variable-resolution tower (Qwen2-VL) run batched per image with no cross-image masking; it also makes
+    the image-token count per image fixed. Everything else is the wrapped processor's.
+    """
+
+    def __init__(self, processor, size: int):
+        if int(size) < 1:
+            raise ValueError(f"image size must be a positive number of pixels, got {size}")
+        self.processor, self.image_size = processor, int(size)
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["processor"], name)
+
+    def __call__(self, *args, images=None, **kwargs):
+        if images is not None:
+            size = (self.image_size, self.image_size)
+            images = [image.resize(size, Image.Resampling.BICUBIC) for image in images]
+        return self.processor(*args, images=images, **kwargs)
+
+
 def messages(sample: Sample, *, with_image: bool) -> list[dict[str, Any]]:
     """The sample as a chat: the user turn (image first, as LLaVA does) and, if given, the assistant's response."""
     if with_image:

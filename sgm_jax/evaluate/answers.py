@@ -18,7 +18,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from sgm_jax.batching import collate, pad_token_id
-from sgm_jax.data.encode import encode
+from sgm_jax.data.encode import SquareImages, encode
 from sgm_jax.data.samples import Sample
 from sgm_jax.fingerprint import model_fingerprint
 from sgm_jax.generate import generate
@@ -63,6 +63,7 @@ def generate_answers(
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
         "seed": seed,
+        "image_size": processor.image_size if isinstance(processor, SquareImages) else None,
     }
     answers = _read_cache(cache_path, settings)
     todo = [s for s in samples if s.id not in answers]
