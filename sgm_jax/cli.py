@@ -236,7 +236,8 @@ def _image_size_option(p) -> None:
         type=int,
         metavar="PIXELS",
         help="resize every image to PIXELS x PIXELS before the processor: one canonical resolution (the "
-        "recipe's images.canonical_size; for Qwen2-VL a multiple of 28, so the tower runs batched per image)",
+        "recipe's images.canonical_size; a multiple of 28 for Qwen2-VL and of 112 for Qwen2.5-VL, so every "
+        "image has one grid and the vision tower runs batched per image or window)",
     )
 
 

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 from transformers import LlamaConfig
 
+import hf_qwen
 import hf_tiny
 import sgm_jax
 from sgm_jax import recipes
@@ -17,11 +18,21 @@ TINY_CONFIGS = {
     "llama": lambda: LlamaConfig(
         hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, vocab_size=50
     ).to_dict(),
+    "qwen2_vl": lambda: hf_qwen.qwen_config("2").to_dict(),
+    "qwen2_5_vl": lambda: hf_qwen.qwen_config("2.5").to_dict(),
 }
 
 
 def test_the_promised_recipes_exist():
-    assert {"llava-1.5-7b", "llava-1.5-13b", "vicuna-7b-v1.5"} <= set(recipes.list_recipes())
+    promised = {"llava-1.5-7b", "llava-1.5-13b", "vicuna-7b-v1.5", "qwen2-vl-7b-instruct", "qwen2.5-vl-7b-instruct"}
+    assert promised <= set(recipes.list_recipes())
+
+
+def test_qwen_recipes_fix_one_resolution_whose_windows_tile():
+    for name in ("qwen2-vl-7b-instruct", "qwen2.5-vl-7b-instruct"):
+        size = recipes.load_recipe(name).image_size
+        assert size is not None and size % 112 == 0, (name, size)
+    assert recipes.load_recipe("llava-1.5-7b").image_size is None
 
 
 @pytest.mark.parametrize("name", recipes.list_recipes())
@@ -45,6 +56,12 @@ def test_malformed_recipe_is_named(tmp_path):
         recipes.load_recipe(str(path))
     path.write_text(path.read_text().replace("gpt2", "llama"))
     with pytest.raises(recipes.RecipeError, match="mesh.colour"):
+        recipes.load_recipe(str(path))
+    path.write_text(path.read_text().replace('colour = "blue"', "") + "[images]\ncanonical_size = 0\n")
+    with pytest.raises(recipes.RecipeError, match="images.canonical_size"):
+        recipes.load_recipe(str(path))
+    path.write_text(path.read_text().replace("canonical_size = 0", "size = 448"))
+    with pytest.raises(recipes.RecipeError, match=r"unknown fields \['images.size'\]"):
         recipes.load_recipe(str(path))
     with pytest.raises(FileNotFoundError, match="llava-1.5-7b"):
         recipes.load_recipe("llava-9")

@@ -1,4 +1,4 @@
-"""Checkpoint recipes: the small TOML files beside this module (HF id, family, sites, prompt, mesh).
+"""Checkpoint recipes: the small TOML files beside this module (HF id, family, sites, prompt, mesh, images).
 
 They ship as package data, so an installed wheel knows them as well as a source checkout.
 """
@@ -36,6 +36,8 @@ class Recipe:
     use_chat_template: bool
     mesh: dict[str, dict[str, int]]
     path: str
+    # One square resolution every image is resized to before the processor (`--image-size`); None keeps each size.
+    image_size: int | None = None
 
 
 def _folder(directory: str | os.PathLike | Traversable) -> Traversable:
@@ -60,7 +62,13 @@ def load_recipe(name_or_path: str, directory: str | os.PathLike | Traversable = 
         known = list_recipes(directory) if _folder(directory).is_dir() else []
         raise FileNotFoundError(f"no recipe {name_or_path!r} (known in {directory}: {known})")
     raw = tomllib.loads(source.read_text(encoding="utf-8"))
-    _expect_keys(raw, {"name", "hf_id", "family", "dtype", "parameters", "sites", "prompt", "mesh"}, path, "")
+    _expect_keys(
+        raw,
+        {"name", "hf_id", "family", "dtype", "parameters", "sites", "prompt", "mesh"},
+        path,
+        "",
+        optional={"images"},
+    )
     _expect_keys(raw["sites"], {"default"}, path, "sites.")
     _expect_keys(raw["prompt"], {"format", "use_chat_template"}, path, "prompt.")
     if raw["family"] not in FAMILIES:
@@ -71,6 +79,11 @@ def load_recipe(name_or_path: str, directory: str | os.PathLike | Traversable = 
         well_formed = isinstance(axes, dict) and not set(axes) - set(_MESH_AXES)
         if not well_formed or not all(isinstance(v, int) and v >= 1 for v in axes.values()):
             raise RecipeError(f"{path}: mesh.{hint} must map {list(_MESH_AXES)} to positive integers, got {axes}")
+    images = raw.get("images", {})
+    _expect_keys(images, set(), path, "images.", optional={"canonical_size"})
+    size = images.get("canonical_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise RecipeError(f"{path}: images.canonical_size must be a positive number of pixels, got {size!r}")
     return Recipe(
         name=raw["name"],
         hf_id=raw["hf_id"],
@@ -82,11 +95,12 @@ def load_recipe(name_or_path: str, directory: str | os.PathLike | Traversable = 
         use_chat_template=raw["prompt"]["use_chat_template"],
         mesh=raw["mesh"],
         path=path,
+        image_size=size,
     )
 
 
-def _expect_keys(table: dict, keys: set[str], path: str, prefix: str) -> None:
-    missing, unknown = sorted(keys - set(table)), sorted(set(table) - keys)
+def _expect_keys(table: dict, keys: set[str], path: str, prefix: str, optional: frozenset | set = frozenset()) -> None:
+    missing, unknown = sorted(keys - set(table)), sorted(set(table) - keys - set(optional))
     if missing or unknown:
         raise RecipeError(
             f"{path}: missing fields {[prefix + k for k in missing]}, unknown fields {[prefix + k for k in unknown]}"
