@@ -1,14 +1,16 @@
-"""Forward-pass benchmark: sgm_jax's jitted LLaVA forward vs transformers (PyTorch, default sdpa attention).
+"""Forward-pass benchmark: sgm_jax's jitted forward vs transformers (PyTorch, default sdpa attention).
 
 Same random weights, same inputs, one process, side by side; also the cost of the public
 `model(...)` call against a bare `jax.jit` over the split state, both fed the same host
-arrays (the call checks the image tokens and flattens the model). The shape is a mid-size
-LLaVA (~30M parameters: CLIP 256 wide x 4 layers at 112 px / patch 14, Llama 512 wide
-x 6 layers, 8 heads, MLP 1408, vocab 8000) on a batch of 4 x 256 tokens (64 of them
-image tokens). Runs unchanged on a GPU: torch uses CUDA when it has it, jax its
-default backend.
+arrays (the call checks the image tokens, prepares the family's host inputs and flattens the
+model; the bare jit gets the prepared inputs). Two mid-size shapes of `shapes.py` (~30M
+parameters each): `--family llava` (CLIP 256 wide x 4 layers at 112 px, Llama 512 x 6) and
+`--family qwen2.5-vl` (a 256-wide 4-block windowed vision tower on one 224 px image per row,
+Qwen2 512 x 6 with GQA and M-RoPE); a batch of 4 x 256 tokens, 64 of them image tokens. Runs
+unchanged on a GPU: torch uses CUDA when it has it, jax its default backend.
 
-    python experiments/bench_forward.py [--repeats 20] [--batch 4] [--length 256] [--dtype float32|bfloat16]
+    python experiments/bench_forward.py [--family llava|qwen2.5-vl] [--repeats 20] [--batch 4] [--length 256]
+        [--dtype float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -21,15 +23,15 @@ import jax
 import numpy as np
 import torch
 from flax import nnx
-from transformers import LlavaForConditionalGeneration
 
 import sgm_jax
-from shapes import make_inputs, mid_size_config
+from shapes import SHAPES
 from timing import median_seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=sorted(SHAPES), default="llava", help="the mid-size shape to run")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per side (median is reported)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=256, help="tokens per row, image tokens included")
@@ -38,26 +40,27 @@ def main() -> None:
 
     torch_device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = getattr(torch, args.dtype)
+    shape = SHAPES[args.family]
     with tempfile.TemporaryDirectory() as directory:
         torch.manual_seed(0)
-        LlavaForConditionalGeneration(mid_size_config()).save_pretrained(directory)
-        hf = LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch_dtype).to(torch_device).eval()
+        shape.model_class(shape.config()).save_pretrained(directory)
+        hf = shape.model_class.from_pretrained(directory, dtype=torch_dtype).to(torch_device).eval()
         model, _ = sgm_jax.load_model(directory, dtype=args.dtype)
     n_params = sum(p.numel() for p in hf.parameters())
-    n_image = model.spec.features_per_image
-    ids, mask, pixels = make_inputs(args.batch, args.length, n_image)
+    inputs = shape.inputs(args.batch, args.length)
+    ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+    prepared = model.prepare_inputs(ids, mask, inputs)
 
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def logits_fn(state, ids, pixels, mask):
-        return nnx.merge(graphdef, state).forward(ids, pixel_values=pixels, attention_mask=mask)["logits"]
+    def logits_fn(state, ids, mask, prepared):
+        return nnx.merge(graphdef, state).forward(ids, attention_mask=mask, **prepared)["logits"]
 
-    t_inputs = dict(
-        input_ids=torch.tensor(ids, device=torch_device),
-        attention_mask=torch.tensor(mask, device=torch_device),
-        pixel_values=torch.tensor(pixels, device=torch_device, dtype=torch_dtype),
-    )
+    t_inputs = {
+        name: torch.tensor(value, device=torch_device, dtype=torch_dtype if value.dtype == np.float32 else None)
+        for name, value in dict(inputs, input_ids=ids, attention_mask=mask).items()
+    }
 
     def run_torch():
         with torch.no_grad():
@@ -66,8 +69,8 @@ def main() -> None:
             torch.cuda.synchronize()
         return out
 
-    run_jax = lambda: logits_fn(state, ids, pixels, mask).block_until_ready()
-    run_call = lambda: model(ids, pixel_values=pixels, attention_mask=mask).block_until_ready()
+    run_jax = lambda: logits_fn(state, ids, mask, prepared).block_until_ready()
+    run_call = lambda: model(ids, attention_mask=mask, **inputs).block_until_ready()
 
     start = time.perf_counter()
     run_jax()
@@ -79,8 +82,8 @@ def main() -> None:
     t_call = median_seconds(run_call, args.repeats)
     tokens = args.batch * args.length
     print(
-        f"mid-size LLaVA, {n_params / 1e6:.1f}M parameters, batch {args.batch} x {args.length} tokens "
-        f"({n_image} image tokens per row), {args.dtype}"
+        f"{shape.description}, {n_params / 1e6:.1f}M parameters, batch {args.batch} x {args.length} tokens, "
+        f"{args.dtype}"
     )
     print(
         f"devices: torch {torch_device} ({torch.get_num_threads()} threads), jax {jax.devices()[0].platform} "

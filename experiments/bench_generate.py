@@ -1,8 +1,9 @@
 """Generation benchmark with an SGM-style intervention: `sgm_jax.generate` vs transformers `generate` with hooks.
 
-Same random weights, same inputs, one process, side by side. The shape is the mid-size
-LLaVA of `shapes.py` on a batch of 4 left-padded prompts of 256 tokens (64 image tokens
-each), 64 new tokens, greedy. The intervention multiplies the outputs of the gate, up
+Same random weights, same inputs, one process, side by side. The shape is one of the
+mid-size shapes of `shapes.py` (`--family llava` or `qwen2.5-vl`, where decode steps carry
+M-RoPE positions at `n_real + rope_delta`) on a batch of 4 left-padded prompts of 256 tokens
+(64 image tokens each), 64 new tokens, greedy. The intervention multiplies the outputs of the gate, up
 and down MLP projections of every decoder layer by random alphas in [0, 1.4]: in
 sgm_jax as gates in the module tree (an `Intervention` through `sgm_jax.intervene`), in
 transformers the ml-aura way, as forward hooks multiplying the same module outputs.
@@ -11,7 +12,7 @@ Measured: the median wall time of a whole `generate` call (prefill + decode), wi
 jit compile of the first sgm_jax call reported on its own; new tokens per second; the
 speed-up; and whether both sides produce the same tokens.
 
-    python experiments/bench_generate.py [--repeats 5] [--new-tokens 64]
+    python experiments/bench_generate.py [--family llava|qwen2.5-vl] [--repeats 5] [--new-tokens 64]
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ import time
 import jax
 import numpy as np
 import torch
-from transformers import LlavaForConditionalGeneration
 
 import sgm_jax
-from shapes import make_inputs, mid_size_config
+from shapes import SHAPES
 from timing import median_seconds
 
 MLP_SITES = ("gate_proj", "up_proj", "down_proj")
@@ -56,6 +56,7 @@ def hook_intervention(hf: torch.nn.Module, iv: sgm_jax.Intervention, device: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=sorted(SHAPES), default="llava", help="the mid-size shape to run")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per side (median is reported)")
     parser.add_argument("--batch", type=int, default=4, help="prompts per call")
     parser.add_argument("--length", type=int, default=256, help="tokens per prompt, image tokens included")
@@ -66,23 +67,23 @@ def main() -> None:
     args = parser.parse_args()
 
     torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+    shape = SHAPES[args.family]
     with tempfile.TemporaryDirectory() as directory:
         torch.manual_seed(0)
-        LlavaForConditionalGeneration(mid_size_config()).save_pretrained(directory)
-        hf = LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch.float32).to(torch_device).eval()
+        shape.model_class(shape.config()).save_pretrained(directory)
+        hf = shape.model_class.from_pretrained(directory, dtype=torch.float32).to(torch_device).eval()
         model, _ = sgm_jax.load_model(directory)
-    n_image = model.spec.features_per_image
-    ids, mask, pixels = make_inputs(args.batch, args.length, n_image, min_length=args.min_length)
+    inputs = shape.inputs(args.batch, args.length, min_length=args.min_length)
+    ids, mask = inputs["input_ids"], inputs.pop("attention_mask")
     iv = random_intervention(model, 0)
     gated = sgm_jax.intervene(model, iv)
     hook_intervention(hf, iv, torch_device)
     new = args.new_tokens
 
-    t_inputs = dict(
-        input_ids=torch.tensor(ids, device=torch_device),
-        attention_mask=torch.tensor(mask, device=torch_device),
-        pixel_values=torch.tensor(pixels, device=torch_device),
-    )
+    t_inputs = {
+        name: torch.tensor(value, device=torch_device) for name, value in dict(inputs, attention_mask=mask).items()
+    }
+    inputs.pop("input_ids")
 
     def run_torch():
         with torch.no_grad():
@@ -93,7 +94,7 @@ def main() -> None:
 
     def run_jax():
         return sgm_jax.generate(
-            gated, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=new, temperature=0.0, eos_token_id=None
+            gated, ids, attention_mask=mask, max_new_tokens=new, temperature=0.0, eos_token_id=None, **inputs
         )
 
     start = time.perf_counter()
@@ -106,8 +107,8 @@ def main() -> None:
     same_rows = int((ours == theirs).all(1).sum())
     tokens = args.batch * new
     print(
-        f"mid-size LLaVA, batch {args.batch} x {args.length}-token prompts (real lengths {mask.sum(1).tolist()}, "
-        f"{n_image} image tokens each), {new} new tokens, greedy, float32"
+        f"{shape.description}, batch {args.batch} x {args.length}-token prompts "
+        f"(real lengths {mask.sum(1).tolist()}), {new} new tokens, greedy, float32"
     )
     print(
         f"intervention: {len(iv.sites)} sites (gate/up/down_proj of every decoder layer), "

@@ -1,11 +1,26 @@
-"""The mid-size LLaVA shape the benchmarks share (~30M parameters), and inputs for it."""
+"""The mid-size shapes the benchmarks share (LLaVA and Qwen2.5-VL, ~30M parameters each), and inputs for them."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import numpy as np
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
 
 IMAGE_TOKEN = 7999
+# Qwen2.5-VL's vision markers, beside its image token at the top of the vocabulary.
+VISION_START, VISION_END, VIDEO_TOKEN = 7996, 7997, 7998
+QWEN_IMAGE_PX, QWEN_PATCH = 224, 14
 
 
 def mid_size_config() -> LlavaConfig:
@@ -45,3 +60,97 @@ def make_inputs(batch: int, length: int, n_image: int, seed: int = 0, min_length
         ids[row, pad + 1 : pad + 1 + n_image] = IMAGE_TOKEN
     pixels = rng.standard_normal((batch, 3, 112, 112)).astype(np.float32)
     return ids, mask, pixels
+
+
+def mid_size_qwen_config() -> Qwen2_5_VLConfig:
+    """Vision 256 wide x 4 blocks (full attention in 1 and 3, 8 x 8-patch windows elsewhere), merger to 512;
+    Qwen2 512 wide x 6 layers, 8 query / 2 key-value heads of 64, M-RoPE sections [8, 12, 12], MLP 1408."""
+    vision = dict(
+        depth=4,
+        hidden_size=256,
+        intermediate_size=704,
+        num_heads=4,
+        out_hidden_size=512,
+        patch_size=QWEN_PATCH,
+        temporal_patch_size=2,
+        spatial_merge_size=2,
+        window_size=112,
+        fullatt_block_indexes=[1, 3],
+    )
+    text = dict(
+        vocab_size=8000,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]},
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    return Qwen2_5_VLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+        tie_word_embeddings=False,
+    )
+
+
+def make_qwen_inputs(batch: int, length: int, seed: int = 0, min_length: int | None = None) -> dict[str, np.ndarray]:
+    """What Qwen2.5-VL's processor gives for left-padded rows with one 224 x 224 image each (a 16 x 16 patch grid,
+    64 image tokens between the vision markers after the first token): `input_ids`, `attention_mask`,
+    `mm_token_type_ids` (1 at image tokens; without it transformers falls back to text positions), `pixel_values`
+    `[batch * 256, 1176]` and `image_grid_thw`. With `min_length`, row lengths vary in [min_length, length]."""
+    rng = np.random.default_rng(seed)
+    grid = QWEN_IMAGE_PX // QWEN_PATCH
+    n_image = grid * grid // 4
+    ids = rng.integers(1, VISION_START, (batch, length))
+    mask = np.ones((batch, length), np.int64)
+    for row in range(batch):
+        pad = 0 if min_length is None else length - int(rng.integers(min_length, length + 1))
+        mask[row, :pad] = 0
+        ids[row, :pad] = 0
+        ids[row, pad + 1] = VISION_START
+        ids[row, pad + 2 : pad + 2 + n_image] = IMAGE_TOKEN
+        ids[row, pad + 2 + n_image] = VISION_END
+    patch_width = 3 * 2 * QWEN_PATCH * QWEN_PATCH
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "mm_token_type_ids": (ids == IMAGE_TOKEN).astype(np.int64),
+        "pixel_values": rng.standard_normal((batch * grid * grid, patch_width)).astype(np.float32),
+        "image_grid_thw": np.tile(np.array([[1, grid, grid]], np.int64), (batch, 1)),
+    }
+
+
+def make_llava_inputs(batch: int, length: int, seed: int = 0, min_length: int | None = None) -> dict[str, np.ndarray]:
+    """`make_inputs` for the mid-size LLaVA (64 image tokens per row) by the processor's names."""
+    ids, mask, pixels = make_inputs(batch, length, 64, seed, min_length)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """A benchmark shape: its transformers class and config, and processor-like inputs for it."""
+
+    description: str
+    model_class: type[PreTrainedModel]
+    config: Callable[[], PretrainedConfig]
+    inputs: Callable[..., dict[str, np.ndarray]]
+
+
+SHAPES = {
+    "llava": Shape(
+        "mid-size LLaVA (64 image tokens per row)", LlavaForConditionalGeneration, mid_size_config, make_llava_inputs
+    ),
+    "qwen2.5-vl": Shape(
+        "mid-size Qwen2.5-VL (one 224 px image, 256 patches, 64 image tokens per row)",
+        Qwen2_5_VLForConditionalGeneration,
+        mid_size_qwen_config,
+        make_qwen_inputs,
+    ),
+}
