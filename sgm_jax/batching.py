@@ -51,7 +51,8 @@ def collate(encoded: Sequence[Mapping[str, np.ndarray]], pad_id: int = 0) -> dic
     """Left-pad encoded samples into one batch as long as its longest row.
 
     Each sample has `input_ids` `[T]` and optionally other per-token arrays (`targets`) and image inputs
-    (`pixel_values` `[images, ...]`); the batch gets an `attention_mask` and the images of all rows in order.
+    (`pixel_values` `[images, ...]`); the batch gets an `attention_mask` and the images of all rows in order,
+    zero-padded on their other axes to the largest (as a processor pads LLaVA-NeXT's tiles across images).
     """
     length = max(len(e["input_ids"]) for e in encoded)
     batch = {
@@ -69,7 +70,11 @@ def collate(encoded: Sequence[Mapping[str, np.ndarray]], pad_id: int = 0) -> dic
             if key in e:
                 batch[key][row, length - n :] = e[key]
     for key in sorted({k for e in encoded for k in e} - set(TOKEN_KEYS)):
-        batch[key] = np.concatenate([e[key] for e in encoded if key in e])
+        parts = [np.asarray(e[key]) for e in encoded if key in e]
+        largest = np.max([p.shape for p in parts], axis=0)
+        batch[key] = np.concatenate(
+            [np.pad(p, [(0, 0)] + [(0, n - d) for n, d in zip(largest[1:], p.shape[1:])]) for p in parts]
+        )
     return batch
 
 

@@ -95,11 +95,14 @@ def _pool_segments(values: jax.Array, segments: jax.Array, count: int, pooling: 
 
 
 def _per_image(values: jax.Array, segments: tuple[jax.Array, ...], count: int, pooling: str) -> jax.Array:
-    """An image-domain site's values pooled to `[count, width]`: rows of packed patches by their segment
-    ids (the segment array as long as the values), `[images, positions, width]` over positions."""
-    packed = next((s for s in segments if values.ndim == 2 and s.shape[0] == values.shape[0]), None)
+    """An image-domain site's values pooled to `[count, width]`. Where rows are not images (packed patches
+    `[rows, width]`, tiles `[tiles, positions, width]`), a segment array as long as the rows names each row's
+    image and every position of a row pools into it; otherwise rows are images, `[images, positions, width]`."""
+    packed = next((s for s in segments if s.shape[0] == values.shape[0]), None)
     if packed is not None:
-        return _pool_segments(values, packed, count, pooling)
+        if values.ndim == 3:
+            packed = jnp.repeat(packed, values.shape[1])
+        return _pool_segments(values.reshape(-1, values.shape[-1]), packed, count, pooling)
     if values.ndim == 2:  # a per-image vector (the tower's pooled output): one position per image
         values = values[:, None]
     return _pool(values, jnp.ones(values.shape[:2], bool), pooling)

@@ -216,13 +216,10 @@ def rewrite_keys(directory: str, out: str, rename) -> str:
 CHAT_TEMPLATE = (files("sgm_jax") / "organism" / "chat_template.jinja").read_text()
 
 
-def save_processor(directory: str) -> None:
-    """A BPE tokenizer with `<image>`, a CLIP image processor and a LLaVA chat template, saved beside the model.
-
-    The config's `image_token_index` is pointed at the tokenizer's `<image>` id.
-    """
+def tiny_tokenizer():
+    """A BPE tokenizer over a small corpus with `<s>`, `</s>`, `<unk>` (also the pad) and `<image>`."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -238,13 +235,28 @@ def save_processor(directory: str) -> None:
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>"
     )
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    return tokenizer
+
+
+def point_image_token(directory: str, tokenizer) -> None:
+    """Point config.json's `image_token_index` at the tokenizer's `<image>` id."""
     path = os.path.join(directory, "config.json")
     with open(path) as f:
         config = json.load(f)
-    config["image_token_index"] = image_token
+    config["image_token_index"] = tokenizer.convert_tokens_to_ids("<image>")
     with open(path, "w") as f:
         json.dump(config, f)
+
+
+def save_processor(directory: str) -> None:
+    """`tiny_tokenizer`, a CLIP image processor and a LLaVA chat template, saved beside the model.
+
+    The config's `image_token_index` is pointed at the tokenizer's `<image>` id.
+    """
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
+
+    tokenizer = tiny_tokenizer()
+    point_image_token(directory, tokenizer)
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, image_mean=[0.5] * 3, image_std=[0.25] * 3
     )

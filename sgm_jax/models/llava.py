@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,10 @@ from sgm_jax.models.site import ImageDomain, Site
 
 @dataclasses.dataclass(frozen=True)
 class LlavaSpec:
+    # The config's `model_type`, and the fields a variant reads besides LLaVA's (in `_own_fields`).
+    hf_model_type: ClassVar[str] = "llava"
+    own_fields: ClassVar[tuple[str, ...]] = ()
+
     text: LlamaSpec
     vision: ClipVisionSpec
     image_token_index: int
@@ -42,7 +46,7 @@ class LlavaSpec:
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any], *, where: str = "config") -> LlavaSpec:
-        require(where, "model_type", cfg.get("model_type"), ["llava"])
+        require(where, "model_type", cfg.get("model_type"), [cls.hf_model_type])
         check_fields(
             cfg,
             where=where,
@@ -56,6 +60,7 @@ class LlavaSpec:
                 "projector_hidden_act",
                 "multimodal_projector_bias",
                 "tie_word_embeddings",
+                *cls.own_fields,
             ],
             inert=["image_seq_length", "ignore_index", "vocab_size"],
         )
@@ -90,7 +95,13 @@ class LlavaSpec:
                 where, "projector_hidden_act", cfg.get("projector_hidden_act", "gelu"), ACTIVATIONS
             ),
             multimodal_projector_bias=bool(cfg.get("multimodal_projector_bias", True)),
+            **cls._own_fields(cfg, where, vision),
         )
+
+    @classmethod
+    def _own_fields(cls, cfg: dict[str, Any], where: str, vision: ClipVisionSpec) -> dict[str, Any]:
+        """A variant's own spec fields, read (strictly) from its config."""
+        return {}
 
     def to_hf(self) -> dict[str, Any]:
         """The `LlavaConfig` dict this spec reads back from (what export and orbax checkpoints write)."""
@@ -137,7 +148,8 @@ class LlavaModel(nnx.Module):
         self.language_model = LlamaModel(spec.text, dtype=dtype, rngs=rngs)
 
     def image_features(self, pixel_values: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
-        """Projected features `[images, features_per_image, text_hidden]` and the tower's hidden states."""
+        """Projected features `[images, features_per_image, text_hidden]` and the tower's hidden states (for
+        LLaVA-NeXT, images are tiles)."""
         hidden_states, _ = self.vision_tower(pixel_values)
         start = 1 if self.spec.vision_feature_select_strategy == "default" else 0
         selected = jnp.concatenate([hidden_states[i][:, start:] for i in self.spec.feature_layers], axis=-1)
@@ -149,6 +161,7 @@ class LlavaForConditionalGeneration(CausalLM):
 
     model_type, spec_class, decoder_layers = "llava", LlavaSpec, "model.language_model.layers"
     image_inputs = ("pixel_values",)
+    backbone_class: ClassVar[type[LlavaModel]] = LlavaModel
     # The hub layout (`language_model.model.`, `vision_tower.vision_model.`), the one `save_pretrained` writes
     # in transformers 5.x (`vision_tower.` without `vision_model.`) and the `state_dict()` layout (`model.`).
     load_layout = (
@@ -166,7 +179,7 @@ class LlavaForConditionalGeneration(CausalLM):
     )
 
     def __init__(self, spec: LlavaSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.model = LlavaModel(spec, dtype=dtype, rngs=rngs)
+        self.model = self.backbone_class(spec, dtype=dtype, rngs=rngs)
         self.lm_head = (
             None
             if spec.text.tie_word_embeddings
@@ -209,33 +222,35 @@ class LlavaForConditionalGeneration(CausalLM):
         per_row = (np.asarray(input_ids) == self.image_token_id).sum(1) // self.tokens_per_image
         return np.repeat(np.arange(len(per_row)), per_row).astype(np.int32)
 
-    def input_embeddings(self, input_ids: jax.Array, pixel_values=None) -> tuple[jax.Array, list[jax.Array]]:
-        """Token embeddings with the image features in the `<image>` positions, and the tower's hidden states."""
+    def input_embeddings(self, input_ids: jax.Array, pixel_values=None) -> tuple[jax.Array, list[jax.Array], tuple]:
+        """Token embeddings with the image features in the `<image>` positions, the tower's hidden states, and
+        the image of each vision row where rows are not images (`image_segments`; none here)."""
         embeds = self.model.language_model.embed_tokens(input_ids)
         if pixel_values is None:
-            return embeds, []
+            return embeds, [], ()
         features, vision_hidden = self.model.image_features(jnp.asarray(pixel_values))
-        return scatter_image_features(embeds, input_ids, features, self.spec.image_token_index), vision_hidden
+        return scatter_image_features(embeds, input_ids, features, self.spec.image_token_index), vision_hidden, ()
 
-    def forward(self, input_ids, *, pixel_values=None, attention_mask=None) -> dict[str, Any]:
+    def forward(self, input_ids, *, attention_mask=None, **images) -> dict[str, Any]:
         """Traceable forward: logits, the vision tower's hidden states and the decoder's residual stream."""
         input_ids = jnp.asarray(input_ids)
         attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
         lm = self.model.language_model
-        embeds, vision_hidden = self.input_embeddings(input_ids, pixel_values)
+        embeds, vision_hidden, segments = self.input_embeddings(input_ids, **images)
         hidden, stream = lm(embeds, attention_mask)
         return {
             "logits": output_logits(self.lm_head, lm.embed_tokens, hidden),
             "vision_hidden_states": vision_hidden,
             "text_stream": stream,
             "text_final": hidden,
+            "image_segments": segments,
         }
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
         return self.model.language_model.init_cache(batch, max_len)
 
     def forward_with_cache(
-        self, input_ids, cache: KVCache, *, pixel_values=None, attention_mask=None, last_only: bool = False
+        self, input_ids, cache: KVCache, *, attention_mask=None, last_only: bool = False, **images
     ) -> tuple[jax.Array, KVCache]:
         """Traceable: the logits of new tokens run after those in `cache`, and the updated cache.
 
@@ -245,7 +260,7 @@ class LlavaForConditionalGeneration(CausalLM):
         input_ids = jnp.asarray(input_ids)
         attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
         lm = self.model.language_model
-        embeds, _ = self.input_embeddings(input_ids, pixel_values)
+        embeds, _, _ = self.input_embeddings(input_ids, **images)
         hidden, cache = lm.forward_with_cache(embeds, attention_mask, cache)
         if last_only:
             hidden = hidden[:, -1]

@@ -10,6 +10,7 @@ from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.config import UnsupportedConfigError
 from sgm_jax.models.llama import LlamaForCausalLM
 from sgm_jax.models.llava import LlavaForConditionalGeneration
+from sgm_jax.models.llava_next import LlavaNextForConditionalGeneration
 from sgm_jax.models.qwen2 import Qwen2ForCausalLM
 from sgm_jax.models.qwen2_vl import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
@@ -18,6 +19,7 @@ FAMILIES: dict[str, type[CausalLM]] = {
     for cls in (
         LlamaForCausalLM,
         LlavaForConditionalGeneration,
+        LlavaNextForConditionalGeneration,
         Qwen2ForCausalLM,
         Qwen2VLForConditionalGeneration,
         Qwen2_5_VLForConditionalGeneration,

@@ -1,0 +1,129 @@
+"""Tiny random LLaVA-NeXT checkpoints and processors built in process, and transformers' intermediates for them."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessorPil,
+    LlavaNextProcessor,
+)
+
+import hf_tiny
+
+# Tiles of 28 px with 7 px patches: 16 features per tile; grids of 1x2, 2x1 and 2x2 tiles (5 tiles at most).
+PINPOINTS = [[28, 56], [56, 28], [56, 56]]
+# Original sizes (height, width) covering both unpad branches (wide, tall) and a square.
+SIZES = {"wide": (30, 50), "tall": (61, 20), "square": (40, 40)}
+
+
+def next_config(*, tie=False, kv_heads=4, feature_layer=-2, text_layers=2) -> LlavaNextConfig:
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=28,
+        patch_size=7,
+        projection_dim=16,
+    )
+    text = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=56,
+        num_hidden_layers=text_layers,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        vocab_size=100,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    return LlavaNextConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=hf_tiny.tiny_tokenizer().convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=PINPOINTS,
+        vision_feature_layer=feature_layer,
+        tie_word_embeddings=tie,
+    )
+
+
+def save_next(directory: str, config: LlavaNextConfig | None = None, seed: int = 0, **save_kwargs) -> str:
+    """A randomised LLaVA-NeXT (`image_newline` included) with its processor, saved into `directory`."""
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config or next_config())
+    hf_tiny.randomize(model, seed)
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+    model.save_pretrained(directory, **save_kwargs)
+    next_processor().save_pretrained(directory)
+    return directory
+
+
+def next_processor() -> LlavaNextProcessor:
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": 28},
+        crop_size={"height": 28, "width": 28},
+        image_grid_pinpoints=PINPOINTS,
+        image_mean=[0.5] * 3,
+        image_std=[0.25] * 3,
+    )
+    return LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=hf_tiny.tiny_tokenizer(),
+        patch_size=7,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
+        chat_template=hf_tiny.CHAT_TEMPLATE,
+    )
+
+
+def next_batch(processor, rows, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Left-padded chat prompts, each row `(text, [(h, w), ...])` with random RGB images of those sizes first:
+    the processor's `input_ids`, `attention_mask` and, when any row has an image, `pixel_values`
+    `[images, tiles, 3, 28, 28]` and `image_sizes`, as numpy."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    texts, images = [], []
+    for prompt, sizes in rows:
+        content = [{"type": "image"}] * len(sizes) + [{"type": "text", "text": prompt}]
+        chat = [{"role": "user", "content": content}]
+        texts.append(processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+        images.extend(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes)
+    out = processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="np")
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def load_next_reference(directory: str):
+    return hf_tiny.load_reference(directory, LlavaNextForConditionalGeneration)
+
+
+def next_reference(hf, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """transformers' logits, decoder hidden states, vision hidden states (real tiles of every image, in order) and
+    the projector's output per real tile, for a `next_batch` at the positions `generate` gives its rows."""
+    captured = {}
+    handle = hf.model.multi_modal_projector.register_forward_hook(
+        lambda m, args, out: captured.__setitem__("projector", out.detach().numpy())
+    )
+    inputs = {k: torch.tensor(v) for k, v in batch.items()}
+    mask = batch["attention_mask"]
+    with torch.no_grad():
+        vision = {}
+        if "pixel_values" in batch:
+            features = hf.model.get_image_features(
+                inputs["pixel_values"], inputs["image_sizes"], output_hidden_states=True
+            )
+            vision = {"vision_hidden_states": [h.numpy() for h in features.hidden_states]}
+        out = hf(**inputs, position_ids=torch.tensor(hf_tiny.generate_positions(mask)), output_hidden_states=True)
+    handle.remove()
+    return {
+        "logits": out.logits.numpy(),
+        "hidden_states": [h.numpy() for h in out.hidden_states],
+        **vision,
+        **captured,
+    }
