@@ -3,14 +3,16 @@
 Same random weights, same inputs, one process, side by side; also the cost of the public
 `model(...)` call against a bare `jax.jit` over the split state, both fed the same host
 arrays (the call checks the image tokens, prepares the family's host inputs and flattens the
-model; the bare jit gets the prepared inputs). Two mid-size shapes of `shapes.py` (~30M
-parameters each): `--family llava` (CLIP 256 wide x 4 layers at 112 px, Llama 512 x 6) and
-`--family qwen2.5-vl` (a 256-wide 4-block windowed vision tower on one 224 px image per row,
-Qwen2 512 x 6 with GQA and M-RoPE); a batch of 4 x 256 tokens, 64 of them image tokens. Runs
-unchanged on a GPU: torch uses CUDA when it has it, jax its default backend.
+model; the bare jit gets the prepared inputs). The mid-size shapes of `shapes.py` (~30M
+parameters each): `--family llava` (CLIP 256 wide x 4 layers at 112 px, Llama 512 x 6; 4 x 256
+tokens, 64 of them image tokens), `--family llava-next` (the same towers over 5 tiles of one
+224 px image per row; 4 x 512 tokens, 336 image tokens) and `--family qwen2.5-vl` (a 256-wide
+4-block windowed vision tower on one 224 px image per row, Qwen2 512 x 6 with GQA and M-RoPE;
+4 x 256 tokens, 64 image tokens). Runs unchanged on a GPU: torch uses CUDA when it has it, jax
+its default backend.
 
-    python experiments/bench_forward.py [--family llava|qwen2.5-vl] [--repeats 20] [--batch 4] [--length 256]
-        [--dtype float32|bfloat16]
+    python experiments/bench_forward.py [--family llava|llava-next|qwen2.5-vl] [--repeats 20] [--batch 4]
+        [--length TOKENS] [--dtype float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ def main() -> None:
     parser.add_argument("--family", choices=sorted(SHAPES), default="llava", help="the mid-size shape to run")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per side (median is reported)")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--length", type=int, default=256, help="tokens per row, image tokens included")
+    parser.add_argument("--length", type=int, help="tokens per row, image tokens included (default: the shape's)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     args = parser.parse_args()
 
     torch_device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = getattr(torch, args.dtype)
     shape = SHAPES[args.family]
+    args.length = args.length or shape.length
     with tempfile.TemporaryDirectory() as directory:
         torch.manual_seed(0)
         shape.model_class(shape.config()).save_pretrained(directory)

@@ -12,7 +12,7 @@ Measured: the median wall time of a whole `generate` call (prefill + decode), wi
 jit compile of the first sgm_jax call reported on its own; new tokens per second; the
 speed-up; and whether both sides produce the same tokens.
 
-    python experiments/bench_generate.py [--family llava|qwen2.5-vl] [--repeats 5] [--new-tokens 64]
+    python experiments/bench_generate.py [--family llava|llava-next|qwen2.5-vl] [--repeats 5] [--new-tokens 64]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--family", choices=sorted(SHAPES), default="llava", help="the mid-size shape to run")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per side (median is reported)")
     parser.add_argument("--batch", type=int, default=4, help="prompts per call")
-    parser.add_argument("--length", type=int, default=256, help="tokens per prompt, image tokens included")
+    parser.add_argument("--length", type=int, help="tokens per prompt, image tokens included (default: the shape's)")
     parser.add_argument(
         "--min-length", type=int, help="left-pad: real prompt lengths vary in [min-length, length] (default: all full)"
     )
@@ -68,6 +68,7 @@ def main() -> None:
 
     torch_device = "cuda" if torch.cuda.is_available() else "cpu"
     shape = SHAPES[args.family]
+    args.length = args.length or shape.length
     with tempfile.TemporaryDirectory() as directory:
         torch.manual_seed(0)
         shape.model_class(shape.config()).save_pretrained(directory)

@@ -11,6 +11,8 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
     PretrainedConfig,
     PreTrainedModel,
     Qwen2_5_VLConfig,
@@ -60,6 +62,41 @@ def make_inputs(batch: int, length: int, n_image: int, seed: int = 0, min_length
         ids[row, pad + 1 : pad + 1 + n_image] = IMAGE_TOKEN
     pixels = rng.standard_normal((batch, 3, 112, 112)).astype(np.float32)
     return ids, mask, pixels
+
+
+# LLaVA-NeXT's tiles at the mid-size LLaVA's 112 px: grids of 1 x 2, 2 x 1 and 2 x 2 tiles (5 tiles at most).
+NEXT_PINPOINTS = [[112, 224], [224, 112], [224, 224]]
+
+
+def mid_size_next_config() -> LlavaNextConfig:
+    """The mid-size LLaVA's towers and LM as LLaVA-NeXT, tiling 112 px tiles up to 224 x 224."""
+    llava = mid_size_config()
+    return LlavaNextConfig(
+        vision_config=llava.vision_config,
+        text_config=llava.text_config,
+        image_token_index=IMAGE_TOKEN,
+        image_grid_pinpoints=NEXT_PINPOINTS,
+    )
+
+
+def make_next_inputs(batch: int, length: int, seed: int = 0, min_length: int | None = None) -> dict[str, np.ndarray]:
+    """What LLaVA-NeXT's processor gives for left-padded rows with one 224 x 224 image each: the 2 x 2 grid, 5
+    tiles, 64 + 16 x (16 + 1) = 336 image tokens after the first token; `pixel_values` `[batch, 5, 3, 112, 112]`
+    and `image_sizes`."""
+    n_image = 64 + 16 * 17
+    if length < n_image + 2:
+        raise SystemExit(f"--length must be at least {n_image + 2} for the LLaVA-NeXT shape (one image is {n_image})")
+    rng = np.random.default_rng(seed)
+    ids, mask, _ = make_inputs(batch, length, 0, seed, min_length)
+    for row in range(batch):
+        pad = length - int(mask[row].sum())
+        ids[row, pad + 1 : pad + 1 + n_image] = IMAGE_TOKEN
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pixel_values": rng.standard_normal((batch, 5, 3, 112, 112)).astype(np.float32),
+        "image_sizes": np.tile(np.array([[224, 224]], np.int64), (batch, 1)),
+    }
 
 
 def mid_size_qwen_config() -> Qwen2_5_VLConfig:
@@ -135,17 +172,25 @@ def make_llava_inputs(batch: int, length: int, seed: int = 0, min_length: int | 
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
-    """A benchmark shape: its transformers class and config, and processor-like inputs for it."""
+    """A benchmark shape: its transformers class and config, processor-like inputs for it, tokens per row."""
 
     description: str
     model_class: type[PreTrainedModel]
     config: Callable[[], PretrainedConfig]
     inputs: Callable[..., dict[str, np.ndarray]]
+    length: int = 256
 
 
 SHAPES = {
     "llava": Shape(
         "mid-size LLaVA (64 image tokens per row)", LlavaForConditionalGeneration, mid_size_config, make_llava_inputs
+    ),
+    "llava-next": Shape(
+        "mid-size LLaVA-NeXT (one 224 px image in 5 tiles of 112 px, 336 image tokens per row)",
+        LlavaNextForConditionalGeneration,
+        mid_size_next_config,
+        make_next_inputs,
+        length=512,
     ),
     "qwen2.5-vl": Shape(
         "mid-size Qwen2.5-VL (one 224 px image, 256 patches, 64 image tokens per row)",
