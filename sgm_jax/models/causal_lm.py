@@ -8,6 +8,7 @@ likelihood and export speak only to this interface.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -115,3 +116,16 @@ class CausalLM(nnx.Module):
 def prepared_logits(model: CausalLM, input_ids, attention_mask, inputs) -> jax.Array:
     """Logits of a batch already checked and prepared (`sgm_jax.batching.model_batch`)."""
     return model.forward(input_ids, attention_mask=attention_mask, **inputs)["logits"]
+
+
+@functools.cache
+def images_only(stock: type) -> type:
+    """transformers' processor `stock` under its own name (so saved files read as the hub's) without a video
+    processor in `__init__`, which is where processors take their parts from: the stock one needs torchvision,
+    and sgm_jax takes no video. For processors whose `__init__` takes nothing else (transformers reloads the
+    arguments it names)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        stock.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    return type(stock.__name__, (stock,), {"__init__": __init__})

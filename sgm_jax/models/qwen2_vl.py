@@ -12,7 +12,6 @@ batched per image (and per window) with no cross-image work at all. M-RoPE posit
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +22,7 @@ from flax import nnx
 
 from sgm_jax.batching import bucket_length
 from sgm_jax.kv_cache import KVCache
-from sgm_jax.models.causal_lm import CausalLM
+from sgm_jax.models.causal_lm import CausalLM, images_only
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import (
     ACTIVATIONS,
@@ -427,7 +426,7 @@ class Qwen2VLForConditionalGeneration(CausalLM):
         needs torchvision (and sgm_jax takes no video)."""
         import transformers
 
-        return _images_only(getattr(transformers, cls.processor_name))
+        return images_only(getattr(transformers, cls.processor_name))
 
     @property
     def image_token_id(self) -> int:
@@ -550,17 +549,6 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2VLForConditionalGeneration):
     """Qwen2.5-VL: Qwen2-VL's interface, with the windowed vision tower."""
 
     model_type, processor_name = "qwen2_5_vl", "Qwen2_5_VLProcessor"
-
-
-@functools.cache
-def _images_only(stock: type) -> type:
-    """`stock` under its own name (so saved files read as the hub's) with no video processor in `__init__`,
-    which is where transformers' processors take their parts from."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        stock.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
-
-    return type(stock.__name__, (stock,), {"__init__": __init__})
 
 
 def _runs(row: np.ndarray, token: int) -> list[tuple[int, int]]:

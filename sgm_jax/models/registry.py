@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.config import UnsupportedConfigError
+from sgm_jax.models.internvl import InternVLForConditionalGeneration
 from sgm_jax.models.llama import LlamaForCausalLM
 from sgm_jax.models.llava import LlavaForConditionalGeneration
 from sgm_jax.models.llava_next import LlavaNextForConditionalGeneration
@@ -17,6 +18,7 @@ from sgm_jax.models.qwen2_vl import Qwen2_5_VLForConditionalGeneration, Qwen2VLF
 FAMILIES: dict[str, type[CausalLM]] = {
     cls.model_type: cls
     for cls in (
+        InternVLForConditionalGeneration,
         LlamaForCausalLM,
         LlavaForConditionalGeneration,
         LlavaNextForConditionalGeneration,
