@@ -93,7 +93,7 @@ def test_all_problems_are_reported_together(saved, tmp_path):
         ),
         (lambda c: c.update(vision_feature_select_strategy="cls"), r"vision_feature_select_strategy(.|\n)*cls"),
         (lambda c: c.update(vision_feature_layer=7), r"vision_feature_layer=7 is out of range"),
-        (lambda c: c.update(model_type="llava_next"), r"model_type='llava_next'"),
+        (lambda c: c.update(model_type="gemma3"), r"model_type='gemma3'"),
     ],
 )
 def test_unsupported_config_is_named(saved, tmp_path, edit, message):
