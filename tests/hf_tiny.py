@@ -83,9 +83,12 @@ def save_llava(directory: str, config: LlavaConfig, seed: int = 0, **save_kwargs
     return directory
 
 
-def save_llama(directory: str, seed: int = 0, *, legacy_rope_theta: float | None = None, kv_heads=2) -> str:
+def save_llama(
+    directory: str, seed: int = 0, *, legacy_rope_theta: float | None = None, kv_heads=2, rope_parameters=None
+) -> str:
     """A text-only Llama; with `legacy_rope_theta`, config.json uses the old top-level `rope_theta` field."""
     config = LlamaConfig(
+        **({} if rope_parameters is None else {"rope_parameters": rope_parameters}),
         hidden_size=32,
         intermediate_size=56,
         num_hidden_layers=2,

@@ -8,13 +8,27 @@ from transformers import LlamaForCausalLM
 import hf_tiny
 import sgm_jax
 
+# Llama-3's frequency scaling, with a short original context so that all three frequency bands occur.
+LLAMA3 = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
 
-@pytest.mark.parametrize("legacy_rope_theta", [None, 500000.0], ids=["rope_parameters", "legacy-rope_theta"])
-def test_text_llama_matches_transformers(tmp_path, legacy_rope_theta):
-    directory = hf_tiny.save_llama(str(tmp_path), seed=3, legacy_rope_theta=legacy_rope_theta)
+
+@pytest.mark.parametrize(
+    "legacy_rope_theta, rope", [(None, None), (500000.0, None), (None, LLAMA3)], ids=["default", "legacy", "llama3"]
+)
+def test_text_llama_matches_transformers(tmp_path, legacy_rope_theta, rope):
+    directory = hf_tiny.save_llama(str(tmp_path), seed=3, legacy_rope_theta=legacy_rope_theta, rope_parameters=rope)
     model, processor = sgm_jax.load_model(directory)
     assert processor is None
-    assert model.spec.rope_theta == (legacy_rope_theta or 10000.0)
+    assert model.spec.rope_theta == (legacy_rope_theta or (rope or {}).get("rope_theta", 10000.0))
+    assert bool(model.spec.rope_llama3) == (rope is not None)
+    assert model.spec.to_hf()["rope_parameters"] == (rope or model.spec.to_hf()["rope_parameters"])
     hf = hf_tiny.load_reference(directory, LlamaForCausalLM)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 120, (2, 300))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -36,6 +37,12 @@ class LlamaSpec:
     """Qwen2 has biases on q/k/v but none on o_proj; Llama's `attention_bias` covers all four."""
     mrope_section: tuple[int, ...] = ()
     """Qwen2-VL's multimodal RoPE: how many frequencies follow the t, h and w positions (empty: 1-D RoPE)."""
+    rope_llama3: tuple[float, float, float, int] = ()
+    """Llama-3's frequency scaling: (factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)."""
+
+    def inv_freq(self) -> np.ndarray:
+        """RoPE's inverse frequencies `[head_dim / 2]` (float32, as transformers computes them)."""
+        return rope_inv_freq(self.head_dim, self.rope_theta, self.rope_llama3)
 
     @classmethod
     def from_hf(
@@ -48,10 +55,7 @@ class LlamaSpec:
             cfg, where=where, used=fields + ["rope_parameters", "rope_theta", "rope_scaling"], inert=["pretraining_tp"]
         )
         rope = cfg.get("rope_parameters") or {"rope_type": "default", "rope_theta": cfg.get("rope_theta", 10000.0)}
-        require(where, "rope_parameters.rope_type", rope.get("rope_type"), ["default"])
-        extra = sorted(set(rope) - {"rope_type", "rope_theta"})
-        if extra:
-            raise UnsupportedConfigError(f"{where}: rope_parameters fields sgm_jax does not implement: {extra}")
+        llama3 = read_llama3_rope(rope, where)
         if cfg.get("rope_scaling"):
             raise UnsupportedConfigError(f"{where}: rope_scaling={cfg['rope_scaling']!r} is not supported")
         require(where, "hidden_act", cfg["hidden_act"], ACTIVATIONS)
@@ -71,6 +75,7 @@ class LlamaSpec:
             hidden_act=cfg["hidden_act"],
             rms_norm_eps=cfg["rms_norm_eps"],
             rope_theta=float(rope["rope_theta"]),
+            rope_llama3=llama3,
             attention_bias=bool(cfg.get("attention_bias", False)),
             o_proj_bias=bool(cfg.get("attention_bias", False)),
             mlp_bias=bool(cfg.get("mlp_bias", False)),
@@ -82,14 +87,59 @@ class LlamaSpec:
     def to_hf(self) -> dict[str, Any]:
         """The `LlamaConfig` dict this spec reads back from (what export and orbax checkpoints write)."""
         fields = dataclasses.asdict(self)
-        theta = fields.pop("rope_theta")
-        del fields["o_proj_bias"], fields["mrope_section"]
+        del fields["rope_theta"], fields["o_proj_bias"], fields["mrope_section"], fields["rope_llama3"]
         return {
             "model_type": "llama",
             "architectures": ["LlamaForCausalLM"],
             **fields,
-            "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+            "rope_parameters": self.rope_parameters(),
         }
+
+    def rope_parameters(self) -> dict[str, Any]:
+        if not self.rope_llama3:
+            return {"rope_type": "default", "rope_theta": self.rope_theta}
+        factor, low, high, original = self.rope_llama3
+        return {
+            "rope_type": "llama3",
+            "rope_theta": self.rope_theta,
+            "factor": factor,
+            "low_freq_factor": low,
+            "high_freq_factor": high,
+            "original_max_position_embeddings": original,
+        }
+
+
+_LLAMA3_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def read_llama3_rope(rope: dict[str, Any], where: str) -> tuple[float, float, float, int] | tuple[()]:
+    """Check `rope_parameters`: default RoPE (returns ()) or Llama-3's scaling (returns its four numbers)."""
+    kind = require(where, "rope_parameters.rope_type", rope.get("rope_type"), ["default", "llama3"])
+    allowed = {"rope_type", "rope_theta"} | (set(_LLAMA3_FIELDS) if kind == "llama3" else set())
+    extra = sorted(set(rope) - allowed)
+    if extra:
+        raise UnsupportedConfigError(f"{where}: rope_parameters fields sgm_jax does not implement: {extra}")
+    if kind == "default":
+        return ()
+    missing = [name for name in _LLAMA3_FIELDS if name not in rope]
+    if missing:
+        raise UnsupportedConfigError(f"{where}: rope_parameters (llama3) lacks {missing}")
+    factor, low, high, original = (rope[name] for name in _LLAMA3_FIELDS)
+    return float(factor), float(low), float(high), int(original)
+
+
+def rope_inv_freq(head_dim: int, theta: float, llama3: tuple = ()) -> np.ndarray:
+    """Default RoPE frequencies, rescaled by Llama-3's rule when `llama3` is given (transformers' float32 math)."""
+    inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
+    if not llama3:
+        return inv_freq
+    factor, low, high, original = llama3
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < original / high) & ~(wavelen > original / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
@@ -117,7 +167,7 @@ def cached_attention_mask(token_mask: jax.Array, cache: KVCache) -> tuple[jax.Ar
 
 
 def rope_cos_sin(
-    positions: jax.Array, head_dim: int, theta: float, dtype, mrope_section: tuple[int, ...] = ()
+    positions: jax.Array, inv_freq: np.ndarray, dtype, mrope_section: tuple[int, ...] = ()
 ) -> tuple[jax.Array, jax.Array]:
     """HF's default RoPE tables `[batch, seq, head_dim]`, computed in float32 and cast to `dtype`.
 
@@ -125,7 +175,6 @@ def rope_cos_sin(
     `mrope_section[0]` frequencies follow t, the next h, the rest w; `[batch, seq]` positions are the
     same on all three axes (text), where M-RoPE equals 1-D RoPE.
     """
-    inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
     freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq, jnp.float32)
     if mrope_section and positions.ndim == 3:
         axis = np.repeat(np.arange(len(mrope_section)), mrope_section)
@@ -231,7 +280,7 @@ class LlamaModel(nnx.Module):
 
     def rope(self, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
         spec = self.spec
-        return rope_cos_sin(positions, spec.head_dim, spec.rope_theta, dtype, spec.mrope_section)
+        return rope_cos_sin(positions, spec.inv_freq(), dtype, spec.mrope_section)
 
     def __call__(
         self, inputs_embeds: jax.Array, attention_mask: jax.Array, positions: jax.Array | None = None
