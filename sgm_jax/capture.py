@@ -97,12 +97,18 @@ def _pool_segments(values: jax.Array, segments: jax.Array, count: int, pooling: 
 def _per_image(values: jax.Array, segments: tuple[jax.Array, ...], count: int, pooling: str) -> jax.Array:
     """An image-domain site's values pooled to `[count, width]`. Where rows are not images (packed patches
     `[rows, width]`, tiles `[tiles, positions, width]`), a segment array as long as the rows names each row's
-    image and every position of a row pools into it; otherwise rows are images, `[images, positions, width]`."""
+    image and every position of a row pools into it, or one as long as all positions names each position's image
+    (-1: padding, as Mllama's padded tiles); otherwise rows are images, `[images, positions, width]`."""
     packed = next((s for s in segments if s.shape[0] == values.shape[0]), None)
     if packed is not None:
         if values.ndim == 3:
             packed = jnp.repeat(packed, values.shape[1])
         return _pool_segments(values.reshape(-1, values.shape[-1]), packed, count, pooling)
+    positional = next(
+        (s for s in segments if values.ndim == 3 and s.shape[0] == values.shape[0] * values.shape[1]), None
+    )
+    if positional is not None:  # a segment per position: padding positions (-1) of an image are not pooled
+        return _pool_segments(values.reshape(-1, values.shape[-1]), positional, count, pooling)
     if values.ndim == 2:  # a per-image vector (the tower's pooled output): one position per image
         values = values[:, None]
     return _pool(values, jnp.ones(values.shape[:2], bool), pooling)

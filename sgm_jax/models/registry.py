@@ -12,6 +12,7 @@ from sgm_jax.models.internvl import InternVLForConditionalGeneration
 from sgm_jax.models.llama import LlamaForCausalLM
 from sgm_jax.models.llava import LlavaForConditionalGeneration
 from sgm_jax.models.llava_next import LlavaNextForConditionalGeneration
+from sgm_jax.models.mllama import MllamaForConditionalGeneration
 from sgm_jax.models.qwen2 import Qwen2ForCausalLM
 from sgm_jax.models.qwen2_vl import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
@@ -22,6 +23,7 @@ FAMILIES: dict[str, type[CausalLM]] = {
         LlamaForCausalLM,
         LlavaForConditionalGeneration,
         LlavaNextForConditionalGeneration,
+        MllamaForConditionalGeneration,
         Qwen2ForCausalLM,
         Qwen2VLForConditionalGeneration,
         Qwen2_5_VLForConditionalGeneration,

@@ -1,0 +1,133 @@
+"""Tiny random Llama-3.2-Vision (Mllama) checkpoints and processors built in process, and transformers'
+intermediates for them."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor
+
+import hf_tiny
+
+IMAGE_TOKEN = 91  # `<|image|>`, after `tiny_tokenizer`'s own `<image>` (90)
+# Llama-3's RoPE scaling with a short original context, so that all its frequency bands occur.
+LLAMA3 = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+
+
+def mllama_config(*, kv_heads=2, tie=False) -> MllamaConfig:
+    """28 px tiles of 14 px patches (5 positions per tile, padded to 8), up to 4 tiles; a 5-layer decoder with
+    cross-attention layers 1 and 3."""
+    vision = dict(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_global_layers=2,
+        attention_heads=4,
+        intermediate_size=64,
+        intermediate_layers_indices=[1, 3],
+        vision_output_dim=96,
+        image_size=28,
+        patch_size=14,
+        max_num_tiles=4,
+    )
+    text = dict(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        cross_attention_layers=[1, 3],
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        rope_parameters=LLAMA3,
+        tie_word_embeddings=tie,
+    )
+    return MllamaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN)
+
+
+def mllama_processor() -> MllamaProcessor:
+    tokenizer = hf_tiny.tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<|image|>", "<|python_tag|>"]})
+    assert tokenizer.convert_tokens_to_ids("<|image|>") == IMAGE_TOKEN
+    image_processor = MllamaImageProcessorPil(
+        size={"height": 28, "width": 28}, max_image_tiles=4, image_mean=[0.5] * 3, image_std=[0.25] * 3
+    )
+    return MllamaProcessor(
+        image_processor, tokenizer, chat_template=hf_tiny.CHAT_TEMPLATE.replace("<image>", "<|image|>")
+    )
+
+
+def save_mllama(directory: str, config: MllamaConfig | None = None, seed: int = 0) -> str:
+    """A randomised Mllama (every gate non-zero: transformers initialises the tanh gates to 0) with its processor."""
+    torch.manual_seed(seed)
+    model = MllamaForConditionalGeneration(config or mllama_config())
+    hf_tiny.randomize(model, seed)
+    with torch.no_grad():  # gates away from 0 and from saturation, so that every gated path matters
+        gates = [p for name, p in model.named_parameters() if "gate" in name and p.numel() == 1]
+        for i, p in enumerate(gates):
+            p.copy_(torch.tensor([0.4 + 0.1 * (i % 7)]))
+    model.save_pretrained(directory)
+    mllama_processor().save_pretrained(directory)
+    return directory
+
+
+def mllama_batch(processor, rows, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Left-padded chat prompts, each row `(text, [(h, w), ...])` with random RGB images of those sizes first."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    texts, images = [], []
+    for prompt, sizes in rows:
+        content = [{"type": "image"}] * len(sizes) + [{"type": "text", "text": prompt}]
+        chat = [{"role": "user", "content": content}]
+        texts.append(processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+        images.append([Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes])
+    out = processor(
+        text=texts, images=images if any(images) else None, padding=True, padding_side="left", return_tensors="np"
+    )
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def load_mllama_reference(directory: str):
+    return hf_tiny.load_reference(directory, MllamaForConditionalGeneration)
+
+
+def mllama_reference(hf, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """transformers' logits and decoder hidden states at the positions `generate` gives left-padded rows, and with
+    images the vision model's output features `[B, images, tiles, positions, vision_output_dim]`, the hidden states
+    of its local and global transformers (hooks on every layer) and the projector's output."""
+    inputs = {k: torch.tensor(v) for k, v in batch.items()}
+    out, handles = {}, []
+    if "pixel_values" in batch:
+        vision = hf.model.vision_model
+        layers = list(vision.transformer.layers) + list(vision.global_transformer.layers)
+        seen = []
+        handles = [layer.register_forward_hook(lambda m, a, y: seen.append(y.detach().numpy())) for layer in layers]
+        handles.append(
+            hf.model.multi_modal_projector.register_forward_hook(
+                lambda m, a, y: out.__setitem__("projector", y.detach().numpy())
+            )
+        )
+        out["vision_layers"] = seen
+    with torch.no_grad():
+        if "pixel_values" in batch:
+            features = hf.model.vision_model(
+                inputs["pixel_values"], inputs["aspect_ratio_ids"], inputs["aspect_ratio_mask"]
+            ).last_hidden_state
+            out["vision_features"] = features.numpy()
+            del out["vision_layers"][:]
+        position_ids = torch.tensor(hf_tiny.generate_positions(batch["attention_mask"]))
+        result = hf(**inputs, position_ids=position_ids, output_hidden_states=True)
+    for handle in handles:
+        handle.remove()
+    out["logits"] = result.logits.numpy()
+    out["hidden_states"] = [h.numpy() for h in result.hidden_states]
+    return out
