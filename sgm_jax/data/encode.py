@@ -75,9 +75,9 @@ def encode(sample: Sample, processor) -> dict[str, np.ndarray]:
     with Image.open(sample.image) as image:
         out = processor(images=[image.convert("RGB")], text=[text], return_tensors="np")
     ids = np.asarray(out["input_ids"])
-    # The image inputs as the processor names them; per-token outputs (the mask, token types) are the batch's
-    # to rebuild after padding.
-    images = {key: np.asarray(value) for key, value in out.items() if np.shape(value) != ids.shape}
+    # The image inputs as the processor names them; per-token outputs (the mask, token types, Mllama's cross
+    # mask `[1, tokens, ...]`) are the batch's to rebuild after padding.
+    images = {key: np.asarray(value) for key, value in out.items() if np.shape(value)[:2] != ids.shape}
     if "pixel_values" in images:
         images["pixel_values"] = images["pixel_values"].astype(np.float32)
     return {"input_ids": ids[0].astype(np.int32), **images}

@@ -655,9 +655,30 @@ class MllamaForConditionalGeneration(CausalLM):
     def tokens_per_image(self) -> int:
         return 1  # `<|image|>` is one ordinary token; the images enter through cross-attention
 
+    def _rows_with_images(self, input_ids: np.ndarray, images: Mapping[str, Any]) -> dict[str, Any]:
+        """Image inputs with one entry per batch row: the processor gives that, but a batch collated from
+        single samples holds entries only for rows with `<|image|>` tokens, which are spread over the rows."""
+        pixels, ids = images.get("pixel_values"), np.asarray(input_ids)
+        if pixels is None or len(pixels) == len(ids):
+            return dict(images)
+        rows = np.flatnonzero((ids == self.image_token_id).any(1))
+        if len(rows) != len(pixels):
+            raise ValueError(
+                f"pixel_values holds {len(pixels)} row(s) of images but input_ids has {len(ids)} rows, "
+                f"{len(rows)} of them with <|image|> tokens (id {self.image_token_id})"
+            )
+        spread = {}
+        for name in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask"):
+            value = np.asarray(images[name]) if images.get(name) is not None else None
+            if value is not None:
+                spread[name] = np.zeros((len(ids),) + value.shape[1:], value.dtype)
+                spread[name][rows] = value
+        return {**images, **spread}
+
     def check_inputs(self, input_ids: np.ndarray, images: Mapping[str, Any]) -> None:
         """The processor's shapes, aspect-ratio ids in range, and a cross mask over the images given."""
         super().check_inputs(input_ids, images)
+        images = self._rows_with_images(input_ids, images)
         pixels = images.get("pixel_values")
         if pixels is None:
             if any(images.get(name) is not None for name in _IMAGE_INPUTS):
@@ -694,7 +715,7 @@ class MllamaForConditionalGeneration(CausalLM):
 
     def image_rows(self, input_ids: np.ndarray, images: Mapping[str, Any]) -> np.ndarray:
         """Image `b * images + i` is row b's; a padding image (aspect-ratio id 0) is no row's (-1)."""
-        ids = np.asarray(images["aspect_ratio_ids"])
+        ids = np.asarray(self._rows_with_images(input_ids, images)["aspect_ratio_ids"])
         rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
         return np.where(ids.reshape(-1) > 0, rows, -1).astype(np.int32)
 
@@ -710,6 +731,7 @@ class MllamaForConditionalGeneration(CausalLM):
         if images.get("pixel_values") is None:
             return {}
         ids = np.asarray(input_ids)
+        images = self._rows_with_images(ids, images)
         ratio_mask = np.asarray(images["aspect_ratio_mask"], np.int64)
         cross = images.get("cross_attention_mask")
         if cross is None:
