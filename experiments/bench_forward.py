@@ -6,12 +6,14 @@ arrays (the call checks the image tokens, prepares the family's host inputs and 
 model; the bare jit gets the prepared inputs). The mid-size shapes of `shapes.py` (~30M
 parameters each): `--family llava` (CLIP 256 wide x 4 layers at 112 px, Llama 512 x 6; 4 x 256
 tokens, 64 of them image tokens), `--family llava-next` (the same towers over 5 tiles of one
-224 px image per row; 4 x 512 tokens, 336 image tokens) and `--family qwen2.5-vl` (a 256-wide
+224 px image per row; 4 x 512 tokens, 336 image tokens), `--family mllama` (a 256-wide tiled
+vision model over 4 tiles feeding a Llama-3 decoder through 2 cross-attention layers; 4 x 256
+tokens) and `--family qwen2.5-vl` (a 256-wide
 4-block windowed vision tower on one 224 px image per row, Qwen2 512 x 6 with GQA and M-RoPE;
 4 x 256 tokens, 64 image tokens). Runs unchanged on a GPU: torch uses CUDA when it has it, jax
 its default backend.
 
-    python experiments/bench_forward.py [--family llava|llava-next|qwen2.5-vl] [--repeats 20] [--batch 4]
+    python experiments/bench_forward.py [--family llava|llava-next|mllama|qwen2.5-vl] [--repeats 20] [--batch 4]
         [--length TOKENS] [--dtype float32|bfloat16]
 """
 

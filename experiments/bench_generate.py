@@ -12,7 +12,7 @@ Measured: the median wall time of a whole `generate` call (prefill + decode), wi
 jit compile of the first sgm_jax call reported on its own; new tokens per second; the
 speed-up; and whether both sides produce the same tokens.
 
-    python experiments/bench_generate.py [--family llava|llava-next|qwen2.5-vl] [--repeats 5] [--new-tokens 64]
+    python experiments/bench_generate.py [--family llava|llava-next|mllama|qwen2.5-vl] [--repeats 5] [--new-tokens 64]
 """
 
 from __future__ import annotations

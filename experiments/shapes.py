@@ -13,6 +13,8 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
+    MllamaConfig,
+    MllamaForConditionalGeneration,
     PretrainedConfig,
     PreTrainedModel,
     Qwen2_5_VLConfig,
@@ -96,6 +98,69 @@ def make_next_inputs(batch: int, length: int, seed: int = 0, min_length: int | N
         "attention_mask": mask,
         "pixel_values": rng.standard_normal((batch, 5, 3, 112, 112)).astype(np.float32),
         "image_sizes": np.tile(np.array([[224, 224]], np.int64), (batch, 1)),
+    }
+
+
+MLLAMA_IMAGE_TOKEN = 8000  # `<|image|>` sits just past the LM head's vocabulary, as in Llama-3.2-Vision
+
+
+def mid_size_mllama_config() -> MllamaConfig:
+    """Vision 256 wide, 4 local + 2 gated global layers over 4 tiles of 112 px (65 positions each, padded to 72),
+    intermediate layers 1 and 3; a Llama-3 decoder 512 wide x 6 layers (cross-attention in 1 and 4), 8 query /
+    2 key-value heads, MLP 1408, vocab 8000."""
+    vision = dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_global_layers=2,
+        attention_heads=4,
+        intermediate_size=1024,
+        intermediate_layers_indices=[1, 3],
+        vision_output_dim=768,
+        image_size=112,
+        patch_size=14,
+        max_num_tiles=4,
+    )
+    text = dict(
+        vocab_size=8000,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        cross_attention_layers=[1, 4],
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    )
+    return MllamaConfig(vision_config=vision, text_config=text, image_token_index=MLLAMA_IMAGE_TOKEN)
+
+
+def make_mllama_inputs(batch: int, length: int, seed: int = 0, min_length: int | None = None) -> dict[str, np.ndarray]:
+    """What Llama-3.2-Vision's processor gives for left-padded rows with one image each in the 2 x 2 tile grid:
+    `<|image|>` after the first token, `pixel_values` `[batch, 1, 4, 3, 112, 112]`, `aspect_ratio_ids`,
+    `aspect_ratio_mask` and the `cross_attention_mask` from the image token on."""
+    rng = np.random.default_rng(seed)
+    ids, mask, _ = make_inputs(batch, length, 0, seed, min_length)
+    cross = np.zeros((batch, length, 1, 4), np.int64)
+    for row in range(batch):
+        pad = length - int(mask[row].sum())
+        ids[row, pad + 1] = MLLAMA_IMAGE_TOKEN
+        cross[row, pad + 1 :] = 1
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pixel_values": rng.standard_normal((batch, 1, 4, 3, 112, 112)).astype(np.float32),
+        "aspect_ratio_ids": np.full((batch, 1), 6, np.int64),  # (2, 2) in the default list
+        "aspect_ratio_mask": np.ones((batch, 1, 4), np.int64),
+        "cross_attention_mask": cross,
     }
 
 
@@ -191,6 +256,12 @@ SHAPES = {
         mid_size_next_config,
         make_next_inputs,
         length=512,
+    ),
+    "mllama": Shape(
+        "mid-size Llama-3.2-Vision (one image of 4 tiles of 112 px per row, 2 cross-attention layers)",
+        MllamaForConditionalGeneration,
+        mid_size_mllama_config,
+        make_mllama_inputs,
     ),
     "qwen2.5-vl": Shape(
         "mid-size Qwen2.5-VL (one 224 px image, 256 patches, 64 image tokens per row)",

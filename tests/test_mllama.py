@@ -222,6 +222,11 @@ def test_the_state_dict_layout_loads(case, tmp_path):
 def test_eight_device_mesh_gives_the_unsharded_logits(case):
     model, processor, _, directory = case
     sharded, _ = sgm_jax.load_model(directory, mesh=sharding.make_mesh(data=2, fsdp=2, tensor=2))
+    table = sharded.model.vision_model.gated_positional_embedding.tile_embedding.embedding[...]
+    assert (
+        len({s.device for s in table.addressable_shards}) > 1
+        and table.addressable_shards[0].data.shape[1] < table.shape[1]
+    )
     batch = hf_mllama.mllama_batch(processor, MIXED, seed=7)
     np.testing.assert_allclose(np.asarray(sharded(**batch)), np.asarray(model(**batch)), atol=1e-5, rtol=0)
     assert jax.device_count() == 8

@@ -8,6 +8,7 @@ from flax import nnx
 from transformers import LlamaConfig
 
 import hf_internvl
+import hf_mllama
 import hf_next
 import hf_qwen
 import hf_tiny
@@ -21,6 +22,7 @@ TINY_CONFIGS = {
         hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, vocab_size=50
     ).to_dict(),
     "internvl": lambda: hf_internvl.internvl_config().to_dict(),
+    "mllama": lambda: hf_mllama.mllama_config().to_dict(),
     "llava_next": lambda: hf_next.next_config().to_dict(),
     "qwen2_vl": lambda: hf_qwen.qwen_config("2").to_dict(),
     "qwen2_5_vl": lambda: hf_qwen.qwen_config("2.5").to_dict(),
@@ -30,6 +32,7 @@ TINY_CONFIGS = {
 def test_the_promised_recipes_exist():
     promised = {"llava-1.5-7b", "llava-1.5-13b", "vicuna-7b-v1.5", "qwen2-vl-7b-instruct", "qwen2.5-vl-7b-instruct"}
     promised |= {"llava-v1.6-vicuna-7b", "internvl3-8b", "internvl2.5-8b-mpo"}
+    promised |= {"llama-3.2-11b-vision-instruct"}
     assert promised <= set(recipes.list_recipes())
 
 

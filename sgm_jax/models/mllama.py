@@ -242,13 +242,14 @@ def _hashable(value: Any) -> Any:
 
 
 class Table(nnx.Module):
-    """A lookup table (`nn.Embedding` weight) read whole or by aspect-ratio id; not a site (HF computes these
-    without the batch, and the tile-position table is too wide to gate usefully)."""
+    """A lookup table (`nn.Embedding` weight) read by aspect-ratio id; not a site (HF computes these without the
+    batch, and the tile-position table is too wide to gate usefully). Its width (tiles x positions x D, 73.8M
+    parameters for 11B) is sharded like an embedding axis."""
 
     hf_params: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {"embedding": ("weight", (0, 1))}
 
     def __init__(self, rows: int, width: int, *, dtype, rngs: nnx.Rngs):
-        self.embedding = param(rngs, (rows, width), dtype, (None, None))
+        self.embedding = param(rngs, (rows, width), dtype, (None, "embed"))
 
 
 class AspectRatioEmbedding(nnx.Module):
