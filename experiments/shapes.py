@@ -86,8 +86,11 @@ def make_next_inputs(batch: int, length: int, seed: int = 0, min_length: int | N
     tiles, 64 + 16 x (16 + 1) = 336 image tokens after the first token; `pixel_values` `[batch, 5, 3, 112, 112]`
     and `image_sizes`."""
     n_image = 64 + 16 * 17
-    if length < n_image + 2:
-        raise SystemExit(f"--length must be at least {n_image + 2} for the LLaVA-NeXT shape (one image is {n_image})")
+    if min(length, min_length or length) < n_image + 2:
+        raise SystemExit(
+            f"--length and --min-length must be at least {n_image + 2} for the LLaVA-NeXT shape (one image is "
+            f"{n_image} tokens)"
+        )
     rng = np.random.default_rng(seed)
     ids, mask, _ = make_inputs(batch, length, 0, seed, min_length)
     for row in range(batch):
