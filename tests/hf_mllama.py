@@ -10,15 +10,6 @@ from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaIma
 import hf_tiny
 
 IMAGE_TOKEN = 91  # `<|image|>`, after `tiny_tokenizer`'s own `<image>` (90)
-# Llama-3's RoPE scaling with a short original context, so that all its frequency bands occur.
-LLAMA3 = {
-    "rope_type": "llama3",
-    "rope_theta": 500000.0,
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 64,
-}
 
 
 def mllama_config(*, kv_heads=2, tie=False) -> MllamaConfig:
@@ -47,7 +38,7 @@ def mllama_config(*, kv_heads=2, tie=False) -> MllamaConfig:
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
-        rope_parameters=LLAMA3,
+        rope_parameters=hf_tiny.LLAMA3,
         tie_word_embeddings=tie,
     )
     return MllamaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN)
@@ -81,15 +72,7 @@ def save_mllama(directory: str, config: MllamaConfig | None = None, seed: int = 
 
 def mllama_batch(processor, rows, *, seed: int = 0) -> dict[str, np.ndarray]:
     """Left-padded chat prompts, each row `(text, [(h, w), ...])` with random RGB images of those sizes first."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    texts, images = [], []
-    for prompt, sizes in rows:
-        content = [{"type": "image"}] * len(sizes) + [{"type": "text", "text": prompt}]
-        chat = [{"role": "user", "content": content}]
-        texts.append(processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
-        images.append([Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes])
+    texts, images = hf_tiny.chat_rows(processor, rows, seed)
     out = processor(
         text=texts, images=images if any(images) else None, padding=True, padding_side="left", return_tensors="np"
     )

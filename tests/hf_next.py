@@ -86,15 +86,8 @@ def next_batch(processor, rows, *, seed: int = 0) -> dict[str, np.ndarray]:
     """Left-padded chat prompts, each row `(text, [(h, w), ...])` with random RGB images of those sizes first:
     the processor's `input_ids`, `attention_mask` and, when any row has an image, `pixel_values`
     `[images, tiles, 3, 28, 28]` and `image_sizes`, as numpy."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    texts, images = [], []
-    for prompt, sizes in rows:
-        content = [{"type": "image"}] * len(sizes) + [{"type": "text", "text": prompt}]
-        chat = [{"role": "user", "content": content}]
-        texts.append(processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
-        images.extend(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes)
+    texts, per_row = hf_tiny.chat_rows(processor, rows, seed)
+    images = [image for row in per_row for image in row]
     out = processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="np")
     return {k: np.asarray(v) for k, v in out.items()}
 

@@ -27,7 +27,7 @@ from transformers import (
     Qwen2VLProcessor,
 )
 
-from hf_tiny import load_reference, randomize
+from hf_tiny import chat_rows, load_reference, randomize
 
 # Qwen's special tokens sit above the ordinary BPE tokens as on the hub (ids 0-189 here), in a vocab of 200.
 VOCAB = 200
@@ -266,15 +266,7 @@ def qwen_batch(processor, rows, *, seed: int = 0) -> dict[str, np.ndarray]:
     any row has an image, `pixel_values` `[N, 3*2*2*2]` (all images' patches, in row order) and `image_grid_thw`
     `[images, 3]`.
     """
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    texts, images = [], []
-    for prompt, sizes in rows:
-        content = [{"type": "image"}] * len(sizes) + [{"type": "text", "text": prompt}]
-        chat = [{"role": "user", "content": content}]
-        texts.append(processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
-        images.append([Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes])
+    texts, images = chat_rows(processor, rows, seed)
     out = processor(
         text=texts,
         images=images if any(images) else None,

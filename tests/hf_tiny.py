@@ -13,6 +13,15 @@ from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
 IMAGE_TOKEN = 99
+# Llama-3's RoPE frequency scaling with a short original context, so that all three of its frequency bands occur.
+LLAMA3 = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
 
 
 def llava_config(
@@ -302,3 +311,52 @@ def write_dataset(directory: str, n: int, seed: int = 0, name: str = "data.jsonl
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return path
+
+
+def chat_rows(processor, rows, seed: int = 0) -> tuple[list[str], list[list]]:
+    """Chat prompts rendered by the processor's template and random RGB images, for rows `(text, [(h, w), ...])`
+    whose images come before the text: the texts and each row's images."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    texts, images = [], []
+    for prompt, sizes in rows:
+        content = [{"type": "image"}] * len(sizes) + [{"type": "text", "text": prompt}]
+        chat = [{"role": "user", "content": content}]
+        texts.append(processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+        images.append([Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes])
+    return texts, images
+
+
+def edit_config(directory: str, edit) -> str:
+    """Rewrite `directory`'s config.json through `edit(config_dict)` (which changes it in place)."""
+    path = os.path.join(directory, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    edit(config)
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return directory
+
+
+def assert_generate_matches(model, hf, batch: dict, iv, *, eos: int, pad: int, new_tokens: int = 6, before=None):
+    """Greedy `sgm_jax.generate` equals transformers `generate` token for token on `batch`, without and with the
+    intervention `iv` (forward hooks on the transformers side); `before()` runs before each transformers call."""
+    import sgm_jax
+
+    images = {k: v for k, v in batch.items() if k != "input_ids"}
+    for gated, alphas in ((model, {}), (sgm_jax.intervene(model, iv), iv.alphas)):
+        ours = sgm_jax.generate(
+            gated, batch["input_ids"], max_new_tokens=new_tokens, eos_token_id=eos, pad_token_id=pad, **images
+        )
+        if before is not None:
+            before()
+        with gate_hooks(hf, alphas), torch.no_grad():
+            ref = hf.generate(
+                **{k: torch.tensor(v) for k, v in batch.items()},
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )
+        np.testing.assert_array_equal(ours, ref[:, batch["input_ids"].shape[1] :].numpy()[:, : ours.shape[1]])

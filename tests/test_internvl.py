@@ -119,24 +119,7 @@ def test_greedy_generate_equals_transformers_with_and_without_gates(case):
     batch = hf_internvl.internvl_batch(processor, MIXED, seed=1)
     iv = _gates(model, 7)
     eos, pad = processor.tokenizer.eos_token_id, processor.tokenizer.pad_token_id
-    for gated, alphas in ((model, {}), (sgm_jax.intervene(model, iv), iv.alphas)):
-        ours = sgm_jax.generate(
-            gated,
-            batch["input_ids"],
-            max_new_tokens=6,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            **{k: v for k, v in batch.items() if k != "input_ids"},
-        )
-        with hf_tiny.gate_hooks(hf, alphas), torch.no_grad():
-            ref = hf.generate(
-                **{k: torch.tensor(v) for k, v in batch.items()},
-                max_new_tokens=6,
-                do_sample=False,
-                eos_token_id=eos,
-                pad_token_id=pad,
-            )
-        np.testing.assert_array_equal(ours, ref[:, batch["input_ids"].shape[1] :].numpy()[:, : ours.shape[1]])
+    hf_tiny.assert_generate_matches(model, hf, batch, iv, eos=eos, pad=pad)
 
 
 def test_pooled_capture_equals_hooks_on_transformers(case):
@@ -220,11 +203,7 @@ def test_inputs_that_do_not_fit_are_refused_with_both_counts(case):
 )
 def test_configs_asking_for_what_the_port_lacks_are_refused(edit, message, tmp_path):
     directory = hf_internvl.save_internvl(str(tmp_path), seed=1)
-    with open(f"{directory}/config.json") as f:
-        config = json.load(f)
-    edit(config)
-    with open(f"{directory}/config.json", "w") as f:
-        json.dump(config, f)
+    hf_tiny.edit_config(directory, edit)
     with pytest.raises(UnsupportedConfigError, match=message):
         sgm_jax.load_model(directory)
 

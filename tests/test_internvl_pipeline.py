@@ -1,68 +1,13 @@
 """The whole command-line pipeline on a tiny InternVL checkpoint: collect, score, intervention, generate, evaluate."""
 
-import json
-
-import numpy as np
-import pytest
-from PIL import Image
-
 import hf_internvl
 import hf_tiny
-import sgm_jax
-from sgm_jax import cli
-from sgm_jax.data.encode import encode
-from sgm_jax.data.samples import Sample
-from sgm_jax.store import ResponseStore
+from cli_pipeline import run_pipeline
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("internvl-cli")
-    directory = hf_internvl.save_internvl(str(root / "ckpt"), hf_internvl.internvl_config(tie=False), seed=11)
-    return directory, hf_tiny.write_dataset(str(root / "data"), 20, seed=3)
-
-
-def test_collect_score_intervention_evaluate_and_generate(checkpoint, tmp_path, capsys):
-    directory, data = checkpoint
-    store, scores, iv = (str(tmp_path / name) for name in ("store", "scores.safetensors", "iv.safetensors"))
-    vision_site = "model.vision_tower.encoder.layer.1.mlp.fc1"
-    sites = ["model.language_model.layers.*.mlp.up_proj", vision_site, "model.multi_modal_projector"]
-    cli.main(
-        ["collect", "--model", directory, "--data", data, "--batch-size", "4", "--out", store, "--quiet"]
-        + ["--sites", *sites]
-    )
-    assert "20 samples x 4 sites" in capsys.readouterr().out
-    responses = ResponseStore(store)
-    assert responses.load(vision_site).shape == (20, 64)
-    assert np.isfinite(responses.load("model.multi_modal_projector")).all()
-
-    cli.main(["score", "--store", store, "--out", scores, "--quiet"])
-    cli.main(["intervention", "--scores", scores, "--threshold", "0.3", "--out", iv])
-    assert sgm_jax.load_intervention(iv).num_changed() > 0
-    capsys.readouterr()
-
-    image = str(tmp_path / "image.png")
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (61, 20, 3), dtype=np.uint8)).save(image)
-    prompt = "describe the picture please"
-    cli.main(
-        ["generate", "--model", directory, "--prompt", prompt, "--image", image, "--intervention", iv]
-        + ["--max-new-tokens", "4"]
-    )
-    model, processor = sgm_jax.load_model(directory)
-    encoded = encode(Sample(id="x", prompt=prompt, image=image), processor)
-    assert set(encoded) == {"input_ids", "pixel_values"} and len(encoded["pixel_values"]) == 1  # one tile
-    gated = sgm_jax.intervene(model, sgm_jax.load_intervention(iv))
-    tokens = sgm_jax.generate(gated, encoded["input_ids"][None], max_new_tokens=4, pixel_values=encoded["pixel_values"])
-    assert capsys.readouterr().out.strip() == processor.tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
-
-    lexicon, neutral = tmp_path / "lexicon.txt", tmp_path / "neutral.txt"
-    lexicon.write_text("bad\nword\n")
-    neutral.write_text("a red square above a blue circle\ndescribe the picture please\n")
-    out = str(tmp_path / "eval")
-    cli.main(
-        ["evaluate", "--model", directory, "--data", data, "--split", "test", "--intervention", iv]
-        + ["--judge", f"lexicon:{lexicon}", "--neutral", str(neutral), "--max-new-tokens", "3", "--out", out, "--quiet"]
-    )
-    after = json.loads(open(f"{out}/results.json").read())["settings"]["after"]
-    assert after["harmful_rate"]["all"]["n"] > 0
-    assert np.isfinite(after["perplexity"]) and np.isfinite(after["answer_perplexity"]) and after["perplexity"] > 1
+def test_collect_score_intervention_evaluate_and_generate(tmp_path, capsys):
+    directory = hf_internvl.save_internvl(str(tmp_path / "ckpt"), hf_internvl.internvl_config(tie=False), seed=11)
+    data = hf_tiny.write_dataset(str(tmp_path / "data"), 20, seed=3)
+    vision, projector = "model.vision_tower.encoder.layer.1.mlp.fc1", "model.multi_modal_projector"
+    encoded = run_pipeline(directory, data, tmp_path, capsys, {vision: 64, projector: 64})
+    assert set(encoded) == {"input_ids", "pixel_values"} and len(encoded["pixel_values"]) == 1  # one tile per image

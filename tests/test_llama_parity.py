@@ -8,19 +8,11 @@ from transformers import LlamaForCausalLM
 import hf_tiny
 import sgm_jax
 
-# Llama-3's frequency scaling, with a short original context so that all three frequency bands occur.
-LLAMA3 = {
-    "rope_type": "llama3",
-    "rope_theta": 500000.0,
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 64,
-}
-
 
 @pytest.mark.parametrize(
-    "legacy_rope_theta, rope", [(None, None), (500000.0, None), (None, LLAMA3)], ids=["default", "legacy", "llama3"]
+    "legacy_rope_theta, rope",
+    [(None, None), (500000.0, None), (None, hf_tiny.LLAMA3)],
+    ids=["default", "legacy", "llama3"],
 )
 def test_text_llama_matches_transformers(tmp_path, legacy_rope_theta, rope):
     directory = hf_tiny.save_llama(str(tmp_path), seed=3, legacy_rope_theta=legacy_rope_theta, rope_parameters=rope)

@@ -1,8 +1,6 @@
 """LLaVA-NeXT against transformers (fp32, eager): tile packing with `image_newline`, vision and projector states per
 tile, decoder states, logits, greedy generation with and without gates, pooled capture, export, layouts, sharding."""
 
-import json
-
 import jax
 import numpy as np
 import pytest
@@ -145,25 +143,7 @@ def test_greedy_generate_equals_transformers_with_and_without_gates(case):
     batch = hf_next.next_batch(processor, MIXED, seed=1)
     iv = _gates(model, 7)
     eos, pad = processor.tokenizer.eos_token_id, processor.tokenizer.pad_token_id
-    for gated, alphas in ((model, {}), (sgm_jax.intervene(model, iv), iv.alphas)):
-        ours = sgm_jax.generate(
-            gated,
-            batch["input_ids"],
-            max_new_tokens=6,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            **{k: v for k, v in batch.items() if k != "input_ids"},
-        )
-        with hf_tiny.gate_hooks(hf, alphas), torch.no_grad():
-            ref = hf.generate(
-                **{k: torch.tensor(v) for k, v in batch.items()},
-                max_new_tokens=6,
-                do_sample=False,
-                eos_token_id=eos,
-                pad_token_id=pad,
-            )
-        ref = ref[:, batch["input_ids"].shape[1] :].numpy()
-        np.testing.assert_array_equal(ours, ref[:, : ours.shape[1]])
+    hf_tiny.assert_generate_matches(model, hf, batch, iv, eos=eos, pad=pad)
 
 
 def test_pooled_capture_equals_hooks_on_transformers(case):
@@ -250,10 +230,6 @@ def test_inputs_that_do_not_fit_are_refused_with_both_counts(case):
 )
 def test_configs_asking_for_what_the_port_lacks_are_refused(edit, message, tmp_path):
     directory = hf_next.save_next(str(tmp_path), seed=1)
-    with open(f"{directory}/config.json") as f:
-        config = json.load(f)
-    edit(config)
-    with open(f"{directory}/config.json", "w") as f:
-        json.dump(config, f)
+    hf_tiny.edit_config(directory, edit)
     with pytest.raises(UnsupportedConfigError, match=message):
         sgm_jax.load_model(directory)

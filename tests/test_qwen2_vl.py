@@ -142,26 +142,15 @@ def test_greedy_generate_equals_transformers_with_and_without_gates(case):
     version, model, processor, hf, _ = case
     batch = hf_qwen.qwen_batch(processor, MIXED, seed=1)
     iv = _gates(model, 7)
-    for gated, alphas in ((model, {}), (sgm_jax.intervene(model, iv), iv.alphas)):
-        ours = sgm_jax.generate(
-            gated,
-            batch["input_ids"],
-            max_new_tokens=6,
-            eos_token_id=hf_qwen.IM_END,
-            pad_token_id=hf_qwen.ENDOFTEXT,
-            **{k: v for k, v in batch.items() if k != "input_ids"},
-        )
-        hf.model.rope_deltas = None
-        with hf_tiny.gate_hooks(hf, alphas), torch.no_grad():
-            ref = hf.generate(
-                **{k: torch.tensor(v) for k, v in batch.items()},
-                max_new_tokens=6,
-                do_sample=False,
-                eos_token_id=hf_qwen.IM_END,
-                pad_token_id=hf_qwen.ENDOFTEXT,
-            )
-        ref = ref[:, batch["input_ids"].shape[1] :].numpy()
-        np.testing.assert_array_equal(ours, ref[:, : ours.shape[1]])
+    hf_tiny.assert_generate_matches(
+        model,
+        hf,
+        batch,
+        iv,
+        eos=hf_qwen.IM_END,
+        pad=hf_qwen.ENDOFTEXT,
+        before=lambda: setattr(hf.model, "rope_deltas", None),
+    )
 
 
 def test_pooled_capture_equals_hooks_on_transformers(case):
@@ -264,11 +253,7 @@ def test_inputs_that_do_not_fit_are_refused_by_name(case):
 )
 def test_configs_asking_for_what_the_port_lacks_are_refused(edit, message, tmp_path):
     directory = _checkpoint(tmp_path, "2.5", seed=1, processor=False)
-    with open(f"{directory}/config.json") as f:
-        config = json.load(f)
-    edit(config)
-    with open(f"{directory}/config.json", "w") as f:
-        json.dump(config, f)
+    hf_tiny.edit_config(directory, edit)
     with pytest.raises(UnsupportedConfigError, match=message):
         sgm_jax.load_model(directory)
 

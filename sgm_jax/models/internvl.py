@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.models.causal_lm import CausalLM
+from sgm_jax.models.clip import CLIPMLP
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, LayerNorm, Linear, RMSNorm, param, scatter_image_features
 from sgm_jax.models.llama import LlamaModel, LlamaSpec
@@ -308,22 +309,6 @@ class InternVisionAttention(Site):
         return self.projection_layer(jnp.einsum("bnqk,bknh->bqnh", probs, v).reshape(b, t, d))
 
 
-class InternVisionMLP(Site):
-    output_linear, input_linears, activation_feeds = "fc2", ("fc1",), "fc2"
-
-    def __init__(self, spec: InternVisionSpec, *, dtype, rngs: nnx.Rngs):
-        d, f = spec.hidden_size, spec.intermediate_size
-        self.fc1 = Linear(d, f, use_bias=True, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
-        self.activation_fn = Activation(spec.hidden_act, f)
-        self.fc2 = Linear(f, d, use_bias=True, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
-
-    def site_widths(self) -> tuple[int, int]:
-        return self.fc1.kernel.shape[0], self.fc2.kernel.shape[1]
-
-    def forward(self, x: jax.Array) -> jax.Array:
-        return self.fc2(self.activation_fn(self.fc1(x)))
-
-
 class InternVisionLayer(Site):
     """Pre-norm block with layer scale: `x + lambda_1 * attn(norm(x))`, then `x + lambda_2 * mlp(norm(x))`."""
 
@@ -335,7 +320,7 @@ class InternVisionLayer(Site):
     def __init__(self, spec: InternVisionSpec, *, dtype, rngs: nnx.Rngs):
         d = spec.hidden_size
         self.attention = InternVisionAttention(spec, dtype=dtype, rngs=rngs)
-        self.mlp = InternVisionMLP(spec, dtype=dtype, rngs=rngs)
+        self.mlp = CLIPMLP(spec, dtype=dtype, rngs=rngs)  # the same fc1 / activation_fn / fc2 with biases
         self.layernorm_before = _norm(spec, dtype=dtype, rngs=rngs)
         self.layernorm_after = _norm(spec, dtype=dtype, rngs=rngs)
         self.lambda_1 = param(rngs, (d,), dtype, ("embed",), init="ones")

@@ -343,6 +343,13 @@ class LlamaModel(nnx.Module):
         return self.norm(h), updated
 
 
+def lm_head(spec: LlamaSpec, *, dtype, rngs: nnx.Rngs) -> Linear | None:
+    """The LM head `[hidden, vocab]`, or None when the checkpoint ties it to the embeddings."""
+    if spec.tie_word_embeddings:
+        return None
+    return Linear(spec.hidden_size, spec.vocab_size, use_bias=False, axes=("embed", "vocab"), dtype=dtype, rngs=rngs)
+
+
 def output_logits(lm_head: Linear | None, embed_tokens: Embedding, hidden: jax.Array) -> jax.Array:
     """The LM head, or the transposed embedding when the checkpoint ties them."""
     return embed_tokens.attend(hidden) if lm_head is None else lm_head(hidden)
@@ -355,13 +362,7 @@ class LlamaForCausalLM(CausalLM):
 
     def __init__(self, spec: LlamaSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.model = LlamaModel(spec, dtype=dtype, rngs=rngs)
-        self.lm_head = (
-            None
-            if spec.tie_word_embeddings
-            else Linear(
-                spec.hidden_size, spec.vocab_size, use_bias=False, axes=("embed", "vocab"), dtype=dtype, rngs=rngs
-            )
-        )
+        self.lm_head = lm_head(spec, dtype=dtype, rngs=rngs)
 
     @property
     def spec(self) -> LlamaSpec:

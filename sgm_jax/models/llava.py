@@ -16,7 +16,7 @@ from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.clip import CLIPVisionModel, ClipVisionSpec
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, Linear, scatter_image_features
-from sgm_jax.models.llama import LlamaModel, LlamaSpec, output_logits
+from sgm_jax.models.llama import LlamaModel, LlamaSpec, lm_head, output_logits
 from sgm_jax.models.site import ImageDomain, Site
 
 
@@ -180,18 +180,7 @@ class LlavaForConditionalGeneration(CausalLM):
 
     def __init__(self, spec: LlavaSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.model = self.backbone_class(spec, dtype=dtype, rngs=rngs)
-        self.lm_head = (
-            None
-            if spec.text.tie_word_embeddings
-            else Linear(
-                spec.text.hidden_size,
-                spec.text.vocab_size,
-                use_bias=False,
-                axes=("embed", "vocab"),
-                dtype=dtype,
-                rngs=rngs,
-            )
-        )
+        self.lm_head = lm_head(spec.text, dtype=dtype, rngs=rngs)
 
     @property
     def spec(self) -> LlavaSpec:

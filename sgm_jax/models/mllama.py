@@ -31,6 +31,7 @@ from sgm_jax.models.llama import (
     LlamaSpec,
     cached_attention_mask,
     causal_padding_mask,
+    lm_head,
     output_logits,
     positions_from_mask,
     read_llama3_rope,
@@ -637,12 +638,7 @@ class MllamaForConditionalGeneration(CausalLM):
 
     def __init__(self, spec: MllamaSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.model = MllamaModel(spec, dtype=dtype, rngs=rngs)
-        t = spec.text
-        self.lm_head = (
-            None
-            if t.tie_word_embeddings
-            else Linear(t.hidden_size, t.vocab_size, use_bias=False, axes=("embed", "vocab"), dtype=dtype, rngs=rngs)
-        )
+        self.lm_head = lm_head(spec.text, dtype=dtype, rngs=rngs)
 
     @property
     def spec(self) -> MllamaSpec:

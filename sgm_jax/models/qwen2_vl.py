@@ -33,7 +33,7 @@ from sgm_jax.models.layers import (
     param,
     scatter_image_features,
 )
-from sgm_jax.models.llama import LlamaMLP, LlamaModel, output_logits
+from sgm_jax.models.llama import LlamaMLP, LlamaModel, lm_head, output_logits
 from sgm_jax.models.qwen2 import Qwen2Spec, qwen2_text_config, qwen2_text_spec
 from sgm_jax.models.site import OUT, Fold, ImageDomain, Site, scale_axis
 
@@ -407,14 +407,7 @@ class Qwen2VLForConditionalGeneration(CausalLM):
 
     def __init__(self, spec: QwenVLSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.model = QwenVLModel(spec, dtype=dtype, rngs=rngs)
-        text = spec.text
-        self.lm_head = (
-            None
-            if text.tie_word_embeddings
-            else Linear(
-                text.hidden_size, text.vocab_size, use_bias=False, axes=("embed", "vocab"), dtype=dtype, rngs=rngs
-            )
-        )
+        self.lm_head = lm_head(spec.text, dtype=dtype, rngs=rngs)
 
     @property
     def spec(self) -> QwenVLSpec:
