@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
 from sgm_jax.capture import POOLINGS, TOKENS
+from sgm_jax.errors import user_message
 from sgm_jax.loading import DTYPES
 
 
@@ -270,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sgm-jax", description="Neuron-level safety interventions (SGM) for multimodal LLMs in JAX."
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (also: SGM_JAX_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -456,13 +461,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(argv: list[str] | None = None) -> None:
+    """Run one command, letting its errors propagate (for Python callers; `main` is the command line's)."""
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """The `sgm-jax` entry point: a mistake is one line `sgm-jax CMD: error: MESSAGE` and exit 1, a bug keeps its
+    traceback, an interrupt exits 130; `--debug` (or SGM_JAX_DEBUG=1) shows every traceback."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         raise SystemExit(130) from None
+    except Exception as error:
+        if args.debug or os.environ.get("SGM_JAX_DEBUG") == "1":
+            raise
+        message = user_message(error)
+        if message is None:
+            traceback.print_exc()
+            print(
+                f"sgm-jax {args.command}: internal error ({type(error).__name__}); this is a bug in sgm-jax, "
+                "please report it with the command you ran",
+                file=sys.stderr,
+            )
+        else:
+            print(f"sgm-jax {args.command}: error: {message}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -21,13 +21,14 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
+from sgm_jax.errors import SgmJaxError
 from sgm_jax.models.causal_lm import Layout
 
 # Buffers that older checkpoints stored although transformers recomputes them on load.
 _DERIVED_BUFFERS = re.compile(r"(\.rotary_emb\.inv_freq|\.embeddings\.position_ids)$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SgmJaxError, ValueError):
     """The checkpoint's tensors do not fit the model its config describes."""
 
 

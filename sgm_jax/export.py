@@ -17,12 +17,13 @@ from safetensors.numpy import save_file
 
 from sgm_jax.atomic import atomic_write, write_json
 from sgm_jax.convert import hf_targets, renamed
+from sgm_jax.errors import SgmJaxError
 from sgm_jax.models.copying import shallow_copy
 from sgm_jax.models.layers import Activation, Embedding
 from sgm_jax.models.site import GATE_ATTRS, IN, OUT, Fold, Site, child
 
 
-class NotFoldableError(ValueError):
+class NotFoldableError(SgmJaxError, ValueError):
     """Some gates have no exact weight-space equivalent."""
 
 

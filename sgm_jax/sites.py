@@ -16,12 +16,13 @@ from collections.abc import Iterable
 
 from flax import nnx
 
+from sgm_jax.errors import SgmJaxError
 from sgm_jax.models.site import IN, OUT, ImageDomain, Site
 
 INPUT_SUFFIX = ":in"
 
 
-class SiteError(KeyError):
+class SiteError(SgmJaxError, KeyError):
     """A site name or pattern that names no site of the model."""
 
     def __str__(self) -> str:

@@ -25,13 +25,14 @@ from safetensors.numpy import save_file
 
 from sgm_jax.artifacts import RESPONSES, check_kind
 from sgm_jax.atomic import atomic_write, write_json
+from sgm_jax.errors import SgmJaxError
 
 FORMAT = "sgm_jax.responses/1"
 # Fields that must agree for a store to be resumed or read back for the same purpose.
 IDENTITY = ("model_fingerprint", "sites", "pooling", "tokens", "dataset_hash", "batch_size", "image_size")
 
 
-class StoreError(ValueError):
+class StoreError(SgmJaxError, ValueError):
     """A store that is malformed or was made for something else."""
 
 

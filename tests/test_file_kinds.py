@@ -190,13 +190,13 @@ def test_cli_commands_refuse_the_wrong_kind_before_loading_a_model(files, tmp_pa
     no_model = str(tmp_path / "no-model")
     out = str(tmp_path / "out")
     with pytest.raises(StoreError, match="is an sgm_jax scores file .*, not a response store"):
-        cli.main(["score", "--store", files[SCORES], "--out", out, "--quiet"])
+        cli.run(["score", "--store", files[SCORES], "--out", out, "--quiet"])
     with pytest.raises(ValueError, match="is an sgm_jax intervention file .*, not a scores file"):
-        cli.main(["intervention", "--scores", files[INTERVENTION], "--out", out])
+        cli.run(["intervention", "--scores", files[INTERVENTION], "--out", out])
     with pytest.raises(ValueError, match="is an sgm_jax scores file .*, not an intervention file"):
-        cli.main(["generate", "--model", no_model, "--prompt", "hi", "--intervention", files[SCORES]])
+        cli.run(["generate", "--model", no_model, "--prompt", "hi", "--intervention", files[SCORES]])
     with pytest.raises(ValueError, match="is an sgm_jax scores file .*, not an intervention file"):
-        cli.main(
+        cli.run(
             [
                 "evaluate",
                 "--model",
@@ -213,7 +213,7 @@ def test_cli_commands_refuse_the_wrong_kind_before_loading_a_model(files, tmp_pa
             ]
         )
     with pytest.raises(ValueError, match="is an sgm_jax intervention file .*, not a scores file"):
-        cli.main(
+        cli.run(
             [
                 "evaluate",
                 "--model",

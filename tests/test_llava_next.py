@@ -43,6 +43,9 @@ def case(request, tmp_path_factory):
     return model, processor, hf_next.load_next_reference(directory), directory
 
 
+ONE = pytest.mark.parametrize("case", [(4, False, -2)], indirect=True, ids=["mha-untied"])  # generic paths
+
+
 def _valid(batch):
     return batch["attention_mask"].astype(bool)
 
@@ -180,6 +183,7 @@ def test_export_with_gates_folded_loads_in_transformers(case, tmp_path):
     assert np.abs(np.asarray(gated(**batch)) - ref)[_valid(batch)].max() <= TOL
 
 
+@ONE
 def test_the_hub_and_state_dict_layouts_load(case, tmp_path):
     model, processor, _, directory = case
 
@@ -198,6 +202,7 @@ def test_the_hub_and_state_dict_layouts_load(case, tmp_path):
         np.testing.assert_array_equal(np.asarray(sgm_jax.load_model(out)[0](**batch)), expected)
 
 
+@ONE
 def test_eight_device_mesh_gives_the_unsharded_logits(case):
     model, processor, _, directory = case
     sharded, _ = sgm_jax.load_model(directory, mesh=sharding.make_mesh(data=2, fsdp=2, tensor=2))
@@ -206,6 +211,7 @@ def test_eight_device_mesh_gives_the_unsharded_logits(case):
     assert jax.device_count() == 8
 
 
+@ONE
 def test_inputs_that_do_not_fit_are_refused_with_both_counts(case):
     model, processor, _, _ = case
     batch = hf_next.next_batch(processor, MIXED)

@@ -43,6 +43,9 @@ def case(request, tmp_path_factory):
     return model, processor, hf_mllama.load_mllama_reference(directory), directory
 
 
+ONE = pytest.mark.parametrize("case", [2], indirect=True, ids=["gqa"])  # generic paths: one variant
+
+
 def _valid(batch):
     return batch["attention_mask"].astype(bool)
 
@@ -194,6 +197,7 @@ def test_export_with_gates_folded_loads_in_transformers(case, tmp_path):
     assert np.abs(np.asarray(gated(**batch)) - ref)[_valid(batch)].max() <= TOL
 
 
+@ONE
 def test_the_state_dict_layout_loads(case, tmp_path):
     model, processor, _, directory = case
 
@@ -207,6 +211,7 @@ def test_the_state_dict_layout_loads(case, tmp_path):
     np.testing.assert_array_equal(np.asarray(sgm_jax.load_model(out)[0](**batch)), np.asarray(model(**batch)))
 
 
+@ONE
 def test_eight_device_mesh_gives_the_unsharded_logits(case):
     model, processor, _, directory = case
     sharded, _ = sgm_jax.load_model(directory, mesh=sharding.make_mesh(data=2, fsdp=2, tensor=2))
@@ -220,6 +225,7 @@ def test_eight_device_mesh_gives_the_unsharded_logits(case):
     assert jax.device_count() == 8
 
 
+@ONE
 def test_inputs_that_do_not_fit_are_refused_saying_what_was_expected(case):
     model, processor, _, _ = case
     batch = hf_mllama.mllama_batch(processor, MIXED)

@@ -54,6 +54,11 @@ def case(request, tmp_path_factory):
     return version, model, processor, hf_qwen.load_qwen_reference(directory, version), directory
 
 
+ONE = pytest.mark.parametrize(
+    "case", [(v, 2, False) for v in VERSIONS], indirect=True, ids=["qwen2-gqa", "qwen2.5-gqa"]
+)
+
+
 def _valid(batch):
     return batch["attention_mask"].astype(bool)
 
@@ -217,6 +222,7 @@ def test_every_key_layout_and_a_flat_legacy_config_load(version, tmp_path):
         np.testing.assert_array_equal(np.asarray(sgm_jax.load_model(directory)[0](**batch)), expected)
 
 
+@ONE
 def test_eight_device_mesh_gives_the_unsharded_logits(case):
     version, model, processor, _, directory = case
     sharded, _ = sgm_jax.load_model(directory, mesh=sharding.make_mesh(data=2, fsdp=2, tensor=2))
@@ -228,6 +234,7 @@ def test_eight_device_mesh_gives_the_unsharded_logits(case):
     assert jax.device_count() == 8
 
 
+@ONE
 def test_inputs_that_do_not_fit_are_refused_by_name(case):
     _, model, processor, _, _ = case
     batch = hf_qwen.qwen_batch(processor, MIXED)

@@ -44,4 +44,4 @@ def test_one_canonical_image_size_gives_one_grid_and_is_part_of_the_store(checkp
     cli.main(args + ["16"])
     assert ResponseStore(store).manifest["image_size"] == 16
     with pytest.raises(StoreError, match="image_size: store has 16, asked for 24"):
-        cli.main(args + ["24"])
+        cli.run(args + ["24"])

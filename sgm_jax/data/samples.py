@@ -29,11 +29,12 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sgm_jax.atomic import atomic_write
+from sgm_jax.errors import SgmJaxError
 
 FIELDS = ("id", "prompt", "image", "response", "label", "category", "split", "condition", "options", "answer", "meta")
 
 
-class DatasetError(ValueError):
+class DatasetError(SgmJaxError, ValueError):
     """A dataset file or row is malformed; the message names the file and line."""
 
 

@@ -16,6 +16,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from sgm_jax.errors import SgmJaxError
+
 # Fields every `PretrainedConfig` carries (5.x) plus the generation and
 # bookkeeping fields that 4.x configs stored; none changes a forward pass.
 GENERIC_INERT = frozenset(
@@ -98,7 +100,7 @@ _READ_BY_SHARED_CODE = {
 log = logging.getLogger(__name__)
 
 
-class UnsupportedConfigError(ValueError):
+class UnsupportedConfigError(SgmJaxError, ValueError):
     """The checkpoint's config asks for something this port does not implement."""
 
 

@@ -12,6 +12,7 @@ import tomllib
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
+from sgm_jax.errors import SgmJaxError
 from sgm_jax.models.registry import FAMILIES
 
 # The bundled recipes, read through importlib.resources (a pathlib.Path for an ordinary install).
@@ -20,7 +21,7 @@ RECIPE_DIR: Traversable = files(__name__)
 _MESH_AXES = ("data", "fsdp", "tensor")
 
 
-class RecipeError(ValueError):
+class RecipeError(SgmJaxError, ValueError):
     """A recipe file is malformed."""
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from sgm_jax.errors import SgmJaxError
+
 Item = tuple[str, str, str | None]  # (question, answer, image path or None)
 
 
-class JudgeError(RuntimeError):
+class JudgeError(SgmJaxError, RuntimeError):
     """A judge could not reach a verdict (endpoint unreachable, refused, or answering nonsense)."""
 
 
