@@ -1,5 +1,6 @@
 """The evaluation runner end to end on a tiny checkpoint: answers cached and resumed, results, report and plots."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -139,3 +140,25 @@ def test_generated_answers_resume_after_an_interruption(setup, tmp_path, monkeyp
         answers_module.generate_answers(
             model, processor, open_ended, cache_path=cache, max_new_tokens=5, progress=False
         )
+
+
+def test_an_edited_prompt_or_image_is_answered_again_not_served_from_the_cache(setup, tmp_path, monkeypatch):
+    model, processor, samples, _ = setup
+    open_ended = [s for s in samples if not s.options and s.image][:3]
+    cache, real, calls = str(tmp_path / "answers.jsonl"), answers_module.generate, []
+    monkeypatch.setattr(answers_module, "generate", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    run = lambda items: answers_module.generate_answers(  # noqa: E731
+        model, processor, items, cache_path=cache, max_new_tokens=4, batch_size=8, progress=False
+    )
+    first = run(open_ended)
+    assert run(open_ended) == first and calls == [3]  # unchanged: all from the cache
+    image = tmp_path / "other.png"
+    Image.fromarray(np.full((24, 24, 3), 255, np.uint8)).save(image)
+    edited = [
+        dataclasses.replace(open_ended[0], prompt=open_ended[0].prompt + " and name its colour"),
+        dataclasses.replace(open_ended[1], image=str(image)),
+        open_ended[2],
+    ]
+    again = run(edited)
+    assert calls == [3, 2] and again[open_ended[2].id] == first[open_ended[2].id]  # only the two edited ones
+    assert run(edited) == again and calls == [3, 2]

@@ -2,13 +2,16 @@
 
 The cache is a JSONL file, one line per answered sample, appended and flushed batch by
 batch. A killed run leaves at most a torn last line, which is ignored; answers are
-keyed by sample id, so a resumed run neither loses nor repeats one. The first line
+keyed by sample id, so a resumed run neither loses nor repeats one. Each line also holds
+a digest of what the model saw (the rendered prompt and the image's bytes): a sample whose
+prompt or image changed is answered again, never served its old answer. The first line
 records the generation settings, and a cache made with other settings is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -18,13 +21,24 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from sgm_jax.batching import collate, pad_token_id
-from sgm_jax.data.encode import SquareImages, encode
+from sgm_jax.data.encode import SquareImages, encode, render
 from sgm_jax.data.samples import Sample
 from sgm_jax.fingerprint import model_fingerprint
 from sgm_jax.generate import generate
 
 
-def _read_cache(path: str, settings: dict) -> dict[str, str]:
+def answer_key(sample: Sample, processor) -> str:
+    """A digest of what determines `sample`'s answer besides the settings: its prompt as the model sees it (the
+    rendered chat, without the reference response) and its image file's bytes."""
+    digest = hashlib.sha256(render(dataclasses.replace(sample, response=None), processor).encode("utf-8"))
+    if sample.image is not None:
+        with open(sample.image, "rb") as f:
+            digest.update(hashlib.sha256(f.read()).digest())
+    return digest.hexdigest()
+
+
+def _read_cache(path: str, settings: dict) -> dict[str, tuple[str | None, str]]:
+    """`{sample id: (answer key, answer)}`; the last line for an id wins."""
     if not os.path.exists(path):
         return {}
     answers = {}
@@ -41,7 +55,7 @@ def _read_cache(path: str, settings: dict) -> dict[str, str]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # the torn last line of a killed run
-        answers[row["id"]] = row["answer"]
+        answers[row["id"]] = (row.get("key"), row["answer"])
     return answers
 
 
@@ -65,7 +79,9 @@ def generate_answers(
         "seed": seed,
         "image_size": processor.image_size if isinstance(processor, SquareImages) else None,
     }
-    answers = _read_cache(cache_path, settings)
+    cached = _read_cache(cache_path, settings)
+    keys = {s.id: answer_key(s, processor) for s in samples}
+    answers = {i: answer for i, (key, answer) in cached.items() if key == keys.get(i)}
     todo = [s for s in samples if s.id not in answers]
     tokenizer = getattr(processor, "tokenizer", processor)
     os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
@@ -95,7 +111,8 @@ def generate_answers(
             )
             for sample, row in zip(batch, np.asarray(tokens)):
                 answers[sample.id] = tokenizer.decode(row, skip_special_tokens=True).strip()
-                f.write(json.dumps({"id": sample.id, "answer": answers[sample.id]}, ensure_ascii=False) + "\n")
+                row = {"id": sample.id, "key": keys[sample.id], "answer": answers[sample.id]}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
     return {s.id: answers[s.id] for s in samples}
