@@ -144,5 +144,8 @@ def test_bad_interventions_name_the_site(models):
         sgm_jax.intervene(model, Intervention({"model.language_model.layers.0.mlp.up_prj": np.ones(56)}))
     with pytest.raises(ValueError, match=r"layers.0.mlp.up_proj': alpha has 3 values, the site has 56 neurons"):
         sgm_jax.intervene(model, Intervention({"model.language_model.layers.0.mlp.up_proj": np.ones(3)}))
-    with pytest.raises(ValueError, match="NaN or inf"):
-        Intervention({"x": np.array([np.nan])})
+    with pytest.raises(ValueError, match=r"'x' holds NaN or inf at 1 neuron\(s\), first 1"):
+        Intervention({"x": np.array([1.0, np.nan])})
+    # One rule for the API, the command line and files: a negative alpha is refused, never clipped to 0.
+    with pytest.raises(ValueError, match=r"'x' is negative at 2 neuron\(s\) \(first 1: -0.5\)"):
+        Intervention({"x": np.array([1.0, -0.5, -2.0])})

@@ -22,7 +22,10 @@ METADATA_KEY = "sgm_jax.intervention"
 
 @dataclasses.dataclass
 class Intervention:
-    """`alphas[site]` multiplies that site's output (or input, for `site:in`) per neuron; 1 leaves it alone."""
+    """`alphas[site]` multiplies that site's output (or input, for `site:in`) per neuron; 1 leaves it alone.
+
+    Alphas are finite and non-negative wherever they come from (a file, the command line or Python): 0 silences
+    a neuron, and a negative alpha, which would flip its sign, is refused rather than clipped."""
 
     alphas: dict[str, np.ndarray]
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -34,7 +37,14 @@ class Intervention:
             if alpha.ndim != 1:
                 raise ValueError(f"alpha for site {site!r} must be 1-D [width], got shape {alpha.shape}")
             if not np.isfinite(alpha).all():
-                raise ValueError(f"alpha for site {site!r} holds NaN or inf")
+                bad = np.flatnonzero(~np.isfinite(alpha))
+                raise ValueError(f"alpha for site {site!r} holds NaN or inf at {len(bad)} neuron(s), first {bad[0]}")
+            if (alpha < 0).any():
+                bad = np.flatnonzero(alpha < 0)
+                raise ValueError(
+                    f"alpha for site {site!r} is negative at {len(bad)} neuron(s) (first {bad[0]}: {alpha[bad[0]]}); "
+                    "alphas must be >= 0 (0 silences a neuron)"
+                )
             clean[site] = alpha
         self.alphas = clean
 
