@@ -43,6 +43,10 @@ def test_reads_fields_resolves_images_and_filters_splits(tmp_path):
         ('{"id": "x", "prompt": "hi"}', r"d.jsonl:2: id 'x' already used on line 1"),
         ('{"id": "a", "prompt": "hi", "image": "nope.png"}', r"d.jsonl:2: image 'nope.png' not found"),
         ("[1, 2]", r"d.jsonl:2: expected a JSON object"),
+        ('{"id": "a", "prompt": "hi", "image": 5}', r"d.jsonl:2: 'image' must be a string, got 5"),
+        ('{"id": "a", "prompt": "hi", "response": ["no"]}', r"d.jsonl:2: 'response' must be a string, got \['no'\]"),
+        ('{"id": true, "prompt": "hi"}', r"d.jsonl:2: 'id' must be a string or an integer, got True"),
+        ('{"id": "a", "prompt": "hi", "meta": 3}', r"d.jsonl:2: 'meta' must be an object, got 3"),
     ],
 )
 def test_malformed_rows_name_file_and_line(tmp_path, line, message):

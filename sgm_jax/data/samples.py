@@ -86,6 +86,13 @@ def _sample(row: Any, where: str, base: str) -> Sample:
             raise DatasetError(f"{where}: missing {name!r}")
     if not isinstance(row["prompt"], str):
         raise DatasetError(f"{where}: 'prompt' must be a string")
+    if isinstance(row["id"], bool) or not isinstance(row["id"], (str, int)):
+        raise DatasetError(f"{where}: 'id' must be a string or an integer, got {row['id']!r}")
+    for name in ("image", "response", "category", "split", "condition", "answer"):
+        if row.get(name) is not None and not isinstance(row[name], str):
+            raise DatasetError(f"{where}: {name!r} must be a string, got {row[name]!r}")
+    if row.get("meta") is not None and not isinstance(row["meta"], dict):
+        raise DatasetError(f"{where}: 'meta' must be an object, got {row['meta']!r}")
     label = row.get("label")
     if label is not None and (isinstance(label, bool) or label not in (0, 1)):
         raise DatasetError(f"{where}: label must be 0 or 1, got {label!r}")
