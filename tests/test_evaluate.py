@@ -162,3 +162,19 @@ def test_an_edited_prompt_or_image_is_answered_again_not_served_from_the_cache(s
     again = run(edited)
     assert calls == [3, 2] and again[open_ended[2].id] == first[open_ended[2].id]  # only the two edited ones
     assert run(edited) == again and calls == [3, 2]
+
+
+def test_an_empty_or_torn_answer_cache_is_rebuilt_and_a_damaged_one_named(setup, tmp_path):
+    model, processor, samples, _ = setup
+    items = [s for s in samples if not s.options][:2]
+    cache = tmp_path / "answers.jsonl"
+    run = lambda: answers_module.generate_answers(  # noqa: E731
+        model, processor, items, cache_path=str(cache), max_new_tokens=3, progress=False
+    )
+    expected = run()
+    for left_behind in ("", '{"settings": {"model_fing'):  # what a full disk leaves at the first write
+        cache.write_text(left_behind)
+        assert run() == expected
+    cache.write_text('{"settings": ' + "\n" + json.dumps({"id": items[0].id, "answer": "x"}) + "\n")
+    with pytest.raises(ValueError, match="answer cache .*answers.jsonl: its first line .* is damaged"):
+        run()

@@ -44,7 +44,15 @@ def _read_cache(path: str, settings: dict) -> dict[str, tuple[str | None, str]]:
     answers = {}
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
-    header = json.loads(lines[0])
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError:
+        if any(line.strip() for line in lines[1:]):
+            raise ValueError(
+                f"answer cache {path}: its first line (the settings) is damaged; remove the file"
+            ) from None
+        os.remove(path)  # empty or a torn header only (a full disk at the first write): nothing to keep
+        return {}
     if header.get("settings") != settings:
         raise ValueError(
             f"answer cache {path} was made with other settings ({header.get('settings')}), "
