@@ -29,7 +29,7 @@ def _load(args):
     from sgm_jax.data.encode import SquareImages
 
     model, processor = sgm_jax.load_model(args.model, dtype=args.dtype, mesh=_mesh(args.mesh))
-    if getattr(args, "image_size", None) and processor is not None:
+    if getattr(args, "image_size", None) is not None and processor is not None:
         processor = SquareImages(processor, args.image_size)
     return model, processor
 

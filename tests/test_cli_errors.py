@@ -70,3 +70,12 @@ def test_an_interrupt_exits_130_with_the_resume_hint(tmp_path, capsys, monkeypat
     monkeypatch.setattr(cli, "cmd_score", interrupted)
     err = _fails(capsys, ["score", "--store", str(tmp_path), "--out", str(tmp_path / "s")], code=130)
     assert "rerun the same command to resume" in err
+
+
+def test_a_zero_image_size_is_refused_not_ignored(tmp_path, capsys):
+    import hf_tiny
+
+    directory = hf_tiny.save_tiny(tmp_path / "ckpt", seed=1, processor=True)
+    capsys.readouterr()  # transformers' save progress
+    argv = ["generate", "--model", directory, "--prompt", "hi", "--image-size", "0"]
+    assert "image size must be a positive number of pixels, got 0" in _one_line(_fails(capsys, argv), "generate")

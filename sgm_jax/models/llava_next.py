@@ -11,6 +11,7 @@ bucket, so one compile serves every aspect ratio.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -69,10 +70,16 @@ class LlavaNextSpec(LlavaSpec):
 
 def image_layout(size: tuple[int, int], spec: LlavaNextSpec) -> tuple[int, np.ndarray]:
     """(tiles, token sources) of one image of original `size` (height, width): each of its `<image>` tokens
-    as `tile * features_per_tile + position`, or -1 for `image_newline`, in transformers' packing order."""
+    as `tile * features_per_tile + position`, or -1 for `image_newline`, in transformers' packing order.
+
+    Cached per size (read-only arrays): checking, row assignment and input preparation all ask for it."""
+    return _layout(int(size[0]), int(size[1]), spec)
+
+
+@functools.lru_cache(maxsize=4096)
+def _layout(height: int, width: int, spec: LlavaNextSpec) -> tuple[int, np.ndarray]:
     from transformers.image_processing_utils import select_best_resolution
 
-    height, width = int(size[0]), int(size[1])
     tile, per_side = spec.vision.image_size, spec.vision.image_size // spec.vision.patch_size
     per_tile = per_side * per_side
     best_h, best_w = select_best_resolution((height, width), [list(p) for p in spec.image_grid_pinpoints])
@@ -90,7 +97,9 @@ def image_layout(size: tuple[int, int], spec: LlavaNextSpec) -> tuple[int, np.nd
         pad = (current_w - new_w) // 2
         grid = grid[:, pad : current_w - pad]
     with_newlines = np.concatenate([grid, -np.ones((grid.shape[0], 1), grid.dtype)], axis=1)
-    return 1 + nh * nw, np.concatenate([np.arange(per_tile), with_newlines.reshape(-1)]).astype(np.int32)
+    layout = np.concatenate([np.arange(per_tile), with_newlines.reshape(-1)]).astype(np.int32)
+    layout.setflags(write=False)
+    return 1 + nh * nw, layout
 
 
 def _rows_of_images(input_ids: np.ndarray, counts: list[int], token: int, sizes: np.ndarray) -> np.ndarray:
