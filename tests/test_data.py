@@ -40,7 +40,7 @@ def test_reads_fields_resolves_images_and_filters_splits(tmp_path):
         ('{"id": "a", "prompt": "hi", "lable": 1}', r"d.jsonl:2: unknown fields \['lable'\]"),
         ('{"id": "a"}', r"d.jsonl:2: missing 'prompt'"),
         ('{"id": "a", "prompt": "hi", "label": 2}', r"d.jsonl:2: label must be 0 or 1, got 2"),
-        ('{"id": "x", "prompt": "hi"}', r"d.jsonl:2: id 'x' already used on line 1"),
+        ('{"id": "x", "prompt": "hi"}', r"d.jsonl:2: id 'x' already used at .*d.jsonl:1"),
         ('{"id": "a", "prompt": "hi", "image": "nope.png"}', r"d.jsonl:2: image 'nope.png' not found"),
         ("[1, 2]", r"d.jsonl:2: expected a JSON object"),
         ('{"id": "a", "prompt": "hi", "image": 5}', r"d.jsonl:2: 'image' must be a string, got 5"),
@@ -107,5 +107,7 @@ def test_written_samples_read_back_identically(tmp_path):
     out = tmp_path / "b" / "copy.jsonl"
     out.parent.mkdir()
     write_jsonl(samples, str(out))
-    assert read_jsonl(str(out)) == samples
+    with pytest.raises(DatasetError, match=r"copy.jsonl:1: image '../a/images/0.png' lies outside .*--allow-outside"):
+        read_jsonl(str(out))
+    assert read_jsonl(str(out), allow_outside_images=True) == samples
     assert json.loads(out.read_text().splitlines()[0])["image"] == "../a/images/0.png"

@@ -668,6 +668,6 @@ def test_read_dataset_refuses_options_the_reader_lacks(tmp_path):
     with pytest.raises(
         DatasetError,
         match=r"the mcq reader has no options \['image_dir'\] "
-        r"\(it takes \['skip_missing_images'\]\)",
+        r"\(it takes \['skip_missing_images', 'allow_outside_images'\]\)",
     ):
         read_dataset(mcq, image_dir="pics")

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sgm_jax.data.images import ImageError, load_rgb
 from sgm_jax.data.samples import DatasetError, Sample
 
 
@@ -72,8 +73,11 @@ def encode(sample: Sample, processor) -> dict[str, np.ndarray]:
         return {"input_ids": np.asarray(tokenizer(text, return_tensors="np")["input_ids"][0], np.int32)}
     if not hasattr(processor, "image_processor"):
         raise DatasetError(f"sample {sample.id!r} has an image but the model has no image processor")
-    with Image.open(sample.image) as image:
-        out = processor(images=[image.convert("RGB")], text=[text], return_tensors="np")
+    try:
+        image = load_rgb(sample.image)
+    except ImageError as err:
+        raise ImageError(f"{sample.where}: {err}") from None
+    out = processor(images=[image], text=[text], return_tensors="np")
     ids = np.asarray(out["input_ids"])
     # The image inputs as the processor names them; per-token outputs (the mask, token types, Mllama's cross
     # mask `[1, tokens, ...]`) are the batch's to rebuild after padding.

@@ -24,8 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from sgm_jax.atomic import atomic_write
@@ -51,6 +50,13 @@ class Sample:
     options: tuple[str, ...] | None = None
     answer: str | None = None
     meta: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    # Where the sample was read ("file:line"), for messages; not part of its content.
+    origin: str = dataclasses.field(default="", compare=False)
+
+    @property
+    def where(self) -> str:
+        """The sample's file and row when it was read from one, else its id, for messages."""
+        return self.origin or f"sample {self.id!r}"
 
 
 def utf8_lines(lines: Iterator[str], path: str) -> Iterator[str]:
@@ -61,8 +67,10 @@ def utf8_lines(lines: Iterator[str], path: str) -> Iterator[str]:
         raise DatasetError(f"{path}: not UTF-8 text ({err.reason}); save it as UTF-8") from None
 
 
-def jsonl_objects(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """`(line number, object)` for each non-blank line of a JSONL file; bad JSON names the file and line."""
+def jsonl_objects(path: str, on_error: Callable[[str], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`(line number, object)` for each non-blank line of a JSONL file; bad JSON names the file and line.
+
+    With `on_error`, a bad line's message is passed to it and reading goes on with the next line."""
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(utf8_lines(f, path), 1):
             if not line.strip():
@@ -71,13 +79,20 @@ def jsonl_objects(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DatasetError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield line_no, row
+                problem = f"{where}: not valid JSON ({err.msg})"
+            else:
+                if isinstance(row, dict):
+                    yield line_no, row
+                    continue
+                problem = f"{where}: expected a JSON object, got {type(row).__name__}"
+            if on_error is None:
+                raise DatasetError(problem)
+            on_error(problem)
 
 
-def _sample(row: Any, where: str, base: str) -> Sample:
+def sample_from_row(row: Any, where: str, base: str) -> Sample:
+    """The sample a native JSONL row describes (`where` is its file:line, `base` the folder images are relative
+    to); a malformed field is a `DatasetError` naming the line, field and value."""
     unknown = sorted(set(row) - set(FIELDS))
     if unknown:
         raise DatasetError(f"{where}: unknown fields {unknown} (known: {list(FIELDS)}; put extras under 'meta')")
@@ -117,42 +132,12 @@ def _sample(row: Any, where: str, base: str) -> Sample:
     )
 
 
-def read_jsonl(path: str, *, split: str | None = None, skip_missing_images: bool = False) -> list[Sample]:
-    """Read a native JSONL dataset, optionally one split; every problem names the file and line.
-
-    Missing image files are errors unless `skip_missing_images`, which drops those rows
-    (the count is in the warning printed to stderr).
-    """
-    if not os.path.exists(path):
-        raise DatasetError(f"{path}: no such file")
-    base = os.path.dirname(os.path.abspath(path))
-    samples, seen, skipped = [], {}, 0
-    for line_no, row in jsonl_objects(path):
-        where = f"{path}:{line_no}"
-        sample = _sample(row, where, base)
-        if sample.id in seen:
-            raise DatasetError(f"{where}: id {sample.id!r} already used on line {seen[sample.id]}")
-        seen[sample.id] = line_no
-        if split is not None and sample.split != split:
-            continue
-        if sample.image is not None and not os.path.exists(sample.image):
-            if skip_missing_images:
-                skipped += 1
-                continue
-            raise DatasetError(f"{where}: image {row['image']!r} not found (looked for {sample.image})")
-        samples.append(sample)
-    if skipped:
-        print(f"{path}: skipped {skipped} rows whose image is missing", file=sys.stderr)
-    if not samples:
-        raise DatasetError(f"{path}: no samples" + (f" in split {split!r}" if split is not None else ""))
-    return samples
-
-
 def dataset_hash(samples: Iterable[Sample]) -> str:
     """A content hash of the samples, their order and the bytes of their images."""
     digest = hashlib.sha256()
     for s in samples:
         fields = dataclasses.asdict(s)
+        del fields["origin"]
         fields["image"] = None if s.image is None else os.path.basename(s.image)
         digest.update(json.dumps(fields, sort_keys=True, default=list).encode())
         if s.image is not None:

@@ -15,12 +15,11 @@ import re
 import sys
 from collections.abc import Sequence
 
-from PIL import Image
-
 from sgm_jax.atomic import atomic_write
 from sgm_jax.data.adversarial.jailbreak import apply_jailbreak
 from sgm_jax.data.adversarial.triggers import TRIGGERS, apply_trigger
 from sgm_jax.data.adversarial.typography import typographic_image
+from sgm_jax.data.images import load_rgb
 from sgm_jax.data.samples import DatasetError, Sample
 
 FIGSTEP_PROMPT = (
@@ -67,8 +66,7 @@ def typographic_variant(
         raise DatasetError(f"sample {sample.id!r}: sd_typo draws under the sample's image, and it has none")
     try:
         if kind == "sd_typo":
-            with Image.open(sample.image) as base:
-                image = typographic_image(phrase, base=base)
+            image = typographic_image(phrase, base=load_rgb(sample.image))
         else:
             image = typographic_image(phrase, size=size, numbered_steps=FIGSTEP_STEPS if kind == "figstep" else 0)
     except ValueError as err:

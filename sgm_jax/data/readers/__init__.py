@@ -7,8 +7,8 @@ from sgm_jax.data.readers.dispatch import FORMATS, detect_format, read_dataset
 from sgm_jax.data.readers.jailbreakv import read_jailbreakv
 from sgm_jax.data.readers.mcq import read_mcq
 from sgm_jax.data.readers.mmsafetybench import read_mmsafetybench
+from sgm_jax.data.readers.native import read_jsonl as read_native
 from sgm_jax.data.readers.sgm_sheet import read_sgm_sheet
-from sgm_jax.data.samples import read_jsonl as read_native
 
 __all__ = [
     "FORMATS",

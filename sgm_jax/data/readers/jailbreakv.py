@@ -34,30 +34,35 @@ def _flag(text: str, where: str, column: str) -> bool | None:
     return lowered == "true"
 
 
-def read_jailbreakv(path: str, *, root: str | None = None, skip_missing_images: bool = False) -> list[Sample]:
+def read_jailbreakv(
+    path: str, *, root: str | None = None, skip_missing_images: bool = False, allow_outside_images: bool = False
+) -> list[Sample]:
     """One sample per row; image paths are resolved against `root` (by default the CSV's folder)."""
     root = os.path.dirname(os.path.abspath(path)) if root is None else root
-    collector = SampleCollector(path, skip_missing_images=skip_missing_images)
+    collector = SampleCollector(
+        path, image_root=root, skip_missing_images=skip_missing_images, allow_outside_images=allow_outside_images
+    )
     for where, _, row in read_rows(path, required=REQUIRED, optional=OPTIONAL, what="JailBreakV-28K"):
-        for column in ("id", "jailbreak_query", "format", "policy", "image_path"):
-            if not row[column].strip():
-                raise DatasetError(f"{where}: missing {column!r}")
-        meta = {"redteam_query": row["redteam_query"], "format": row["format"]}
-        if row["from"].strip():
-            meta["from"] = row["from"]
-        for column in _FLAGS:
-            flag = _flag(row[column], where, column)
-            if flag is not None:
-                meta[column] = flag
-        image = row["image_path"].strip()
-        sample = Sample(
-            id=row["id"].strip(),
-            prompt=row["jailbreak_query"],
-            image=resolve(image, root),
-            label=1,
-            category=row["policy"].strip(),
-            condition=condition_of(row["format"]),
-            meta=meta,
-        )
-        collector.add(sample, where, image)
+        with collector.row():
+            for column in ("id", "jailbreak_query", "format", "policy", "image_path"):
+                if not row[column].strip():
+                    raise DatasetError(f"{where}: missing {column!r}")
+            meta = {"redteam_query": row["redteam_query"], "format": row["format"]}
+            if row["from"].strip():
+                meta["from"] = row["from"]
+            for column in _FLAGS:
+                flag = _flag(row[column], where, column)
+                if flag is not None:
+                    meta[column] = flag
+            image = row["image_path"].strip()
+            sample = Sample(
+                id=row["id"].strip(),
+                prompt=row["jailbreak_query"],
+                image=resolve(image, root),
+                label=1,
+                category=row["policy"].strip(),
+                condition=condition_of(row["format"]),
+                meta=meta,
+            )
+            collector.add(sample, where, image)
     return collector.finish()

@@ -34,32 +34,34 @@ def _options(row: dict[str, str], where: str) -> tuple[str, ...]:
     return tuple(row[letter] for letter in LETTERS[:count])
 
 
-def read_mcq(path: str, *, skip_missing_images: bool = False) -> list[Sample]:
+def read_mcq(path: str, *, skip_missing_images: bool = False, allow_outside_images: bool = False) -> list[Sample]:
     """One item per row; ids are the `id` column, else `index`, else the row (line) number."""
     base = os.path.dirname(os.path.abspath(path))
-    collector = SampleCollector(path, skip_missing_images=skip_missing_images)
+    collector = SampleCollector(
+        path, skip_missing_images=skip_missing_images, allow_outside_images=allow_outside_images
+    )
     for where, number, row in read_rows(path, required=REQUIRED, optional=OPTIONAL, what="multiple-choice"):
-        question = row["question"]
-        if not question.strip():
-            raise DatasetError(f"{where}: missing 'question'")
-        options = _options(row, where)
-        answer = row["answer"].strip().upper()
-        if answer not in LETTERS[: len(options)]:
-            raise DatasetError(
-                f"{where}: answer {row['answer']!r} is not one of the option letters {list(LETTERS[: len(options)])}"
+        with collector.row():
+            question = row["question"]
+            if not question.strip():
+                raise DatasetError(f"{where}: missing 'question'")
+            options = _options(row, where)
+            answer = row["answer"].strip().upper()
+            letters = list(LETTERS[: len(options)])
+            if answer not in letters:
+                raise DatasetError(f"{where}: answer {row['answer']!r} is not one of the option letters {letters}")
+            hint = row["hint"].strip()
+            image = row["image"].strip()
+            sample = Sample(
+                id=row["id"].strip() or row["index"].strip() or str(number),
+                prompt=f"{hint}\n{question}" if hint else question,
+                image=resolve(image, base) if image else None,
+                label=0,
+                category=row["category"].strip() or None,
+                split=row["split"].strip() or None,
+                options=options,
+                answer=answer,
+                meta={column: row[column] for column in _META_COLUMNS if row[column].strip()},
             )
-        hint = row["hint"].strip()
-        image = row["image"].strip()
-        sample = Sample(
-            id=row["id"].strip() or row["index"].strip() or str(number),
-            prompt=f"{hint}\n{question}" if hint else question,
-            image=resolve(image, base) if image else None,
-            label=0,
-            category=row["category"].strip() or None,
-            split=row["split"].strip() or None,
-            options=options,
-            answer=answer,
-            meta={column: row[column] for column in _META_COLUMNS if row[column].strip()},
-        )
-        collector.add(sample, where, image or None)
+            collector.add(sample, where, image or None)
     return collector.finish()

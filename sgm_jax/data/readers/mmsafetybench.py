@@ -78,6 +78,7 @@ def read_mmsafetybench(
     text_only: bool = False,
     scenarios: Sequence[str] | None = None,
     skip_missing_images: bool = False,
+    allow_outside_images: bool = False,
 ) -> list[Sample]:
     """Every chosen scenario's questions under each chosen image type (and text-only if asked), scenario by scenario.
 
@@ -97,37 +98,42 @@ def read_mmsafetybench(
     unknown_scenarios = [s for s in scenarios if s not in available]
     if unknown_scenarios:
         raise DatasetError(f"{root}: no scenarios {unknown_scenarios} in {QUESTIONS_DIR}/ (it has {available})")
-    collector = SampleCollector(root, skip_missing_images=skip_missing_images)
+    collector = SampleCollector(
+        root, skip_missing_images=skip_missing_images, allow_outside_images=allow_outside_images
+    )
     for scenario in scenarios:
         path = os.path.join(root, QUESTIONS_DIR, f"{scenario}.json")
         for question_id, question in _questions(path):
-            where = f"{path}: question {question_id!r}"
-            if not isinstance(question, dict):
-                raise DatasetError(f"{where}: expected a JSON object, got {type(question).__name__}")
-            meta = {key: question[field] for field, key in _META_FIELDS.items() if isinstance(question.get(field), str)}
-            for image_type in image_types:
-                condition = image_type.lower()
-                image = os.path.join(IMAGES_DIR, scenario, image_type, f"{question_id}.jpg")
-                sample = Sample(
-                    id=f"{scenario}/{condition}/{question_id}",
-                    prompt=_field(question, IMAGE_TYPES[image_type], where),
-                    image=resolve(image, root),
-                    label=1,
-                    category=scenario,
-                    condition=condition,
-                    meta=dict(meta),
-                )
-                collector.add(sample, where, image)
-            if text_only:
-                collector.add(
-                    Sample(
-                        id=f"{scenario}/text_only/{question_id}",
-                        prompt=_field(question, TEXT_ONLY_FIELD, where),
+            with collector.row():
+                where = f"{path}: question {question_id!r}"
+                if not isinstance(question, dict):
+                    raise DatasetError(f"{where}: expected a JSON object, got {type(question).__name__}")
+                meta = {
+                    key: question[field] for field, key in _META_FIELDS.items() if isinstance(question.get(field), str)
+                }
+                for image_type in image_types:
+                    condition = image_type.lower()
+                    image = os.path.join(IMAGES_DIR, scenario, image_type, f"{question_id}.jpg")
+                    sample = Sample(
+                        id=f"{scenario}/{condition}/{question_id}",
+                        prompt=_field(question, IMAGE_TYPES[image_type], where),
+                        image=resolve(image, root),
                         label=1,
                         category=scenario,
-                        condition="text_only",
+                        condition=condition,
                         meta=dict(meta),
-                    ),
-                    where,
-                )
+                    )
+                    collector.add(sample, where, image)
+                if text_only:
+                    collector.add(
+                        Sample(
+                            id=f"{scenario}/text_only/{question_id}",
+                            prompt=_field(question, TEXT_ONLY_FIELD, where),
+                            label=1,
+                            category=scenario,
+                            condition="text_only",
+                            meta=dict(meta),
+                        ),
+                        where,
+                    )
     return collector.finish()

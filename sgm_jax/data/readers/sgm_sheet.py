@@ -61,26 +61,31 @@ def strip_turns(prompt: str, output: str) -> tuple[str, str | None, dict[str, st
     return prompt, output, {"output_template": None}
 
 
-def read_sgm_sheet(path: str, *, image_dir: str | None = None, skip_missing_images: bool = False) -> list[Sample]:
+def read_sgm_sheet(
+    path: str, *, image_dir: str | None = None, skip_missing_images: bool = False, allow_outside_images: bool = False
+) -> list[Sample]:
     """One sample per row; images are looked up in `image_dir` (by default the sheet's own folder)."""
     image_dir = os.path.dirname(os.path.abspath(path)) if image_dir is None else image_dir
-    collector = SampleCollector(path, skip_missing_images=skip_missing_images)
+    collector = SampleCollector(
+        path, image_root=image_dir, skip_missing_images=skip_missing_images, allow_outside_images=allow_outside_images
+    )
     for where, number, row in read_rows(path, required=REQUIRED, optional=OPTIONAL, what="SGM sheet"):
-        name, prompt = row["name"].strip(), row["prompt"]
-        if not name:
-            raise DatasetError(f"{where}: missing 'name' (the image file)")
-        if not prompt.strip():
-            raise DatasetError(f"{where}: missing 'prompt'")
-        category, scenario = row["category"].strip(), row["scenario"].strip()
-        prompt, response, stripped = strip_turns(prompt, row["output"])
-        sample = Sample(
-            id=f"{os.path.splitext(name)[0]}/row{number}",
-            prompt=prompt,
-            image=resolve(name, image_dir),
-            response=response,
-            label=parse_label(row["label"], where),
-            category=category or scenario or None,
-            meta={"name": name, **({"scenario": scenario} if category and scenario else {}), **stripped},
-        )
-        collector.add(sample, where, name)
+        with collector.row():
+            name, prompt = row["name"].strip(), row["prompt"]
+            if not name:
+                raise DatasetError(f"{where}: missing 'name' (the image file)")
+            if not prompt.strip():
+                raise DatasetError(f"{where}: missing 'prompt'")
+            category, scenario = row["category"].strip(), row["scenario"].strip()
+            prompt, response, stripped = strip_turns(prompt, row["output"])
+            sample = Sample(
+                id=f"{os.path.splitext(name)[0]}/row{number}",
+                prompt=prompt,
+                image=resolve(name, image_dir),
+                response=response,
+                label=parse_label(row["label"], where),
+                category=category or scenario or None,
+                meta={"name": name, **({"scenario": scenario} if category and scenario else {}), **stripped},
+            )
+            collector.add(sample, where, name)
     return collector.finish()
