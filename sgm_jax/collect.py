@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -9,18 +10,14 @@ from tqdm.auto import tqdm
 
 from sgm_jax.batching import collate, pad_token_id, plan_batches
 from sgm_jax.capture import CaptureSpec, pooled_batch
-from sgm_jax.data.encode import SquareImages, encode, render
+from sgm_jax.data.encode import SquareImages, encode
 from sgm_jax.data.samples import Sample, dataset_hash
 from sgm_jax.fingerprint import model_fingerprint
+from sgm_jax.lengths import check_lengths, estimated_lengths
+from sgm_jax.locks import writer_lock
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.sites import resolve
 from sgm_jax.store import ResponseStore
-
-
-def estimated_lengths(samples: Sequence[Sample], processor, image_tokens: int) -> list[int]:
-    """Token count of each rendered sample plus its image's expansion: cheap, and enough to order samples."""
-    tokenizer = getattr(processor, "tokenizer", processor)
-    return [len(tokenizer(render(s, processor))["input_ids"]) + (image_tokens if s.image else 0) for s in samples]
 
 
 def collect_to_store(
@@ -37,12 +34,17 @@ def collect_to_store(
     dataset_name: str = "",
     progress: bool = True,
 ) -> ResponseStore:
-    """Collect pooled responses of `samples` at `sites` into the store at `out_dir`, resuming if it exists."""
+    """Collect pooled responses of `samples` at `sites` into the store at `out_dir`, resuming if it exists.
+
+    Everything is checked before the store is touched (sites, batch size, every sample's length); the store
+    is locked while it is written, and a damaged chunk or responses file found on a rerun is recomputed."""
     if processor is None:
         raise ValueError("the checkpoint has no tokenizer/processor files, so samples cannot be encoded")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     spec = CaptureSpec(tuple(resolve(model, sites)), pooling, tokens)
+    lengths = estimated_lengths(samples, processor, model.tokens_per_image)
+    check_lengths(model, samples, lengths)
     manifest = {
         "model": model_name,
         "model_fingerprint": model_fingerprint(model),
@@ -57,17 +59,24 @@ def collect_to_store(
         "labels": [s.label for s in samples],
         "categories": [s.category for s in samples],
     }
-    store = ResponseStore.create_or_resume(out_dir, manifest)
-    if store.complete:
-        return store
-    plan = plan_batches(estimated_lengths(samples, processor, model.tokens_per_image), batch_size)
-    todo = [i for i in range(len(plan)) if i not in store.done_batches()]
-    pad_id = pad_token_id(processor)
-    for index in tqdm(
-        todo, desc="collect", unit="batch", disable=not progress, initial=len(plan) - len(todo), total=len(plan)
-    ):
-        rows = plan[index]
-        batch = collate([encode(samples[i], processor) for i in rows], pad_id)
-        store.write_batch(index, np.asarray(rows), pooled_batch(model, batch, spec))
-    store.finalize(plan)
+    with writer_lock(out_dir, "store"):
+        store = ResponseStore.create_or_resume(out_dir, manifest)
+        if store.complete:
+            damaged = store.damaged_responses()
+            if not damaged:
+                return store
+            print(f"store {out_dir}: responses of {damaged[:3]} are damaged; collecting them again", file=sys.stderr)
+            store.reopen()
+        plan = plan_batches(lengths, batch_size)
+        intact = store.intact_batches()
+        todo = [i for i in range(len(plan)) if i not in intact]
+        pad_id = pad_token_id(processor)
+        for index in tqdm(
+            todo, desc="collect", unit="batch", disable=not progress, initial=len(plan) - len(todo), total=len(plan)
+        ):
+            rows = plan[index]
+            encoded = [encode(samples[i], processor) for i in rows]
+            check_lengths(model, [samples[i] for i in rows], [len(e["input_ids"]) for e in encoded])
+            store.write_batch(index, np.asarray(rows), pooled_batch(model, collate(encoded, pad_id), spec))
+        store.finalize(plan)
     return store

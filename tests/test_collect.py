@@ -73,7 +73,7 @@ def test_interrupted_collection_resumes_to_identical_arrays(setup, reference_sto
     with pytest.raises(KeyboardInterrupt):
         _collect(setup, tmp_path / "store")
     store = ResponseStore(str(tmp_path / "store"))
-    assert not store.complete and store.done_batches() == {0, 1, 2}
+    assert not store.complete and store.intact_batches() == {0, 1, 2}
     (tmp_path / "store" / "chunks" / ".tmp-half-written000003.safetensors").write_bytes(b"partial")
     with pytest.raises(StoreError, match="incomplete"):
         store.load(SITES[-1])
