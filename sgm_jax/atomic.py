@@ -14,14 +14,22 @@ os.umask(_UMASK)
 
 def atomic_write(path: str, write) -> None:
     """Call `write(tmp_path)`, then rename the result onto `path` (with ordinary, umask-given permissions,
-    not the private ones of a temporary file)."""
+    not the private ones of a temporary file). An operating-system error (a full disk, a read-only folder)
+    names `path`, not the temporary file, and leaves nothing behind."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, path) from None
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None or err.filename == tmp:  # a full disk or a write limit: name the file meant
+            raise OSError(err.errno, err.strerror, path) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

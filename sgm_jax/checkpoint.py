@@ -54,6 +54,7 @@ def save_checkpoint(model: nnx.Module, directory: str) -> None:
             "dtype": dtype.pop(),
             "gates": _gated_sites(model),
             "special_tokens": dict(model.special_tokens),
+            "max_positions": model.max_positions,
         },
     )
 
@@ -89,4 +90,5 @@ def load_checkpoint(
         (key, tuple(value) if isinstance(value, list) else value)
         for key, value in manifest.get("special_tokens", {}).items()
     )
+    model.max_positions = manifest.get("max_positions")
     return model

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from sgm_jax.capture import POOLINGS, TOKENS
-from sgm_jax.errors import user_message
+from sgm_jax.errors import OptionError, user_message
 from sgm_jax.loading import DTYPES
+from sgm_jax.options import OneLineParser, real, whole
 
 
 def _mesh(text: str | None):
@@ -20,7 +23,7 @@ def _mesh(text: str | None):
     try:
         data, fsdp, tensor = (int(x) for x in text.split(","))
     except ValueError:
-        raise SystemExit(f"--mesh takes DATA,FSDP,TENSOR sizes such as 1,4,2 (one may be -1), got {text!r}") from None
+        raise OptionError(f"--mesh takes DATA,FSDP,TENSOR sizes such as 1,4,2 (one may be -1), got {text!r}") from None
     return make_mesh(data, fsdp, tensor)
 
 
@@ -51,7 +54,12 @@ def cmd_collect(args) -> None:
     from sgm_jax.data import read_jsonl
     from sgm_jax.sites import default_sites
 
-    samples = read_jsonl(args.data, split=args.split, skip_missing_images=args.skip_missing)
+    samples = read_jsonl(
+        args.data,
+        split=args.split,
+        skip_missing_images=args.skip_missing,
+        allow_outside_images=args.allow_outside_images,
+    )
     model, processor = _load(args)
     sites = args.sites or default_sites(model)
     store = collect_to_store(
@@ -97,22 +105,25 @@ def cmd_sites(args) -> None:
 
 def cmd_generate(args) -> None:
     import sgm_jax
-    from sgm_jax.data import DatasetError, Sample
+    from sgm_jax.data import Sample
     from sgm_jax.data.encode import encode
+    from sgm_jax.data.images import load_rgb
+    from sgm_jax.lengths import check_lengths
 
-    if args.image and not os.path.exists(args.image):
-        raise SystemExit(f"--image {args.image}: no such file")
+    if args.image:
+        if not os.path.exists(args.image):
+            raise OptionError(f"--image {args.image}: no such file")
+        load_rgb(args.image)
     intervention = _interventions(args)
     model, processor = _load(args)
     if processor is None:
-        raise SystemExit(f"{args.model} has no tokenizer/processor files, so the prompt cannot be encoded")
+        raise OptionError(f"{args.model} has no tokenizer/processor files, so the prompt cannot be encoded")
     if intervention is not None:
         model = sgm_jax.intervene(model, intervention)
-    try:
-        encoded = encode(Sample(id="prompt", prompt=args.prompt, image=args.image), processor)
-    except DatasetError as err:
-        raise SystemExit(str(err)) from None
+    sample = Sample(id="prompt", prompt=args.prompt, image=args.image, origin="--prompt")
+    encoded = encode(sample, processor)
     ids = encoded.pop("input_ids")[None]
+    check_lengths(model, [sample], [ids.shape[1]], new_tokens=args.max_new_tokens)
     tokens = sgm_jax.generate(
         model,
         ids,
@@ -135,7 +146,7 @@ def cmd_intervention(args) -> None:
     if args.method == "aura":
         iv = sgm_jax.aura(scores, threshold=args.threshold, source=metadata)
     elif args.k is None:
-        raise SystemExit(f"--method {args.method} needs --k (how many top neurons)")
+        raise OptionError(f"--method {args.method} needs --k (how many top neurons)")
     elif args.method == "damp":
         iv = sgm_jax.damp(scores, args.k, args.alpha, source=metadata)
     else:
@@ -149,15 +160,17 @@ def cmd_intervention(args) -> None:
 
 
 def _load_samples(args):
+    from sgm_jax.data import DatasetError
     from sgm_jax.data.readers import read_dataset
 
-    samples = read_dataset(args.data, args.format, skip_missing_images=args.skip_missing)
+    images = {"skip_missing_images": args.skip_missing, "allow_outside_images": args.allow_outside_images}
+    samples = read_dataset(args.data, args.format, **images)
     if args.split:
         samples = [s for s in samples if s.split == args.split]
         if not samples:
-            raise SystemExit(f"{args.data}: no samples in split {args.split!r}")
+            raise DatasetError(f"{args.data}: no samples in split {args.split!r}")
     if args.mcq:
-        samples += read_dataset(args.mcq, None, skip_missing_images=args.skip_missing)
+        samples += read_dataset(args.mcq, None, **images)
     return samples[: args.limit] if args.limit else samples
 
 
@@ -235,7 +248,7 @@ def _model_options(p) -> None:
 def _image_size_option(p) -> None:
     p.add_argument(
         "--image-size",
-        type=int,
+        type=whole(1),
         metavar="PIXELS",
         help="resize every image to PIXELS x PIXELS before the processor: one canonical resolution (the "
         "recipe's images.canonical_size; a multiple of 28 for Qwen2-VL and of 112 for Qwen2.5-VL, so every "
@@ -246,19 +259,25 @@ def _image_size_option(p) -> None:
 def _intervention_options(p, file_help: str, strength_help: str) -> None:
     """--intervention (repeatable) and --strength, as `_interventions` reads them."""
     p.add_argument("--intervention", action="append", metavar="FILE", help=file_help)
-    p.add_argument("--strength", type=float, default=1.0, help=strength_help)
+    p.add_argument("--strength", type=real(), default=1.0, help=strength_help)
 
 
 def _sampling_options(p, seed_help: str) -> None:
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
+    p.add_argument("--temperature", type=real(0), default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
     p.add_argument("--seed", type=int, default=0, help=seed_help)
 
 
-def _skip_missing_option(p) -> None:
+def _image_file_options(p) -> None:
     p.add_argument(
         "--skip-missing",
         action="store_true",
         help="skip (and count) samples whose image file is missing instead of stopping",
+    )
+    p.add_argument(
+        "--allow-outside-images",
+        action="store_true",
+        help="let image paths (absolute, '../' or symbolic links) lead outside the dataset's folder; by "
+        "default such a path is refused",
     )
 
 
@@ -269,7 +288,7 @@ def _output_options(p, out_help: str, quiet_help: str, default: str | None = Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sgm-jax", description="Neuron-level safety interventions (SGM) for multimodal LLMs in JAX."
     )
     parser.add_argument(
@@ -307,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="which positions decoder sites pool over: all real tokens, only text or only image "
         "tokens (default: all); vision-tower and projector sites always pool over their image",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="samples per forward pass (default: 8)")
-    _skip_missing_option(p)
+    p.add_argument("--batch-size", type=whole(1), default=8, help="samples per forward pass (default: 8)")
+    _image_file_options(p)
     _image_size_option(p)
     _output_options(p, "store directory (created, or resumed if it exists)", "no progress bar")
     p.set_defaults(func=cmd_collect)
@@ -353,17 +372,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=whole(1),
         default=128,
         help="most tokens to generate; stops earlier at the tokenizer's EOS (default: 128)",
     )
     _sampling_options(p, "random seed for sampling (default: 0)")
     p.add_argument(
-        "--top-k", type=int, default=0, help="sample only among the k most likely tokens; 0 is off (default: 0)"
+        "--top-k", type=whole(0), default=0, help="sample only among the k most likely tokens; 0 is off (default: 0)"
     )
     p.add_argument(
         "--top-p",
-        type=float,
+        type=real(0, 1, open_low=True),
         default=1.0,
         help="sample only within the smallest set of tokens holding this probability; 1 is off (default: 1)",
     )
@@ -382,16 +401,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=real(0, 1),
         default=0.5,
         help="aura: neurons with AUROC above this are damped (default 0.5 as AurA; the SGM release "
         "used 0.3, which also amplifies AUROC in (0.3, 0.5))",
     )
-    p.add_argument("--k", type=int, help="damp/det0: how many top neurons by AUROC, across all sites")
-    p.add_argument("--alpha", type=float, default=0.5, help="damp: the gate value of the top-k neurons (default: 0.5)")
+    p.add_argument("--k", type=whole(1), help="damp/det0: how many top neurons by AUROC, across all sites")
+    p.add_argument(
+        "--alpha", type=real(0), default=0.5, help="damp: the gate value of the top-k neurons (default: 0.5)"
+    )
     p.add_argument(
         "--strength",
-        type=float,
+        type=real(),
         default=1.0,
         help="scale the effect: alpha -> 1 - s (1 - alpha), 0 is off, 1 as learned (default: 1)",
     )
@@ -433,14 +454,14 @@ def build_parser() -> argparse.ArgumentParser:
         "SGM_JAX_JUDGE_BASE_URL, SGM_JAX_JUDGE_MODEL and SGM_JAX_JUDGE_API_KEY",
     )
     p.add_argument("--scores", help="the scores file the intervention came from, for AUROC and expert plots")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens per answer (default: 64)")
-    p.add_argument("--batch-size", type=int, default=8, help="samples per generation batch (default: 8)")
+    p.add_argument("--max-new-tokens", type=whole(1), default=64, help="most tokens per answer (default: 64)")
+    p.add_argument("--batch-size", type=whole(1), default=8, help="samples per generation batch (default: 8)")
     _sampling_options(p, "random seed for sampling and bootstrap (default: 0)")
     p.add_argument(
         "--circular", action="store_true", help="multiple-choice items rotate their options (MMBench CircularEval)"
     )
-    p.add_argument("--limit", type=int, help="evaluate only the first N samples (a quick look)")
-    _skip_missing_option(p)
+    p.add_argument("--limit", type=whole(1), help="evaluate only the first N samples (a quick look)")
+    _image_file_options(p)
     _image_size_option(p)
     _output_options(p, "output directory (created; resumed if it holds cached answers)", "no progress bars")
     p.set_defaults(func=cmd_evaluate)
@@ -454,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
         "multiple-choice accuracy and perplexity before and after it.",
     )
     p.add_argument(
-        "--threshold", type=float, default=0.5, help="AUROC above which neurons are damped (default: 0.5, AurA's)"
+        "--threshold", type=real(0, 1), default=0.5, help="AUROC above which neurons are damped (default: 0.5, AurA's)"
     )
     _output_options(p, "output directory (default: ./sgm_demo)", "no progress bars", default="sgm_demo")
     p.set_defaults(func=cmd_demo)
@@ -468,16 +489,28 @@ def run(argv: list[str] | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The `sgm-jax` entry point: a mistake is one line `sgm-jax CMD: error: MESSAGE` and exit 1, a bug keeps its
-    traceback, an interrupt exits 130; `--debug` (or SGM_JAX_DEBUG=1) shows every traceback."""
+    """The `sgm-jax` entry point: a mistake is `sgm-jax CMD: error: MESSAGE` and exit 1, a bug keeps its traceback,
+    an interrupt exits 130 wherever it lands; `--debug` (or SGM_JAX_DEBUG=1) shows every traceback."""
     args = build_parser().parse_args(argv)
+    interrupts = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    def interrupted(signum, frame):
+        # Remembered, because a KeyboardInterrupt raised inside jax's dispatch can reach us as another error.
+        interrupts.append(signum)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, interrupted)
     try:
         args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        raise SystemExit(130) from None
-    except Exception as error:
-        if args.debug or os.environ.get("SGM_JAX_DEBUG") == "1":
+    except BaseException as error:
+        if isinstance(error, SystemExit):
+            raise
+        if interrupts or isinstance(error, KeyboardInterrupt):
+            print(f"sgm-jax {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+            raise SystemExit(130) from None
+        if args.debug or os.environ.get("SGM_JAX_DEBUG") == "1" or not isinstance(error, Exception):
             raise
         message = user_message(error)
         if message is None:
@@ -488,8 +521,11 @@ def main(argv: list[str] | None = None) -> None:
                 file=sys.stderr,
             )
         else:
-            print(f"sgm-jax {args.command}: error: {message}", file=sys.stderr)
+            print(f"sgm-jax {args.command}: error: " + message.replace("\n", "\n  "), file=sys.stderr)
         raise SystemExit(1) from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,13 @@ class SgmJaxError(Exception):
     """Base of the errors sgm_jax raises on purpose; the message is meant for the user, as it is."""
 
 
+class OptionError(SgmJaxError, ValueError):
+    """An option or argument that is out of range or does not fit the others; the message names it."""
+
+
 def user_message(error: BaseException) -> str | None:
-    """The one line to show for `error`, or None when it is not a user's mistake but a bug (show a traceback).
+    """The message to show for `error` (one line, or a first line and one line per listed problem), or None when
+    it is not a user's mistake but a bug (show a traceback).
 
     A user's mistake is a `SgmJaxError`, an operating-system error (a full disk, a missing or read-only path:
     named with its path), or a `ValueError` / `KeyError` / `FileNotFoundError` raised by sgm_jax's own checks.
@@ -27,7 +32,8 @@ def user_message(error: BaseException) -> str | None:
         return f"{error.strerror or type(error).__name__}: {where}"
     if isinstance(error, SgmJaxError) or (isinstance(error, (ValueError, KeyError, OSError)) and _raised_here(error)):
         text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-        return " ".join(text.split()) or type(error).__name__
+        lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+        return "\n".join(lines) or type(error).__name__
     return None
 
 

@@ -91,7 +91,14 @@ def load_model(path: str, *, dtype="float32", mesh: Mesh | None = None, rules: s
         place = lambda array, variable: jax.device_put(array, sharding.variable_sharding(variable, mesh, rules))
     load_into(model, directory, type(model).load_layout, dtype=_dtype(dtype), place=place)
     model.special_tokens = special_tokens(directory)
+    model.max_positions = max_positions(config)
     return model, load_processor(directory, type(model))
+
+
+def max_positions(config: dict[str, Any]) -> int | None:
+    """`max_position_embeddings` of the config's text model (a multimodal config's `text_config`, else its own)."""
+    value = (config.get("text_config") or config).get("max_position_embeddings")
+    return None if value is None else int(value)
 
 
 def special_tokens(directory: str) -> tuple[tuple[str, Any], ...]:

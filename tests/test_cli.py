@@ -99,8 +99,8 @@ def test_intervention_then_evaluate_from_the_command_line(checkpoint, tmp_path, 
     results = json.loads(open(f"{out}/results.json").read())
     assert results["settings"]["after"]["harmful_rate"]["all"]["n"] == 2  # s0 and s15 are the harmful test items
     assert results["intervention"]["method"] == "aura"
-    with pytest.raises(SystemExit, match="needs --k"):
-        cli.main(["intervention", "--scores", scores_path, "--method", "det0", "--out", iv_path])
+    with pytest.raises(ValueError, match="--method det0 needs --k"):
+        cli.run(["intervention", "--scores", scores_path, "--method", "det0", "--out", iv_path])
 
 
 def test_sites_command_lists_names_and_widths(checkpoint, capsys):

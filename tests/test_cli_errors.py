@@ -72,10 +72,34 @@ def test_an_interrupt_exits_130_with_the_resume_hint(tmp_path, capsys, monkeypat
     assert "rerun the same command to resume" in err
 
 
-def test_a_zero_image_size_is_refused_not_ignored(tmp_path, capsys):
-    import hf_tiny
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "--image-size", "0"], "argument --image-size: must be 1 or more, got 0"),
+        (["collect", "--batch-size", "0"], "argument --batch-size: must be 1 or more, got 0"),
+        (["evaluate", "--max-new-tokens", "-3"], "argument --max-new-tokens: must be 1 or more, got -3"),
+        (["generate", "--top-p", "0"], "argument --top-p: must be a finite number in (0, 1], got 0"),
+        (["generate", "--temperature", "nan"], "argument --temperature: must be a finite number in [0, inf], got nan"),
+        (["intervention", "--threshold", "1.5"], "argument --threshold: must be a finite number in [0, 1], got 1.5"),
+        (["evaluate", "--batch-size", "two"], "argument --batch-size: expected a whole number, got 'two'"),
+    ],
+)
+def test_an_option_out_of_range_is_refused_when_parsed(tmp_path, capsys, argv, message):
+    """Refused before anything is loaded (the model path does not even exist), exit 2, one line naming it."""
+    command, *options = argv
+    required = {
+        "generate": ["--model", str(tmp_path / "none"), "--prompt", "hi"],
+        "collect": ["--model", str(tmp_path / "none"), "--data", "d.jsonl", "--out", str(tmp_path / "s")],
+        "evaluate": ["--model", str(tmp_path / "none"), "--data", "d.jsonl", "--out", str(tmp_path / "e")],
+        "intervention": ["--scores", "s.safetensors", "--out", str(tmp_path / "iv.safetensors")],
+    }[command]
+    err = _fails(capsys, [command, *required, *options], code=2)
+    assert err.strip() == f"sgm-jax {command}: error: {message} (see sgm-jax {command} --help)"
+    assert not any(tmp_path.iterdir())
 
-    directory = hf_tiny.save_tiny(tmp_path / "ckpt", seed=1, processor=True)
-    capsys.readouterr()  # transformers' save progress
-    argv = ["generate", "--model", directory, "--prompt", "hi", "--image-size", "0"]
-    assert "image size must be a positive number of pixels, got 0" in _one_line(_fails(capsys, argv), "generate")
+
+def test_the_api_refuses_a_zero_image_size_too():
+    from sgm_jax.data.encode import SquareImages
+
+    with pytest.raises(ValueError, match="image size must be a positive number of pixels, got 0"):
+        SquareImages(object(), 0)

@@ -25,6 +25,7 @@ from sgm_jax.data.encode import SquareImages, encode, render
 from sgm_jax.data.samples import Sample
 from sgm_jax.fingerprint import model_fingerprint
 from sgm_jax.generate import generate
+from sgm_jax.lengths import check_lengths
 
 
 def answer_key(sample: Sample, processor) -> str:
@@ -106,7 +107,9 @@ def generate_answers(
             f.write("\n")
         for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
             prompts = [dataclasses.replace(s, response=None) for s in batch]  # a reference answer is not shown
-            inputs = collate([encode(s, processor) for s in prompts], pad_token_id(processor))
+            encoded = [encode(s, processor) for s in prompts]
+            check_lengths(model, prompts, [len(e["input_ids"]) for e in encoded], new_tokens=max_new_tokens)
+            inputs = collate(encoded, pad_token_id(processor))
             tokens = generate(
                 model,
                 inputs.pop("input_ids"),

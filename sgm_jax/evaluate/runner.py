@@ -29,6 +29,8 @@ from sgm_jax.evaluate.mcq import mcq_accuracy
 from sgm_jax.evaluate.rates import distinct_n, grouped_rates, rate_with_interval
 from sgm_jax.evaluate.report import write_report
 from sgm_jax.interventions import Intervention, intervene
+from sgm_jax.lengths import check_lengths, estimated_lengths
+from sgm_jax.locks import writer_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,26 +127,33 @@ def evaluate(
             f"{len(unlabelled)} open-ended samples have no label (first: {unlabelled[:5]}); evaluation "
             f"needs label 1 (harmful) or 0 (benign)"
         )
-    os.makedirs(out_dir, exist_ok=True)
-    settings = {"before": model}
-    if intervention is not None:
-        settings["after"] = intervene(model, intervention)
-    results: dict[str, Any] = {
-        "info": info or {},
-        "judge": judge.name,
-        "options": dataclasses.asdict(options),
-        "settings": {},
-    }
-    if intervention is not None:
-        results["intervention"] = {**intervention.metadata, "neurons_changed": intervention.num_changed()}
-    for name, setting_model in settings.items():
-        results["settings"][name] = _measure(
-            name, setting_model, model, processor, samples, judge, neutral_texts, out_dir, options
-        )
-    results.update(headline(results["settings"]))
-    write_json(os.path.join(out_dir, "results.json"), results)
-    write_report(out_dir, results, intervention=intervention, scores=scores)
-    return results
+    open_ended = [s for s in samples if not s.options]
+    check_lengths(
+        model,
+        open_ended,
+        estimated_lengths(open_ended, processor, model.tokens_per_image),
+        new_tokens=options.max_new_tokens,
+    )
+    with writer_lock(out_dir, "evaluation folder"):
+        settings = {"before": model}
+        if intervention is not None:
+            settings["after"] = intervene(model, intervention)
+        results: dict[str, Any] = {
+            "info": info or {},
+            "judge": judge.name,
+            "options": dataclasses.asdict(options),
+            "settings": {},
+        }
+        if intervention is not None:
+            results["intervention"] = {**intervention.metadata, "neurons_changed": intervention.num_changed()}
+        for name, setting_model in settings.items():
+            results["settings"][name] = _measure(
+                name, setting_model, model, processor, samples, judge, neutral_texts, out_dir, options
+            )
+        results.update(headline(results["settings"]))
+        write_json(os.path.join(out_dir, "results.json"), results)
+        write_report(out_dir, results, intervention=intervention, scores=scores)
+        return results
 
 
 def headline(settings: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -41,6 +41,9 @@ class CausalLM(nnx.Module):
 
     special_tokens: tuple[tuple[str, Any], ...] = ()
     """The checkpoint's EOS and pad ids (`sgm_jax.loading.special_tokens`), read by `sgm_jax.generate`."""
+    max_positions: int | None = None
+    """The text config's `max_position_embeddings` (set by `load_model`), or None if it states none: the longest
+    sequence `sgm_jax.lengths` lets through."""
 
     spec: Any
 
