@@ -28,9 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from sgm_jax.errors import SgmJaxError
+
 _CHUNK_ELEMENTS = 1 << 19  # responses per chunk: a few MB of sort keys, cache-sized on CPU
 _THREADS = min(8, os.cpu_count() or 1)
 _SHOWN = 5  # bad columns / rows named in an error
+
+
+class NonFiniteError(SgmJaxError, ValueError):
+    """Responses hold NaN or inf; the message names the columns and rows."""
 
 
 def auroc(responses, labels, *, chunk_size: int | None = None, mesh: Mesh | None = None) -> np.ndarray:
@@ -78,7 +84,7 @@ def auroc(responses, labels, *, chunk_size: int | None = None, mesh: Mesh | None
     twice_r1 = np.concatenate([c[0] for c in chunks])
     finite = np.concatenate([c[1] for c in chunks])
     if not finite.all():
-        raise ValueError(_non_finite_message(responses, np.flatnonzero(~finite)))
+        raise NonFiniteError(_non_finite_message(responses, np.flatnonzero(~finite)))
     return ((twice_r1 - n1 * (n1 + 1)) / (2.0 * n1 * n0)).astype(np.float32)
 
 

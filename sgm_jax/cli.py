@@ -142,11 +142,11 @@ def cmd_generate(args) -> None:
 def cmd_intervention(args) -> None:
     import sgm_jax
 
+    if args.method != "aura" and args.k is None:
+        raise OptionError(f"--method {args.method} needs --k (how many top neurons)")
     scores, metadata = sgm_jax.load_scores(args.scores)
     if args.method == "aura":
         iv = sgm_jax.aura(scores, threshold=args.threshold, source=metadata)
-    elif args.k is None:
-        raise OptionError(f"--method {args.method} needs --k (how many top neurons)")
     elif args.method == "damp":
         iv = sgm_jax.damp(scores, args.k, args.alpha, source=metadata)
     else:

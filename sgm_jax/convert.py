@@ -9,6 +9,7 @@ once, in the checkpoint's own key names.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from sgm_jax.errors import SgmJaxError
 from sgm_jax.models.causal_lm import Layout
@@ -90,11 +91,23 @@ def checkpoint_files(directory: str) -> dict[str, str]:
             raise CheckpointError(f"{index} names shard files that are not in {directory}: {missing}")
         return {k: os.path.join(directory, v) for k, v in weight_map.items()}
     if os.path.exists(single):
-        with safe_open(single, "numpy") as f:
+        with _weights(single) as f:
             return {k: single for k in f.keys()}
     found = sorted(n for n in os.listdir(directory) if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
     hint = f" (found {found}: sgm_jax reads only safetensors, never pickle)" if found else ""
     raise CheckpointError(f"{directory}: no model.safetensors or model.safetensors.index.json{hint}")
+
+
+@contextlib.contextmanager
+def _weights(path: str) -> Iterator:
+    """A weights file opened for reading; a damaged or truncated one (header or data) is named."""
+    try:
+        with safe_open(path, "numpy") as f:
+            yield f
+    except SafetensorError as err:
+        raise CheckpointError(
+            f"{path}: a damaged or incomplete safetensors file ({err}); copy or download it again"
+        ) from None
 
 
 def _by_file(files: dict[str, str], keys: list[str]) -> dict[str, list[str]]:
@@ -107,7 +120,7 @@ def _by_file(files: dict[str, str], keys: list[str]) -> dict[str, list[str]]:
 def iter_tensors(files: dict[str, str], keys: list[str]) -> Iterator[tuple[str, np.ndarray]]:
     """Yield `(key, array)` one at a time, opening each shard once."""
     for path, file_keys in _by_file(files, keys).items():
-        with safe_open(path, "numpy") as f:
+        with _weights(path) as f:
             for key in file_keys:
                 yield key, f.get_tensor(key)
 
@@ -116,7 +129,7 @@ def file_shapes(files: dict[str, str], keys: list[str]) -> dict[str, tuple[int, 
     """Tensor shapes from the safetensors headers, without reading the data."""
     shapes = {}
     for path, file_keys in _by_file(files, keys).items():
-        with safe_open(path, "numpy") as f:
+        with _weights(path) as f:
             for key in file_keys:
                 shapes[key] = tuple(f.get_slice(key).get_shape())
     return shapes

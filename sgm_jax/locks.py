@@ -25,7 +25,9 @@ class LockedError(SgmJaxError, RuntimeError):
 
 @contextlib.contextmanager
 def writer_lock(directory: str, what: str) -> Iterator[None]:
-    """Hold `directory`'s writer lock inside the block (creating the directory); `what` names it in messages."""
+    """Hold `directory`'s writer lock inside the block; `what` names it in messages. A directory the block
+    created and left empty (it refused, or failed at its first write) is removed again."""
+    created = not os.path.exists(directory)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, LOCK_NAME)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -47,3 +49,6 @@ def writer_lock(directory: str, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+        if created and os.listdir(directory) == [LOCK_NAME]:
+            os.remove(path)
+            os.rmdir(directory)

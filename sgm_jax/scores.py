@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 
 from sgm_jax.artifacts import KIND_KEY, SCORES, check_kind
 from sgm_jax.atomic import atomic_write
-from sgm_jax.auroc import auroc
-from sgm_jax.store import ResponseStore
+from sgm_jax.auroc import NonFiniteError, auroc
+from sgm_jax.store import ResponseStore, StoreError
 
 METADATA_KEY = "sgm_jax"
 
@@ -28,10 +28,15 @@ def score_store(store: ResponseStore, *, mesh=None, progress: bool = True) -> di
             f"(first: {unlabelled[:5]}); AUROC needs label 0/1 on every sample"
         )
     labels = np.asarray(labels, np.int32)
-    return {
-        site: auroc(store.load(site), labels, mesh=mesh)
-        for site in tqdm(list(store.sites), desc="score", unit="site", disable=not progress)
-    }
+    scores = {}
+    for site in tqdm(list(store.sites), desc="score", unit="site", disable=not progress):
+        try:
+            scores[site] = auroc(store.load(site), labels, mesh=mesh)
+        except NonFiniteError as err:
+            raise StoreError(
+                f"store {store.directory}, site {site!r}: {err} (rows are samples in store order)"
+            ) from None
+    return scores
 
 
 def save_scores(path: str, scores: dict[str, np.ndarray], metadata: dict) -> None:

@@ -95,6 +95,11 @@ class ResponseStore:
         self.manifest = _read_manifest(path)
         if self.manifest.get("format") != FORMAT:
             raise StoreError(f"{path}: format {self.manifest.get('format')!r}, expected {FORMAT!r}")
+        missing = [k for k in (*IDENTITY, "sample_ids", "labels", "complete") if k not in self.manifest]
+        if missing:
+            raise StoreError(
+                f"{path} lacks the fields {missing}; rerun the collect command that made this store to rebuild it"
+            )
 
     @classmethod
     def create_or_resume(cls, directory: str, manifest: dict[str, Any]) -> ResponseStore:
@@ -118,8 +123,8 @@ class ResponseStore:
                 file=sys.stderr,
             )
             shutil.rmtree(os.path.join(directory, "responses"), ignore_errors=True)
+        write_json(path, {**fresh, "complete": False})  # first: a store that cannot be written leaves nothing
         os.makedirs(os.path.join(directory, "chunks"), exist_ok=True)
-        write_json(path, {**fresh, "complete": False})
         store = cls(directory)
         store._remove_partial_writes()
         return store

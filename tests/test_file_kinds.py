@@ -118,7 +118,8 @@ def test_store_refuses_files_and_other_directories(files, tmp_path):
     with pytest.raises(StoreError, match="manifest.json has format 'orbax', not a response store"):
         ResponseStore(str(empty))
     (empty / "manifest.json").write_text("[1, 2")
-    with pytest.raises(StoreError, match=r"manifest.json is damaged \(empty, torn or not a JSON object\); rerun the collect"):
+    damaged = r"manifest.json is damaged \(empty, torn or not a JSON object\); rerun the collect"
+    with pytest.raises(StoreError, match=damaged):
         ResponseStore(str(empty))
 
 
