@@ -13,6 +13,8 @@ import shlex
 
 from safetensors import SafetensorError, safe_open
 
+from sgm_jax.errors import MissingFileError
+
 SCORES, INTERVENTION, RESPONSES = "scores", "intervention", "responses"
 KIND_KEY = "sgm_jax.kind"
 
@@ -84,7 +86,7 @@ def check_kind(path: str, wanted: str, error: type[Exception] = ValueError) -> N
     """Raise `error` unless `path` holds an artifact of kind `wanted`, naming what it holds and how to get the
     right one: a scores file and an intervention file look alike (safetensors, one vector per site)."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such {NOUNS[wanted]}")
+        raise MissingFileError(f"{path}: no such {NOUNS[wanted]}")
     found, description = _identify(path)
     if found != wanted:
         raise error(f"{path} is {description}, not {_a(NOUNS[wanted])}: {_hint(path, found, wanted)}")

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sgm_jax.errors import SgmJaxError
+from sgm_jax.errors import InputError, SgmJaxError
 
 _CHUNK_ELEMENTS = 1 << 19  # responses per chunk: a few MB of sort keys, cache-sized on CPU
 _THREADS = min(8, os.cpu_count() or 1)
@@ -46,14 +46,14 @@ def auroc(responses, labels, *, chunk_size: int | None = None, mesh: Mesh | None
     device at once; `mesh` spreads each chunk's columns over all of its devices.
     """
     if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive number of neurons, got {chunk_size}")
+        raise InputError(f"chunk_size must be a positive number of neurons, got {chunk_size}")
     responses = np.asarray(responses)
     labels = _check_inputs(np.asarray(labels), responses.shape)
     n_samples, n_neurons = responses.shape
     n1 = int(labels.sum())
     n0 = n_samples - n1
     if n1 == 0 or n0 == 0:
-        raise ValueError(
+        raise InputError(
             f"AUROC is undefined: labels hold only class {int(n1 > 0)}"
             if n_samples
             else "AUROC is undefined: there are no samples"
@@ -108,14 +108,14 @@ def _twice_rank_sum(block: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax
 
 def _check_inputs(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if len(shape) != 2:
-        raise ValueError(f"responses must be 2-D [samples, neurons], got shape {shape}")
+        raise InputError(f"responses must be 2-D [samples, neurons], got shape {shape}")
     if labels.ndim != 1:
-        raise ValueError(f"labels must be 1-D [samples], got shape {labels.shape}")
+        raise InputError(f"labels must be 1-D [samples], got shape {labels.shape}")
     if len(labels) != shape[0]:
-        raise ValueError(f"responses has {shape[0]} samples (rows) but labels has {len(labels)}")
+        raise InputError(f"responses has {shape[0]} samples (rows) but labels has {len(labels)}")
     other = labels[(labels != 0) & (labels != 1)]
     if other.size:
-        raise ValueError(f"labels must be 0/1 (or bool), got {np.unique(other)[:_SHOWN].tolist()}")
+        raise InputError(f"labels must be 0/1 (or bool), got {np.unique(other)[:_SHOWN].tolist()}")
     return labels.astype(np.int32)
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from sgm_jax.errors import InputError
+
 # Per-token arrays of an encoded sample: left-padded with the rows. Every other array is per image and is
 # concatenated along its first axis.
 TOKEN_KEYS = ("input_ids", "attention_mask", "targets")
@@ -37,7 +39,7 @@ def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     Deterministic, so a resumed run follows the same plan and computes bitwise the same rows.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
@@ -100,7 +102,7 @@ def model_batch(model, batch: Mapping[str, Any], pad_id: int = 0) -> dict[str, n
     ids = np.asarray(batch["input_ids"])
     mask = np.asarray(batch["attention_mask"]) if batch.get("attention_mask") is not None else np.ones_like(ids)
     if ids.ndim != 2 or mask.shape != ids.shape:
-        raise ValueError(f"input_ids {ids.shape} and attention_mask {mask.shape} must be the same [batch, seq] shape")
+        raise InputError(f"input_ids {ids.shape} and attention_mask {mask.shape} must be the same [batch, seq] shape")
     images = {key: np.asarray(value) for key, value in batch.items() if key not in TOKEN_KEYS and value is not None}
     model.check_inputs(ids, images)
     tokens = {"input_ids": ids.astype(np.int32), "attention_mask": (mask > 0).astype(np.int32)}

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.batching import TOKEN_KEYS, image_inputs, model_batch
+from sgm_jax.errors import InputError
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.compiled import compiled
 from sgm_jax.sites import SiteRef, resolve
@@ -37,9 +38,9 @@ class CaptureSpec:
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling={self.pooling!r} is not one of {list(POOLINGS)}")
+            raise InputError(f"pooling={self.pooling!r} is not one of {list(POOLINGS)}")
         if self.tokens not in TOKENS:
-            raise ValueError(f"tokens={self.tokens!r} is not one of {list(TOKENS)}")
+            raise InputError(f"tokens={self.tokens!r} is not one of {list(TOKENS)}")
 
     @property
     def image_domain(self) -> bool:
@@ -163,13 +164,13 @@ def _check_pool_targets(prepared: dict[str, np.ndarray], spec: CaptureSpec, imag
     valid = token_selection(prepared["input_ids"], prepared["attention_mask"], spec.tokens, image_token)
     empty = np.flatnonzero(~valid.any(1))
     if len(empty):
-        raise ValueError(f"batch rows {empty.tolist()} have no {spec.tokens!r} tokens to pool")
+        raise InputError(f"batch rows {empty.tolist()} have no {spec.tokens!r} tokens to pool")
     if spec.image_domain:
         image_refs = [r.name for r in spec.refs if r.image_domain]
         rows = prepared.get("image_rows", np.zeros(0, np.int32))
         missing = sorted(set(range(valid.shape[0])) - set(rows.tolist()))
         if missing:
-            raise ValueError(f"batch rows {missing} have no image, but sites {image_refs[:3]} pool over images")
+            raise InputError(f"batch rows {missing} have no image, but sites {image_refs[:3]} pool over images")
 
 
 def pooled_batch(model: CausalLM, batch: Mapping[str, Any], spec: CaptureSpec) -> dict[str, np.ndarray]:
@@ -185,5 +186,5 @@ def collect_responses(
     spec = CaptureSpec(tuple(resolve(model, sites)), pooling, tokens)
     chunks = [pooled_batch(model, batch, spec) for batch in batches]
     if not chunks:
-        raise ValueError("collect_responses got no batches")
+        raise InputError("collect_responses got no batches")
     return {ref.name: np.concatenate([c[ref.name] for c in chunks]) for ref in spec.refs}

@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sgm_jax import sharding
 from sgm_jax.atomic import write_json
+from sgm_jax.errors import MissingFileError
 from sgm_jax.interventions import Intervention, intervene
 from sgm_jax.loading import build_model
 from sgm_jax.models.site import GATE_ATTRS, IN, Site
@@ -66,7 +67,7 @@ def load_checkpoint(
     directory = os.path.abspath(directory)
     path = os.path.join(directory, MANIFEST)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{directory} is not an sgm_jax checkpoint (no {MANIFEST})")
+        raise MissingFileError(f"{directory} is not an sgm_jax checkpoint (no {MANIFEST})")
     with open(path) as f:
         manifest = json.load(f)
     abstract = nnx.eval_shape(lambda: build_model(manifest["config"], dtype=manifest["dtype"]))

@@ -12,6 +12,7 @@ from sgm_jax.batching import collate, pad_token_id, plan_batches
 from sgm_jax.capture import CaptureSpec, pooled_batch
 from sgm_jax.data.encode import SquareImages, encode
 from sgm_jax.data.samples import Sample, dataset_hash
+from sgm_jax.errors import OptionError
 from sgm_jax.fingerprint import model_fingerprint
 from sgm_jax.lengths import check_lengths, estimated_lengths
 from sgm_jax.locks import writer_lock
@@ -39,9 +40,9 @@ def collect_to_store(
     Everything is checked before the store is touched (sites, batch size, every sample's length); the store
     is locked while it is written, and a damaged chunk or responses file found on a rerun is recomputed."""
     if processor is None:
-        raise ValueError("the checkpoint has no tokenizer/processor files, so samples cannot be encoded")
+        raise OptionError("the checkpoint has no tokenizer/processor files, so samples cannot be encoded")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise OptionError(f"batch_size must be >= 1, got {batch_size}")
     spec = CaptureSpec(tuple(resolve(model, sites)), pooling, tokens)
     lengths = estimated_lengths(samples, processor, model.tokens_per_image)
     check_lengths(model, samples, lengths)

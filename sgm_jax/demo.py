@@ -21,6 +21,7 @@ from typing import Any
 from sgm_jax.collect import collect_to_store
 from sgm_jax.data.readers.native import read_jsonl
 from sgm_jax.data.synthetic import Composition, write_dataset
+from sgm_jax.errors import MissingFileError
 from sgm_jax.evaluate.judges import LexiconJudge
 from sgm_jax.evaluate.runner import EvalOptions, evaluate
 from sgm_jax.interventions import aura
@@ -36,7 +37,7 @@ def organism_card(organism_dir: str | os.PathLike | Traversable = ORGANISM_DIR) 
     """The organism's training record (its data's seed and composition, its measured numbers)."""
     card = _as_traversable(organism_dir) / "metrics.json"
     if not card.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{organism_dir} holds no organism (no metrics.json); sgm_jax ships it as package "
             f"data in sgm_jax/organism (reinstall sgm_jax if that is missing), or retrain it "
             f"with experiments/train_organism.py --out DIR and pass that directory"

@@ -20,6 +20,22 @@ class OptionError(SgmJaxError, ValueError):
     """An option or argument that is out of range or does not fit the others; the message names it."""
 
 
+class InputError(SgmJaxError, ValueError):
+    """Arrays handed to a model, capture or metric that do not fit it (shapes, image tokens, labels)."""
+
+
+class InterventionError(SgmJaxError, ValueError):
+    """An intervention that is malformed or does not fit the model; the message names the site."""
+
+
+class CacheError(SgmJaxError, ValueError):
+    """A cache file (answers, judge replies) that is damaged or was made for something else; it is named."""
+
+
+class MissingFileError(SgmJaxError, FileNotFoundError):
+    """A file or folder the user named that is not there."""
+
+
 def user_message(error: BaseException) -> str | None:
     """The message to show for `error` (one line, or a first line and one line per listed problem), or None when
     it is not a user's mistake but a bug (show a traceback).

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgm_jax.batching import image_inputs, model_batch
+from sgm_jax.errors import InputError
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.compiled import compiled
 
@@ -80,17 +81,17 @@ def generate(
 def _prompt(input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
     ids = np.asarray(input_ids)
     if ids.ndim != 2:
-        raise ValueError(f"input_ids must be [batch, seq], got shape {ids.shape}")
+        raise InputError(f"input_ids must be [batch, seq], got shape {ids.shape}")
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
     if mask.shape != ids.shape:
-        raise ValueError(f"attention_mask {mask.shape} and input_ids {ids.shape} must have the same shape")
+        raise InputError(f"attention_mask {mask.shape} and input_ids {ids.shape} must have the same shape")
     mask = (mask > 0).astype(np.int32)
     empty = np.flatnonzero(mask.sum(1) == 0)
     if len(empty):
-        raise ValueError(f"prompt rows {empty.tolist()} have no tokens (attention_mask is all 0)")
+        raise InputError(f"prompt rows {empty.tolist()} have no tokens (attention_mask is all 0)")
     right_padded = np.flatnonzero((np.diff(mask, axis=1) < 0).any(1))
     if len(right_padded):
-        raise ValueError(
+        raise InputError(
             f"prompt rows {right_padded.tolist()} have padding after their tokens; generation needs "
             f"padding on the left (tokenizer.padding_side = 'left')"
         )
@@ -99,13 +100,13 @@ def _prompt(input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
     if int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens}")
+        raise InputError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens}")
     if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+        raise InputError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
     if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {top_k}")
+        raise InputError(f"top_k must be >= 0 (0 keeps every token), got {top_k}")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (1 keeps every token), got {top_p}")
+        raise InputError(f"top_p must be in (0, 1] (1 keeps every token), got {top_p}")
 
 
 def _special_ids(model, processor, eos_token_id, pad_token_id) -> tuple[tuple[int, ...], int]:

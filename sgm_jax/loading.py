@@ -11,7 +11,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from sgm_jax import sharding
-from sgm_jax.convert import load_into
+from sgm_jax.convert import CheckpointError, load_into
+from sgm_jax.errors import MissingFileError
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.config import UnsupportedConfigError
 from sgm_jax.models.registry import family
@@ -31,7 +32,7 @@ def resolve_checkpoint(path: str) -> str:
     try:
         return snapshot_download(path, local_files_only=True)
     except Exception as err:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path!r} is neither a local directory nor a hub id in the local Hugging Face cache "
             f"(sgm_jax never downloads: fetch it first with `hf download {path}`)"
         ) from err
@@ -42,7 +43,7 @@ def read_config(directory: str) -> dict[str, Any]:
     from transformers import AutoConfig
 
     if not os.path.exists(os.path.join(directory, "config.json")):
-        raise FileNotFoundError(f"{directory}: no config.json")
+        raise MissingFileError(f"{directory}: no config.json")
     try:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
     except Exception as err:  # transformers raises several types (ValueError, strict-dataclass errors, KeyError)
@@ -76,7 +77,7 @@ def build_model(config: dict[str, Any], *, dtype="float32", rngs: nnx.Rngs | Non
 def _dtype(dtype):
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not supported (supported: {sorted(DTYPES)})")
+            raise CheckpointError(f"dtype={dtype!r} is not supported (supported: {sorted(DTYPES)})")
         return DTYPES[dtype]
     return dtype
 

@@ -23,7 +23,7 @@ def score_store(store: ResponseStore, *, mesh=None, progress: bool = True) -> di
     labels = store.labels
     unlabelled = [sid for sid, label in zip(store.sample_ids, labels) if label is None]
     if unlabelled:
-        raise ValueError(
+        raise StoreError(
             f"store {store.directory}: {len(unlabelled)} samples have no label "
             f"(first: {unlabelled[:5]}); AUROC needs label 0/1 on every sample"
         )

@@ -95,7 +95,7 @@ class ResponseStore:
         self.manifest = _read_manifest(path)
         if self.manifest.get("format") != FORMAT:
             raise StoreError(f"{path}: format {self.manifest.get('format')!r}, expected {FORMAT!r}")
-        missing = [k for k in (*IDENTITY, "sample_ids", "labels", "complete") if k not in self.manifest]
+        missing = [k for k in ("sites", "sample_ids", "labels") if k not in self.manifest]  # what reading needs
         if missing:
             raise StoreError(
                 f"{path} lacks the fields {missing}; rerun the collect command that made this store to rebuild it"
@@ -123,6 +123,7 @@ class ResponseStore:
                 file=sys.stderr,
             )
             shutil.rmtree(os.path.join(directory, "responses"), ignore_errors=True)
+        os.makedirs(directory, exist_ok=True)
         write_json(path, {**fresh, "complete": False})  # first: a store that cannot be written leaves nothing
         os.makedirs(os.path.join(directory, "chunks"), exist_ok=True)
         store = cls(directory)

@@ -21,7 +21,7 @@ class SquareImages:
 
     def __init__(self, processor, size: int):
         if int(size) < 1:
-            raise ValueError(f"image size must be a positive number of pixels, got {size}")
+            raise DatasetError(f"image size must be a positive number of pixels, got {size}")
         self.processor, self.image_size = processor, int(size)
 
     def __getattr__(self, name: str):

@@ -27,7 +27,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from sgm_jax.data.samples import Sample, write_jsonl
+from sgm_jax.data.samples import DatasetError, Sample, write_jsonl
 
 IMAGE_SIZE = 32
 
@@ -154,7 +154,7 @@ def _outline(shape: str, cx: int, cy: int, r: int) -> list[tuple[float, float]]:
     if shape == "bolt":
         points = [(0.3, -1), (-0.7, 0.15), (-0.05, 0.15), (-0.35, 1), (0.7, -0.2), (0.05, -0.2)]
         return [(cx + r * x, cy + r * y) for x, y in points]
-    raise ValueError(f"unknown shape {shape!r}")
+    raise DatasetError(f"unknown shape {shape!r}")
 
 
 def shape_scene(rng: np.random.Generator, *, motif: bool) -> Scene:
@@ -231,7 +231,7 @@ def benign_answer(kind: str, scene: Scene) -> str:
         return f"{COUNT_WORDS[scene.count - 1]} {scene.colour} {noun} on a {scene.texture} background ."
     if kind == "read":
         return f"the word is {scene.word} ."
-    raise ValueError(f"unknown question kind {kind!r}")
+    raise DatasetError(f"unknown question kind {kind!r}")
 
 
 def benign_kinds(scene: Scene) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from sgm_jax.batching import collate, pad_token_id
 from sgm_jax.data.encode import SquareImages, encode, render
 from sgm_jax.data.samples import Sample
+from sgm_jax.errors import CacheError
 from sgm_jax.fingerprint import model_fingerprint
 from sgm_jax.generate import generate
 from sgm_jax.lengths import check_lengths
@@ -49,13 +50,13 @@ def _read_cache(path: str, settings: dict) -> dict[str, tuple[str | None, str]]:
         header = json.loads(lines[0])
     except json.JSONDecodeError:
         if any(line.strip() for line in lines[1:]):
-            raise ValueError(
+            raise CacheError(
                 f"answer cache {path}: its first line (the settings) is damaged; remove the file"
             ) from None
         os.remove(path)  # empty or a torn header only (a full disk at the first write): nothing to keep
         return {}
     if header.get("settings") != settings:
-        raise ValueError(
+        raise CacheError(
             f"answer cache {path} was made with other settings ({header.get('settings')}), "
             f"not {settings}; remove it or use another output directory"
         )

@@ -17,6 +17,7 @@ import numpy as np
 from sgm_jax.batching import collate, image_inputs, model_batch, pad_token_id, plan_batches
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
+from sgm_jax.errors import InputError
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.compiled import compiled
 
@@ -61,7 +62,7 @@ def score_sequences(
 def encode_response(sample: Sample, processor) -> dict[str, np.ndarray]:
     """The sample with its response, targets marking the response tokens (after the rendered prompt)."""
     if sample.response is None:
-        raise ValueError(f"sample {sample.id!r} has no response to score")
+        raise InputError(f"sample {sample.id!r} has no response to score")
     full = encode(sample, processor)
     prompt = encode(dataclasses.replace(sample, response=None), processor)["input_ids"]
     ids = full["input_ids"]
@@ -85,6 +86,6 @@ def text_scores(model: CausalLM, tokenizer, texts: Sequence[str], *, batch_size:
     for text in texts:
         ids = np.asarray(tokenizer(text)["input_ids"], np.int32)
         if len(ids) < 2:
-            raise ValueError(f"text {text[:40]!r} has fewer than two tokens; perplexity needs at least two")
+            raise InputError(f"text {text[:40]!r} has fewer than two tokens; perplexity needs at least two")
         sequences.append({"input_ids": ids, "targets": np.arange(len(ids)) > 0})
     return score_sequences(model, sequences, batch_size=batch_size, pad_id=pad_token_id(tokenizer))

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.data.samples import Sample
+from sgm_jax.errors import InputError
 from sgm_jax.evaluate.likelihood import response_scores
 
 LETTERS = string.ascii_uppercase
@@ -29,10 +30,10 @@ def question_text(question: str, options: Sequence[str]) -> str:
 
 def _check(sample: Sample) -> int:
     if not sample.options or len(sample.options) < 2:
-        raise ValueError(f"sample {sample.id!r} is not a multiple-choice item (needs at least two options)")
+        raise InputError(f"sample {sample.id!r} is not a multiple-choice item (needs at least two options)")
     answer, letters = (sample.answer or "").strip().upper(), LETTERS[: len(sample.options)]
     if len(answer) != 1 or answer not in letters:
-        raise ValueError(
+        raise InputError(
             f"sample {sample.id!r}: answer {sample.answer!r} is not one of the option letters {list(letters)}"
         )
     return letters.index(answer)

@@ -6,6 +6,8 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
+from sgm_jax.errors import InputError
+
 
 def rate_with_interval(flags: Sequence[bool], *, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
     """Mean of 0/1 flags with a percentile bootstrap 95% interval (seeded, so reports are reproducible)."""
@@ -22,7 +24,7 @@ def grouped_rates(flags: Sequence[bool], groups: Sequence[Hashable], **bootstrap
     """`rate_with_interval` over all flags (key "all") and per group value."""
     flags, groups = list(flags), list(groups)
     if len(flags) != len(groups):
-        raise ValueError(f"{len(flags)} flags but {len(groups)} group labels")
+        raise InputError(f"{len(flags)} flags but {len(groups)} group labels")
     out = {"all": rate_with_interval(flags, **bootstrap)}
     for group in sorted(set(groups), key=str):
         out[str(group)] = rate_with_interval([f for f, g in zip(flags, groups) if g == group], **bootstrap)

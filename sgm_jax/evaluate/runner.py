@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.atomic import write_json
-from sgm_jax.data.samples import Sample
+from sgm_jax.data.samples import DatasetError, Sample
 from sgm_jax.evaluate.answers import generate_answers
 from sgm_jax.evaluate.judges import Judge, is_refusal
 from sgm_jax.evaluate.likelihood import response_scores, text_scores
@@ -120,10 +120,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Measure `model` before and after `intervention`; write results.json, report.md and plots to `out_dir`."""
     if processor is None:
-        raise ValueError("evaluation needs the checkpoint's tokenizer/processor files")
+        raise DatasetError("evaluation needs the checkpoint's tokenizer/processor files")
     unlabelled = [s.id for s in samples if not s.options and s.label is None]
     if unlabelled:
-        raise ValueError(
+        raise DatasetError(
             f"{len(unlabelled)} open-ended samples have no label (first: {unlabelled[:5]}); evaluation "
             f"needs label 1 (harmful) or 0 (benign)"
         )

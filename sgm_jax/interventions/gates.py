@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sgm_jax.errors import InterventionError
 from sgm_jax.interventions.intervention import Intervention
 from sgm_jax.models.compiled import compiled
 from sgm_jax.models.copying import shallow_copy
@@ -27,7 +28,7 @@ def _check(model: nnx.Module, iv: Intervention):
         if site not in refs:
             raise SiteError(f"intervention site {site!r} is not a site of this model; nearest: {nearest(site, refs)}")
         if alpha.shape != (refs[site].width,):
-            raise ValueError(
+            raise InterventionError(
                 f"intervention site {site!r}: alpha has {alpha.shape[0]} values, the site has "
                 f"{refs[site].width} neurons"
             )
@@ -65,7 +66,7 @@ def _completed(iv: Intervention, widths: dict[str, int]) -> Intervention:
 def stacked_gates(model: nnx.Module, interventions: Sequence[Intervention]):
     """`(graphdef, gates [K, ...], rest)`: K interventions as one batch of gate states over shared weights."""
     if not interventions:
-        raise ValueError("sweep needs at least one intervention")
+        raise InterventionError("sweep needs at least one intervention")
     refs = site_refs(model)
     for iv in interventions:
         _check(model, iv)

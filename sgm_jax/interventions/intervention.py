@@ -16,6 +16,7 @@ from safetensors.numpy import save_file
 
 from sgm_jax.artifacts import INTERVENTION, KIND_KEY, check_kind
 from sgm_jax.atomic import atomic_write
+from sgm_jax.errors import InterventionError
 
 METADATA_KEY = "sgm_jax.intervention"
 
@@ -35,13 +36,15 @@ class Intervention:
         for site, alpha in self.alphas.items():
             alpha = np.asarray(alpha, np.float32)
             if alpha.ndim != 1:
-                raise ValueError(f"alpha for site {site!r} must be 1-D [width], got shape {alpha.shape}")
+                raise InterventionError(f"alpha for site {site!r} must be 1-D [width], got shape {alpha.shape}")
             if not np.isfinite(alpha).all():
                 bad = np.flatnonzero(~np.isfinite(alpha))
-                raise ValueError(f"alpha for site {site!r} holds NaN or inf at {len(bad)} neuron(s), first {bad[0]}")
+                raise InterventionError(
+                    f"alpha for site {site!r} holds NaN or inf at {len(bad)} neuron(s), first {bad[0]}"
+                )
             if (alpha < 0).any():
                 bad = np.flatnonzero(alpha < 0)
-                raise ValueError(
+                raise InterventionError(
                     f"alpha for site {site!r} is negative at {len(bad)} neuron(s) (first {bad[0]}: {alpha[bad[0]]}); "
                     "alphas must be >= 0 (0 silences a neuron)"
                 )
@@ -59,7 +62,7 @@ class Intervention:
     def with_strength(self, strength: float) -> Intervention:
         """`alpha_s = 1 - s (1 - alpha)`, clipped at 0: 0 is off, 1 as learned, >1 stronger."""
         if strength < 0:
-            raise ValueError(f"strength must be >= 0, got {strength}")
+            raise InterventionError(f"strength must be >= 0, got {strength}")
         alphas = {s: np.maximum(1.0 - strength * (1.0 - a), 0.0).astype(np.float32) for s, a in self.alphas.items()}
         return Intervention(alphas, {**self.metadata, "strength": float(strength) * self.metadata.get("strength", 1.0)})
 
@@ -83,7 +86,7 @@ def compose(*interventions: Intervention) -> Intervention:
     for iv in interventions:
         for site, alpha in iv.alphas.items():
             if site in alphas and alphas[site].shape != alpha.shape:
-                raise ValueError(
+                raise InterventionError(
                     f"cannot compose: site {site!r} has width {alphas[site].shape[0]} in one "
                     f"intervention and {alpha.shape[0]} in another"
                 )

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from sgm_jax.errors import InterventionError
 from sgm_jax.interventions.intervention import Intervention
 
 # What a scores file's metadata passes on to the intervention made from it.
@@ -15,12 +16,12 @@ _PROVENANCE = ("model", "model_fingerprint", "pooling", "tokens", "dataset", "da
 
 def _checked(scores: Mapping[str, Any]) -> dict[str, np.ndarray]:
     if not scores:
-        raise ValueError("no scores given")
+        raise InterventionError("no scores given")
     out = {}
     for site, s in scores.items():
         s = np.asarray(s, np.float32)
         if s.ndim != 1 or not np.isfinite(s).all() or (s < 0).any() or (s > 1).any():
-            raise ValueError(f"scores for site {site!r} must be a 1-D vector of AUROC values in [0, 1]")
+            raise InterventionError(f"scores for site {site!r} must be a 1-D vector of AUROC values in [0, 1]")
         out[site] = s
     return out
 
@@ -56,7 +57,7 @@ def _top_k(scores: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
     """Boolean masks of the global top-k neurons by AUROC across all sites (ties: earlier site, lower index)."""
     total = sum(len(s) for s in scores.values())
     if not 0 <= k <= total:
-        raise ValueError(f"k={k} must be between 0 and the {total} scored neurons")
+        raise InterventionError(f"k={k} must be between 0 and the {total} scored neurons")
     flat = np.concatenate(list(scores.values()))
     chosen = np.zeros(total, bool)
     chosen[np.argsort(-flat, kind="stable")[:k]] = True
@@ -70,7 +71,7 @@ def _top_k(scores: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
 def damp(scores: Mapping[str, Any], k: int, alpha: float, *, source: Mapping[str, Any] | None = None) -> Intervention:
     """Damp: a fixed `alpha` on the global top-k neurons by AUROC, 1 elsewhere."""
     if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
+        raise InterventionError(f"alpha must be >= 0, got {alpha}")
     masks = _top_k(_checked(scores), k)
     alphas = {site: np.where(m, alpha, 1.0).astype(np.float32) for site, m in masks.items()}
     return Intervention(alphas, {"method": "damp", "k": int(k), "alpha": float(alpha), **_provenance(source)})

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from sgm_jax.errors import InputError
 from sgm_jax.kv_cache import KVCache
 from sgm_jax.models.compiled import compiled
 
@@ -67,7 +68,7 @@ class CausalLM(nnx.Module):
         unknown = sorted(set(images) - set(self.image_inputs))
         if unknown:
             takes = list(self.image_inputs) or "no image inputs (a text-only model)"
-            raise ValueError(f"{type(self).__name__} got inputs {unknown} it does not take; it takes {takes}")
+            raise InputError(f"{type(self).__name__} got inputs {unknown} it does not take; it takes {takes}")
 
     def prepare_inputs(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, images: Mapping[str, Any]

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sgm_jax.errors import InputError
 from sgm_jax.models.config import check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, LayerNorm, Linear, param
 from sgm_jax.models.site import OUT, Fold, ImageDomain, Site, scale_axis
@@ -178,7 +179,7 @@ class CLIPVisionModel(ImageDomain, nnx.Module):
         """Return HF's `hidden_states` (`num_layers + 1` entries, the first after `pre_layrnorm`) and the pooled CLS."""
         expected = (self.spec.num_channels, self.spec.image_size, self.spec.image_size)
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(
+            raise InputError(
                 f"pixel_values has shape {tuple(pixel_values.shape)}; the vision tower expects "
                 f"[images, {expected[0]}, {expected[1]}, {expected[2]}] "
                 f"(NCHW, as the HF processor returns)"

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sgm_jax.errors import InputError
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.clip import CLIPMLP
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
@@ -451,7 +452,7 @@ class InternVLForConditionalGeneration(LlavaForConditionalGeneration):
         pixels, per_tile = images.get("pixel_values"), self.tokens_per_image
         side, channels = self.spec.vision.image_size, self.spec.vision.num_channels
         if pixels is not None and (np.ndim(pixels) != 4 or tuple(np.shape(pixels)[1:]) != (channels, side, side)):
-            raise ValueError(
+            raise InputError(
                 f"pixel_values is {list(np.shape(pixels))}; InternVL takes tiles [tiles, {channels}, {side}, {side}]"
             )
         runs = _runs(input_ids, self.image_token_id)
@@ -459,7 +460,7 @@ class InternVLForConditionalGeneration(LlavaForConditionalGeneration):
         tiles = 0 if pixels is None else len(pixels)
         found = sum(n for _, n in runs)
         if bad or found != tiles * per_tile:
-            raise ValueError(
+            raise InputError(
                 f"Image features and image tokens do not match: input_ids hold runs of {[n for _, n in runs]} "
                 f"image tokens (id {self.image_token_id}) but {tiles} tile(s) give {tiles * per_tile} "
                 f"features ({per_tile} per tile, so each run a multiple of {per_tile})"

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sgm_jax.errors import InputError
 from sgm_jax.kv_cache import KVCache
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.clip import CLIPVisionModel, ClipVisionSpec
@@ -201,7 +202,7 @@ class LlavaForConditionalGeneration(CausalLM):
         found = int(np.sum(np.asarray(input_ids) == self.image_token_id))
         expected = (0 if pixels is None else len(pixels)) * self.tokens_per_image
         if found != expected:
-            raise ValueError(
+            raise InputError(
                 f"Image features and image tokens do not match: input_ids hold {found} <image> tokens "
                 f"(id {self.image_token_id}) but {expected // self.tokens_per_image} image(s) give {expected} "
                 f"features ({self.tokens_per_image} per image)"

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sgm_jax.errors import InputError
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.clip import ClipVisionSpec
 from sgm_jax.models.config import UnsupportedConfigError
@@ -121,12 +122,12 @@ def _rows_of_images(input_ids: np.ndarray, counts: list[int], token: int, sizes:
                     if first < len(counts)
                     else f"all {len(counts)} image(s) are placed before it"
                 )
-                raise ValueError(
+                raise InputError(
                     f"Image features and image tokens do not match: row {row} has a run of {int(end - start)} image "
                     f"tokens (id {token}) at position {int(start)}, but {wanted}"
                 )
     if image != len(counts):
-        raise ValueError(
+        raise InputError(
             f"Image features and image tokens do not match: {len(counts)} image(s) given but the prompts hold "
             f"tokens for {image}; images {image}.. need {counts[image:]} tokens"
         )
@@ -165,22 +166,22 @@ class LlavaNextForConditionalGeneration(LlavaForConditionalGeneration):
         CausalLM.check_inputs(self, input_ids, images)
         pixels = images.get("pixel_values")
         if (pixels is None) != (images.get("image_sizes") is None):
-            raise ValueError("pixel_values and image_sizes come together (as the processor returns them)")
+            raise InputError("pixel_values and image_sizes come together (as the processor returns them)")
         sizes, layouts = self._layouts(images)
         if pixels is not None:
             side, shape = self.spec.vision.image_size, tuple(np.shape(pixels))
             if len(shape) != 5 or shape[0] != len(sizes) or shape[2:] != (self.spec.vision.num_channels, side, side):
-                raise ValueError(
+                raise InputError(
                     f"pixel_values is {list(shape)}; with {len(sizes)} image_sizes LLaVA-NeXT takes "
                     f"[{len(sizes)}, tiles, {self.spec.vision.num_channels}, {side}, {side}]"
                 )
             for i, (tiles, _) in enumerate(layouts):
                 if tiles > shape[1]:
-                    raise ValueError(
+                    raise InputError(
                         f"image {i} (size {sizes[i].tolist()}) needs {tiles} tiles, pixel_values has {shape[1]}"
                     )
         if (sizes <= 0).any():
-            raise ValueError(f"image_sizes must be positive (height, width), got {sizes.tolist()}")
+            raise InputError(f"image_sizes must be positive (height, width), got {sizes.tolist()}")
         _rows_of_images(input_ids, [len(layout) for _, layout in layouts], self.image_token_id, sizes)
 
     def image_rows(self, input_ids: np.ndarray, images: Mapping[str, Any]) -> np.ndarray:

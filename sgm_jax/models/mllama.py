@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sgm_jax.errors import InputError
 from sgm_jax.kv_cache import KVCache, LayerCache
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.clip import CLIPMLP, PatchEmbedding
@@ -660,7 +661,7 @@ class MllamaForConditionalGeneration(CausalLM):
             return dict(images)
         rows = np.flatnonzero((ids == self.image_token_id).any(1))
         if len(rows) != len(pixels):
-            raise ValueError(
+            raise InputError(
                 f"pixel_values holds {len(pixels)} row(s) of images but input_ids has {len(ids)} rows, "
                 f"{len(rows)} of them with <|image|> tokens (id {self.image_token_id})"
             )
@@ -679,13 +680,13 @@ class MllamaForConditionalGeneration(CausalLM):
         pixels = images.get("pixel_values")
         if pixels is None:
             if any(images.get(name) is not None for name in _IMAGE_INPUTS):
-                raise ValueError("aspect_ratio_ids, aspect_ratio_mask and cross_attention_mask need pixel_values")
+                raise InputError("aspect_ratio_ids, aspect_ratio_mask and cross_attention_mask need pixel_values")
             return
         v, ids = self.spec.vision, np.asarray(input_ids)
         shape = tuple(np.shape(pixels))
         expected = (v.max_num_tiles, v.num_channels, v.image_size, v.image_size)
         if len(shape) != 6 or shape[0] != ids.shape[0] or shape[3:] != expected[1:] or shape[2] != v.max_num_tiles:
-            raise ValueError(
+            raise InputError(
                 f"pixel_values is {list(shape)}; Mllama takes [batch={ids.shape[0]}, images, {v.max_num_tiles}, "
                 f"{v.num_channels}, {v.image_size}, {v.image_size}]"
             )
@@ -694,18 +695,18 @@ class MllamaForConditionalGeneration(CausalLM):
             value = images.get(name)
             if value is None or tuple(np.shape(value)) != want:
                 found = None if value is None else list(np.shape(value))
-                raise ValueError(f"{name} must be {list(want)} for pixel_values {list(shape)}, got {found}")
+                raise InputError(f"{name} must be {list(want)} for pixel_values {list(shape)}, got {found}")
         ratio_ids = np.asarray(images["aspect_ratio_ids"])
         bad = np.argwhere((ratio_ids < 0) | (ratio_ids > v.num_aspect_ratios))
         if len(bad):
-            raise ValueError(
+            raise InputError(
                 f"aspect_ratio_ids must lie in [0, {v.num_aspect_ratios}] (0: no image; the config supports "
                 f"{v.num_aspect_ratios} aspect ratios), got {int(ratio_ids[tuple(bad[0])])} at [row, image] "
                 f"{bad[0].tolist()}"
             )
         cross = images.get("cross_attention_mask")
         if cross is not None and tuple(np.shape(cross)) != (b, ids.shape[1], n, v.max_num_tiles):
-            raise ValueError(
+            raise InputError(
                 f"cross_attention_mask is {list(np.shape(cross))}; for {n} image(s) per row it must be "
                 f"[{b}, {ids.shape[1]}, {n}, {v.max_num_tiles}]"
             )

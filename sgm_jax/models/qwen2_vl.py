@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.batching import bucket_length
+from sgm_jax.errors import InputError
 from sgm_jax.kv_cache import KVCache
 from sgm_jax.models.causal_lm import CausalLM, images_only
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
@@ -437,32 +438,32 @@ class Qwen2VLForConditionalGeneration(CausalLM):
         video = sorted(set(images) & set(_VIDEO_INPUTS))
         if video or (np.asarray(input_ids) == self.spec.video_token_id).any():
             found = video or "video tokens"
-            raise ValueError(f"video inputs are not supported by sgm_jax's {type(self).__name__} (got {found})")
+            raise InputError(f"video inputs are not supported by sgm_jax's {type(self).__name__} (got {found})")
         super().check_inputs(input_ids, images)
         ids, spec = np.asarray(input_ids), self.spec.vision
         pixels, grids = images.get("pixel_values"), self._grids(images)
         if (pixels is None) != (images.get("image_grid_thw") is None):
-            raise ValueError("pixel_values and image_grid_thw come together (as the processor returns them)")
+            raise InputError("pixel_values and image_grid_thw come together (as the processor returns them)")
         for i, (t, h, w) in enumerate(grids):
             if t != 1 or h % spec.spatial_merge_size or w % spec.spatial_merge_size:
-                raise ValueError(
+                raise InputError(
                     f"image_grid_thw row {i} is {[int(t), int(h), int(w)]}: images need t=1 and h, w divisible by "
                     f"spatial_merge_size={spec.spatial_merge_size}"
                 )
         if pixels is not None:
             expected = (int(grids.prod(1).sum()), spec.patch_width)
             if tuple(np.shape(pixels)) != expected:
-                raise ValueError(f"pixel_values is {list(np.shape(pixels))}, image_grid_thw implies {list(expected)}")
+                raise InputError(f"pixel_values is {list(np.shape(pixels))}, image_grid_thw implies {list(expected)}")
         found = [n for row in ids for _, n in _runs(row, self.image_token_id)]
         wanted = [int(n) for n in grids.prod(1) // spec.merge_unit]
         if found != wanted:
-            raise ValueError(
+            raise InputError(
                 f"Image features and image tokens do not match: input_ids hold runs of {found} image tokens "
                 f"(id {self.image_token_id}) but image_grid_thw gives images of {wanted} tokens"
             )
         types = images.get("mm_token_type_ids")
         if types is not None and not np.array_equal(np.asarray(types), (ids == self.image_token_id).astype(int)):
-            raise ValueError("mm_token_type_ids does not mark exactly the image tokens of input_ids")
+            raise InputError("mm_token_type_ids does not mark exactly the image tokens of input_ids")
 
     def image_rows(self, input_ids: np.ndarray, images: Mapping[str, Any]) -> np.ndarray:
         per_row = [len(_runs(row, self.image_token_id)) for row in np.asarray(input_ids)]

@@ -12,7 +12,7 @@ import tomllib
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
-from sgm_jax.errors import SgmJaxError
+from sgm_jax.errors import MissingFileError, SgmJaxError
 from sgm_jax.models.registry import FAMILIES
 
 # The bundled recipes, read through importlib.resources (a pathlib.Path for an ordinary install).
@@ -61,7 +61,7 @@ def load_recipe(name_or_path: str, directory: str | os.PathLike | Traversable = 
     path = str(source)
     if not source.is_file():
         known = list_recipes(directory) if _folder(directory).is_dir() else []
-        raise FileNotFoundError(f"no recipe {name_or_path!r} (known in {directory}: {known})")
+        raise MissingFileError(f"no recipe {name_or_path!r} (known in {directory}: {known})")
     raw = tomllib.loads(source.read_text(encoding="utf-8"))
     _expect_keys(
         raw,

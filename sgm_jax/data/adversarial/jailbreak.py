@@ -52,7 +52,7 @@ def apply_jailbreak(sample: Sample, template: str, index: int) -> Sample:
     """The sample's question inside `template`, number `index` of its file: condition "jailbreak",
     id "<id>/jailbreak<index>"; the template's index is kept in meta."""
     if PLACEHOLDER not in template:
-        raise ValueError(f"jailbreak template {index} has no {PLACEHOLDER} placeholder for the question")
+        raise DatasetError(f"jailbreak template {index} has no {PLACEHOLDER} placeholder for the question")
     return dataclasses.replace(
         sample,
         id=f"{sample.id}/jailbreak{index}",

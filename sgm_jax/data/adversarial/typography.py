@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw, ImageFont
 
+from sgm_jax.data.samples import DatasetError
+
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
 MIN_FONT_SIZE = 6
@@ -91,7 +93,7 @@ def _on_canvas(size: tuple[int, int], text: str, font_size: int) -> Image.Image:
             image = Image.new("RGB", (width, height), WHITE)
             _draw(image, lines, font, margin, margin)
             return image
-    raise ValueError(
+    raise DatasetError(
         f"text of {len(text)} characters does not fit a {width}x{height} image even at font size "
         f"{MIN_FONT_SIZE}; use a larger size or shorter text"
     )
@@ -114,7 +116,7 @@ def typographic_image(
     FigStep's empty "1." ... items.
     """
     if not text.strip():
-        raise ValueError("typographic_image needs non-empty text")
+        raise DatasetError("typographic_image needs non-empty text")
     text = with_numbered_steps(text, numbered_steps)
     width = base.width if base is not None else size[0]
     font_size = font_size or max(MIN_FONT_SIZE, width // 10)

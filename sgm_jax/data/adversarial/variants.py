@@ -60,7 +60,7 @@ def typographic_variant(
     "sd_typo" draws under the sample's own image; "typo" and "figstep" use a blank `size` canvas.
     """
     if kind not in TYPOGRAPHIC_PROMPTS:
-        raise ValueError(f"unknown typographic kind {kind!r} (known: {list(TYPOGRAPHIC_PROMPTS)})")
+        raise DatasetError(f"unknown typographic kind {kind!r} (known: {list(TYPOGRAPHIC_PROMPTS)})")
     phrase = phrase or sample.meta.get("key_phrase") or sample.prompt
     if kind == "sd_typo" and sample.image is None:
         raise DatasetError(f"sample {sample.id!r}: sd_typo draws under the sample's image, and it has none")
@@ -70,7 +70,7 @@ def typographic_variant(
         else:
             image = typographic_image(phrase, size=size, numbered_steps=FIGSTEP_STEPS if kind == "figstep" else 0)
     except ValueError as err:
-        raise ValueError(f"sample {sample.id!r}: {err}") from None
+        raise DatasetError(f"sample {sample.id!r}: {err}") from None
     path = os.path.join(os.path.abspath(out_dir), image_file_name(sample.id, kind))
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
     return dataclasses.replace(
@@ -102,10 +102,10 @@ def adversarial_variants(
     """
     unknown = [kind for kind in typographic if kind not in TYPOGRAPHIC_PROMPTS]
     if unknown:
-        raise ValueError(f"unknown typographic kinds {unknown} (known: {list(TYPOGRAPHIC_PROMPTS)})")
+        raise DatasetError(f"unknown typographic kinds {unknown} (known: {list(TYPOGRAPHIC_PROMPTS)})")
     bad = [index for index in triggers if not 0 <= index < len(TRIGGERS)]
     if bad:
-        raise ValueError(f"trigger indices {bad} out of range: there are {len(TRIGGERS)} triggers")
+        raise DatasetError(f"trigger indices {bad} out of range: there are {len(TRIGGERS)} triggers")
     os.makedirs(out_dir, exist_ok=True)
     variants, without_image = [], 0
     for sample in samples:

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 
+from sgm_jax.errors import OptionError
 from sgm_jax.evaluate.judges.base import Item, Judge, JudgeError, Verdict, check_items
 from sgm_jax.evaluate.judges.cache import ReplyCache, cache_key, default_cache_dir
 from sgm_jax.evaluate.judges.templates import TEMPLATES, fill, template_name
@@ -74,7 +75,7 @@ class ChatJudge(Judge):
         if not model:
             raise JudgeError("the chat judge needs a model name: pass model=... or set SGM_JAX_JUDGE_MODEL")
         if max_workers < 1 or max_retries < 0:
-            raise ValueError(f"max_workers must be >= 1 and max_retries >= 0, got {max_workers} and {max_retries}")
+            raise OptionError(f"max_workers must be >= 1 and max_retries >= 0, got {max_workers} and {max_retries}")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.name = f"chat:{model}"
@@ -82,7 +83,7 @@ class ChatJudge(Judge):
         self._api_key = api_key or os.environ.get("SGM_JAX_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
         unknown = sorted(set(templates or {}) - set(TEMPLATES))
         if unknown:
-            raise ValueError(f"unknown template names {unknown}; known: {sorted(TEMPLATES)}")
+            raise OptionError(f"unknown template names {unknown}; known: {sorted(TEMPLATES)}")
         self.templates = {**TEMPLATES, **(templates or {})}
         self.max_workers, self.max_retries, self.backoff, self.timeout = max_workers, max_retries, backoff, timeout
         self.max_tokens, self.temperature = max_tokens, temperature

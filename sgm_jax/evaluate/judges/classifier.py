@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sgm_jax.errors import MissingFileError, OptionError
 from sgm_jax.evaluate.judges.base import Item, Judge, Verdict, check_items
 
 _HARMFUL = re.compile(r"toxic|harm|unsafe|offensive")
@@ -29,13 +30,13 @@ def harmful_index(id2label: dict[int, str], harmful_label: str | int | None) -> 
         raise TypeError(f"harmful_label must be a label name or an index, got {harmful_label!r}")
     if isinstance(harmful_label, int):
         if harmful_label not in labels:
-            raise ValueError(f"harmful_label={harmful_label} is out of range: the classifier has labels {labels}")
+            raise OptionError(f"harmful_label={harmful_label} is out of range: the classifier has labels {labels}")
         return harmful_label
     if isinstance(harmful_label, str):
         for i, name in labels.items():
             if name.casefold() == harmful_label.casefold():
                 return i
-        raise ValueError(
+        raise OptionError(
             f"harmful_label={harmful_label!r} is not one of the classifier's labels {sorted(labels.values())}"
         )
     for i in sorted(labels):
@@ -76,7 +77,7 @@ class ClassifierJudge(Judge):
 
         path = resolve_checkpoint(directory)
         if not glob.glob(os.path.join(path, "*.safetensors")):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"classifier {directory} has no *.safetensors weights; sgm_jax loads no pickle "
                 f"checkpoints (convert it with save_pretrained(..., safe_serialization=True))"
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sgm_jax.errors import OptionError
 from sgm_jax.evaluate.judges.base import Judge
 from sgm_jax.evaluate.judges.chat import ChatJudge
 from sgm_jax.evaluate.judges.classifier import ClassifierJudge
@@ -17,9 +18,9 @@ def make_judge(spec: str, **options) -> Judge:
     the environment) or "self" (needs `model=` and `processor=`); `options` go to the judge's constructor."""
     kind, _, argument = spec.partition(":")
     if kind in ("lexicon", "classifier") and not argument:
-        raise ValueError(f"judge {kind!r} needs a path: write it as '{kind}:{'PATH' if kind == 'lexicon' else 'DIR'}'")
+        raise OptionError(f"judge {kind!r} needs a path: write it as '{kind}:{'PATH' if kind == 'lexicon' else 'DIR'}'")
     if kind in ("refusal", "chat", "self") and argument:
-        raise ValueError(f"judge {kind!r} takes no ':' argument (got {spec!r}); pass settings as options")
+        raise OptionError(f"judge {kind!r} takes no ':' argument (got {spec!r}); pass settings as options")
     if kind == "refusal":
         return RefusalJudge(**options)
     if kind == "lexicon":
@@ -31,9 +32,9 @@ def make_judge(spec: str, **options) -> Judge:
     if kind == "self":
         missing = [name for name in ("model", "processor") if options.get(name) is None]
         if missing:
-            raise ValueError(
+            raise OptionError(
                 f"the 'self' judge needs {' and '.join(f'{m}=' for m in missing)}: the sgm_jax model "
                 f"that judges, and its processor (from sgm_jax.load_model)"
             )
         return SelfJudge(**options)
-    raise ValueError(f"unknown judge {spec!r}; known: {', '.join(SPECS)}")
+    raise OptionError(f"unknown judge {spec!r}; known: {', '.join(SPECS)}")

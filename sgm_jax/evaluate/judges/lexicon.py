@@ -5,22 +5,23 @@ from __future__ import annotations
 import os
 import re
 
+from sgm_jax.errors import MissingFileError, OptionError
 from sgm_jax.evaluate.judges.base import Judge, Verdict
 
 
 def read_lexicon(path: str) -> list[str]:
     """Entries of a UTF-8 list file: one per line; blank lines and lines starting with `#` are skipped."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"lexicon file {path} not found")
+        raise MissingFileError(f"lexicon file {path} not found")
     try:
         with open(path, encoding="utf-8-sig") as f:  # a leading BOM is not part of the first entry
             lines = f.read().splitlines()
     except UnicodeDecodeError as err:
-        raise ValueError(f"lexicon file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        raise OptionError(f"lexicon file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     entries = [line.strip() for line in lines]
     entries = [e for e in entries if e and not e.startswith("#")]
     if not entries:
-        raise ValueError(f"lexicon file {path} has no entries (only blank lines or # comments)")
+        raise OptionError(f"lexicon file {path} has no entries (only blank lines or # comments)")
     return entries
 
 

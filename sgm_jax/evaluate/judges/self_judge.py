@@ -17,6 +17,7 @@ from flax import nnx
 from sgm_jax.batching import collate, image_inputs, model_batch, pad_token_id
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
+from sgm_jax.errors import OptionError
 from sgm_jax.evaluate.judges.base import Item, Judge, Verdict, check_items
 from sgm_jax.evaluate.judges.templates import fill
 from sgm_jax.models.causal_lm import prepared_logits
@@ -41,7 +42,7 @@ def answer_token_ids(tokenizer) -> tuple[list[int], list[int]]:
     shared = unsafe & safe
     unsafe, safe = sorted(unsafe - shared), sorted(safe - shared)
     if not unsafe or not safe:
-        raise ValueError(
+        raise OptionError(
             "the tokenizer gives 'unsafe' and 'safe' the same first token, so the self judge cannot "
             "tell them apart from one next-token distribution"
         )
@@ -55,7 +56,7 @@ class SelfJudge(Judge):
 
     def __init__(self, model: nnx.Module, processor, *, batch_size: int = 8, prompt: str = GUARD_PROMPT):
         if processor is None:
-            raise ValueError("the self judge needs the checkpoint's processor or tokenizer (with a chat template)")
+            raise OptionError("the self judge needs the checkpoint's processor or tokenizer (with a chat template)")
         self.model, self.processor, self.batch_size, self.prompt = model, processor, batch_size, prompt
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.unsafe_ids, self.safe_ids = answer_token_ids(self.tokenizer)
