@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from typing import Any
+
+from safetensors import SafetensorError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -30,6 +33,12 @@ def atomic_write(path: str, write) -> None:
         if err.filename is None or err.filename == tmp:  # a full disk or a write limit: name the file meant
             raise OSError(err.errno, err.strerror, path) from None
         raise
+    except SafetensorError as err:
+        # safetensors' writer reports an operating-system error as its own error, the errno inside the text.
+        code = re.search(r"os error (\d+)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), path) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

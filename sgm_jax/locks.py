@@ -40,8 +40,11 @@ def writer_lock(directory: str, what: str) -> Iterator[None]:
                 f"{what} {directory} is being written by {holder}; wait for it to finish (or stop it), then rerun"
             ) from None
         started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} (since {started})".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} (since {started})".encode(), 0)
+        except OSError as err:  # a full disk: name the file
+            raise OSError(err.errno, err.strerror, path) from None
         try:
             yield
         finally:

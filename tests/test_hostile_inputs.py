@@ -467,28 +467,34 @@ def test_an_output_path_under_a_file_names_the_path(tiny, tmp_path, capsys):
     assert blocker.read_text() == "x"
 
 
-def _cli_process(argv, **kwargs):
+def _cli_process(argv, *, file_size_limit: int | None = None):
+    """`sgm-jax ARGV` in a fresh process (started without forking this multithreaded one), optionally under a
+    shell's `ulimit -f` (in 1024-byte blocks)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "sgm_jax.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **kwargs
-    )
+    command = [sys.executable, "-m", "sgm_jax.cli", *argv]
+    if file_size_limit is not None:
+        command = ["bash", "-c", f'ulimit -f {file_size_limit} && exec "$@"', "limited", *command]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
-def test_a_full_disk_names_the_file_and_leaves_nothing(tiny, tmp_path):
-    """A write limit (`ulimit -f`, what a full disk looks like to the writer) stops the first store write."""
-    import resource
-
+@pytest.mark.parametrize("limit, file", [(0, ".lock"), (1, "chunks/000000.safetensors")])
+def test_a_full_disk_names_the_file_and_loses_nothing(tiny, tmp_path, limit, file):
+    """A write limit (`ulimit -f`: to the writer a full disk looks the same): at the first write nothing is left;
+    at the first chunk the store is kept, whole, for the rerun, which finishes it once there is room."""
     out = tmp_path / "store"
-
-    def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
-
-    process = _cli_process(_collect(tiny[0], tiny[1], out, "--sites", *SITES), preexec_fn=limit)
+    argv = _collect(tiny[0], tiny[1], out, "--sites", *SITES)
+    process = _cli_process(argv, file_size_limit=limit)
     _, err = process.communicate(timeout=300)
     err = err.decode()
     assert process.returncode == 1, err
-    assert err.strip().splitlines()[-1] == f"sgm-jax collect: error: File too large: {out / 'manifest.json'}"
-    assert "Traceback" not in err and not out.exists()
+    assert err.strip().splitlines()[-1] == f"sgm-jax collect: error: File too large: {out / file}"
+    assert "Traceback" not in err
+    if limit == 0:
+        assert not out.exists()
+    else:
+        assert sorted(os.listdir(out)) == [".lock", "chunks", "manifest.json"] and not os.listdir(out / "chunks")
+        cli.run(argv)
+        assert ResponseStore(str(out)).complete
 
 
 def test_an_interrupt_exits_130_and_the_rerun_finishes_the_store(tiny, tmp_path):
