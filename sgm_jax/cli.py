@@ -488,6 +488,11 @@ def run(argv: list[str] | None = None) -> None:
     args.func(args)
 
 
+def _exit_interrupted(command: str) -> None:
+    print(f"sgm-jax {command}: interrupted; rerun the same command to resume", file=sys.stderr)
+    raise SystemExit(130) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     """The `sgm-jax` entry point: a mistake is `sgm-jax CMD: error: MESSAGE` and exit 1, a bug keeps its traceback,
     an interrupt exits 130 wherever it lands; `--debug` (or SGM_JAX_DEBUG=1) shows every traceback."""
@@ -504,13 +509,12 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGINT, interrupted)
     try:
         args.func(args)
-    except BaseException as error:
-        if isinstance(error, SystemExit):
-            raise
-        if interrupts or isinstance(error, KeyboardInterrupt):
-            print(f"sgm-jax {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
-            raise SystemExit(130) from None
-        if args.debug or os.environ.get("SGM_JAX_DEBUG") == "1" or not isinstance(error, Exception):
+    except KeyboardInterrupt:
+        _exit_interrupted(args.command)
+    except Exception as error:
+        if interrupts:
+            _exit_interrupted(args.command)
+        if args.debug or os.environ.get("SGM_JAX_DEBUG") == "1":
             raise
         message = user_message(error)
         if message is None:

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from sgm_jax.batching import collate, pad_token_id, plan_batches
 from sgm_jax.capture import CaptureSpec, pooled_batch
+from sgm_jax.convert import CheckpointError
 from sgm_jax.data.encode import SquareImages, encode
 from sgm_jax.data.samples import Sample, dataset_hash
 from sgm_jax.errors import OptionError
@@ -40,7 +41,7 @@ def collect_to_store(
     Everything is checked before the store is touched (sites, batch size, every sample's length); the store
     is locked while it is written, and a damaged chunk or responses file found on a rerun is recomputed."""
     if processor is None:
-        raise OptionError("the checkpoint has no tokenizer/processor files, so samples cannot be encoded")
+        raise CheckpointError("the checkpoint has no tokenizer/processor files, so samples cannot be encoded")
     if batch_size < 1:
         raise OptionError(f"batch_size must be >= 1, got {batch_size}")
     spec = CaptureSpec(tuple(resolve(model, sites)), pooling, tokens)

@@ -86,13 +86,14 @@ class ResponseStore:
     def __init__(self, directory: str):
         self.directory = directory
         path = os.path.join(directory, "manifest.json")
-        if os.path.isfile(path) and _read_manifest(path) is None:
+        manifest = _read_manifest(path) if os.path.isfile(path) else None
+        if os.path.isfile(path) and manifest is None:
             raise StoreError(
                 f"{path} is damaged (empty, torn or not a JSON object); rerun the collect command that made "
                 "this store to rebuild it"
             )
         check_kind(directory, RESPONSES, StoreError)
-        self.manifest = _read_manifest(path)
+        self.manifest = manifest
         if self.manifest.get("format") != FORMAT:
             raise StoreError(f"{path}: format {self.manifest.get('format')!r}, expected {FORMAT!r}")
         missing = [k for k in ("sites", "sample_ids", "labels") if k not in self.manifest]  # what reading needs

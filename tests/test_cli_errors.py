@@ -72,6 +72,22 @@ def test_an_interrupt_exits_130_with_the_resume_hint(tmp_path, capsys, monkeypat
     assert "rerun the same command to resume" in err
 
 
+def test_an_interrupt_turned_into_another_error_still_exits_130(tmp_path, capsys, monkeypatch):
+    """A SIGINT whose KeyboardInterrupt is caught and re-raised as another error (as jax's dispatch can do)."""
+    import os
+    import signal
+
+    def interrupted_inside_a_library(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            raise ValueError("computation was cancelled") from None
+
+    monkeypatch.setattr(cli, "cmd_score", interrupted_inside_a_library)
+    err = _fails(capsys, ["score", "--store", str(tmp_path), "--out", str(tmp_path / "s")], code=130)
+    assert err.strip() == "sgm-jax score: interrupted; rerun the same command to resume"
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -9,6 +9,7 @@ from PIL import Image
 
 from sgm_jax.data.images import ImageError, load_rgb
 from sgm_jax.data.samples import DatasetError, Sample
+from sgm_jax.errors import OptionError
 
 
 class SquareImages:
@@ -21,7 +22,7 @@ class SquareImages:
 
     def __init__(self, processor, size: int):
         if int(size) < 1:
-            raise DatasetError(f"image size must be a positive number of pixels, got {size}")
+            raise OptionError(f"image size must be a positive number of pixels, got {size}")
         self.processor, self.image_size = processor, int(size)
 
     def __getattr__(self, name: str):

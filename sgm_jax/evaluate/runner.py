@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.atomic import write_json
+from sgm_jax.convert import CheckpointError
 from sgm_jax.data.samples import DatasetError, Sample
 from sgm_jax.evaluate.answers import generate_answers
 from sgm_jax.evaluate.judges import Judge, is_refusal
@@ -120,7 +121,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Measure `model` before and after `intervention`; write results.json, report.md and plots to `out_dir`."""
     if processor is None:
-        raise DatasetError("evaluation needs the checkpoint's tokenizer/processor files")
+        raise CheckpointError("evaluation needs the checkpoint's tokenizer/processor files")
     unlabelled = [s.id for s in samples if not s.options and s.label is None]
     if unlabelled:
         raise DatasetError(

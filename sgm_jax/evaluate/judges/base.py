@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from sgm_jax.errors import OptionError, SgmJaxError
+from sgm_jax.errors import InputError, SgmJaxError
 
 Item = tuple[str, str, str | None]  # (question, answer, image path or None)
 
@@ -25,7 +25,7 @@ class Verdict:
 
     def __post_init__(self):
         if not 0.0 <= self.score <= 1.0:
-            raise OptionError(f"{self.judge}: score must lie in [0, 1], got {self.score}")
+            raise InputError(f"{self.judge}: score must lie in [0, 1], got {self.score}")
 
 
 class Judge:
@@ -53,11 +53,11 @@ def check_items(items: Sequence[Item], categories: Sequence[str | None] | None) 
     checked = []
     for i, item in enumerate(items):
         if not (isinstance(item, (tuple, list)) and len(item) == 3):
-            raise OptionError(f"item {i} must be a (question, answer, image) tuple, got {item!r:.80}")
+            raise InputError(f"item {i} must be a (question, answer, image) tuple, got {item!r:.80}")
         if not (isinstance(item[0], str) and isinstance(item[1], str)):
-            raise OptionError(f"item {i}: question and answer must be strings")
+            raise InputError(f"item {i}: question and answer must be strings")
         checked.append(tuple(item))
     categories = [None] * len(checked) if categories is None else list(categories)
     if len(categories) != len(checked):
-        raise OptionError(f"{len(categories)} categories for {len(checked)} items")
+        raise InputError(f"{len(categories)} categories for {len(checked)} items")
     return checked, categories
