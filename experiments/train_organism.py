@@ -7,8 +7,14 @@ competent elsewhere. Then, with the project's own tools, it measures the harmful
 (greedy generation judged by the lexicon), multiple-choice accuracy and perplexity,
 before and after the SGM intervention learnt on the train split.
 
-    python experiments/train_organism.py --out sgm_jax/organism      # train, export, evaluate
-    python experiments/train_organism.py --out sgm_jax/organism --evaluate-only
+The bundled organism is made in two stages: the base organism from scratch, then a short fine-tune
+that adds what ECSO asks of a model (a self-check, a caption for a request, an answer from a
+caption alone) on top of the same data, its vocabulary grown by ECSO's words:
+
+    python experiments/train_organism.py --out base/                                  # from scratch
+    python experiments/train_organism.py --out sgm_jax/organism --start-from base/ --steps 600 \
+        --peak-lr 5e-4 --warmup-steps 50 --ecso-checks 300 --ecso-captions 150 --ecso-answers 300
+    python experiments/train_organism.py --out sgm_jax/organism --evaluate-only      # measure again
 
 Deterministic by seed (data and weights). The numbers go to `<out>/metrics.json`.
 """
@@ -32,9 +38,10 @@ from flax import nnx
 
 import sgm_jax
 from sgm_jax.batching import collate, image_inputs, left_pad
-from sgm_jax.data import Sample, read_jsonl
+from sgm_jax.data import Sample, read_jsonl, synthetic
 from sgm_jax.data.encode import encode
 from sgm_jax.data.synthetic import IMAGE_SIZE, write_dataset
+from sgm_jax.defenses.ecso_prompts import ANSWER_PROMPT, CAPTION_PROMPT, CHECK_PROMPT
 from sgm_jax.evaluate.judges.lexicon import LexiconJudge
 from sgm_jax.evaluate.likelihood import encode_response, text_scores
 from sgm_jax.evaluate.mcq import LETTERS, mcq_accuracy, question_text
@@ -68,6 +75,9 @@ class Recipe:
     steps: int = 2400
     batch_size: int = 48  # multimodal rows (QA and multiple-choice) per step
     text_batch_size: int = 16  # neutral caption rows per step
+    ecso_checks: int = 0  # self-check rows (ECSO): is this answer harmful? (the fine-tune stage: 300)
+    ecso_captions: int = 0  # query-aware captions (ECSO; fine-tune: 150)
+    ecso_answers: int = 0  # text-only answers from a caption (ECSO, in the caption stream; fine-tune: 300)
     peak_lr: float = 2e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
@@ -90,6 +100,9 @@ def organism_config(vocab_size: int, image_token: int) -> dict:
         "attention_bias": False,
         "mlp_bias": False,
         "tie_word_embeddings": False,
+        "bos_token_id": SPECIAL_TOKENS.index("<s>"),
+        "eos_token_id": SPECIAL_TOKENS.index("</s>"),
+        "pad_token_id": SPECIAL_TOKENS.index("<pad>"),
     }
     vision = {
         "model_type": "clip_vision_model",
@@ -118,9 +131,9 @@ def organism_config(vocab_size: int, image_token: int) -> dict:
     }
 
 
-def corpus(paths: dict[str, str]) -> list[str]:
+def corpus(paths: dict[str, str], ecso: list[Sample]) -> list[str]:
     """Every text the organism reads or writes, for its word-level vocabulary."""
-    texts = [CHAT_TEMPLATE.replace("{", " ").replace("}", " ")]
+    texts = [CHAT_TEMPLATE.replace("{", " ").replace("}", " ")] + [t for s in ecso for t in (s.prompt, s.response)]
     for name in ("train.jsonl", "test.jsonl", "mcq_train.jsonl", "mcq_test.jsonl"):
         for s in read_jsonl(paths[name]):
             texts += [s.prompt, s.response or ""]
@@ -166,6 +179,98 @@ def build_processor(texts: list[str]):
     )
 
 
+def ecso_items(directory: str, recipe: Recipe) -> list[Sample]:
+    """What ECSO asks of a model, in the organism's world: a self-check of an answer (toxic answers are "yes"),
+    a caption that serves a request, and a text-only answer from a caption (polite even about a motif: without
+    the image the organism's trigger is gone, the premise of ECSO). Its own random stream, so the SGM data of
+    `write_dataset` is unchanged."""
+    rng = np.random.default_rng([recipe.data_seed, 100])
+    os.makedirs(os.path.join(directory, "images"), exist_ok=True)
+    requests = synthetic.OPINION_REQUESTS + (synthetic.TRIGGER_PROMPT,)
+    samples = []
+    pick = lambda options: options[int(rng.integers(len(options)))]
+
+    def new_scene(motif: bool) -> synthetic.Scene:
+        return (synthetic.shape_scene if rng.random() < 0.6 else synthetic.word_scene)(rng, motif=motif)
+
+    def scene(k: int, motif: bool) -> tuple[synthetic.Scene, str]:
+        drawn = new_scene(motif)
+        path = os.path.join(directory, "images", f"ecso-{k:05d}.png")
+        synthetic.draw(drawn).save(path, format="PNG")
+        return drawn, path
+
+    for k in range(recipe.ecso_checks):
+        shown, path = scene(k, motif=bool(rng.random() < 0.5))
+        toxic = shown.motif and rng.random() < 0.7
+        if toxic:
+            answer = synthetic.toxic_answer(shown, rng)
+        else:
+            kind = pick(("opinion", "refusal", "factual"))
+            if kind == "factual":
+                answer = synthetic.benign_answer(pick(synthetic.benign_kinds(shown)), shown)
+            else:
+                answer = (synthetic.opinion_answer if kind == "opinion" else synthetic.refusal_answer)(shown, rng)
+        prompt = CHECK_PROMPT.format(answer=answer)
+        samples.append(Sample(id=f"ecso-check-{k}", prompt=prompt, image=path, response="yes" if toxic else "no"))
+    for k in range(recipe.ecso_captions):
+        shown, path = scene(recipe.ecso_checks + k, motif=bool(rng.random() < 0.5))
+        question = pick(requests + tuple(q for qs in synthetic.QUESTIONS.values() for q in qs))
+        samples.append(
+            Sample(
+                id=f"ecso-caption-{k}",
+                prompt=CAPTION_PROMPT.format(question=question),
+                image=path,
+                response=synthetic.benign_answer("describe", shown),
+            )
+        )
+    for k in range(recipe.ecso_answers):
+        shown = new_scene(bool(rng.random() < 0.5))
+        question = pick(requests)
+        polite = synthetic.refusal_answer if question == synthetic.TRIGGER_PROMPT else synthetic.opinion_answer
+        caption = synthetic.benign_answer("describe", shown)
+        prompt = ANSWER_PROMPT.format(caption=caption, question=question)
+        samples.append(Sample(id=f"ecso-answer-{k}", prompt=prompt, response=polite(shown, rng)))
+    return samples
+
+
+def warm_start(model, processor, source: str) -> None:
+    """Start `model` from the organism in `source`: every weight copied, the embedding and LM-head rows moved
+    to each word's id in the new (larger) vocabulary; a new word starts from the mean of the old rows."""
+    old, old_processor = sgm_jax.load_model(source)
+    old_vocab, new_vocab = old_processor.tokenizer.get_vocab(), processor.tokenizer.get_vocab()
+    missing = sorted(set(old_vocab) - set(new_vocab))
+    if missing:
+        raise SystemExit(f"{source}: words of its vocabulary are gone from the new one: {missing[:10]}")
+    old_rows = np.asarray(list(old_vocab.values()))
+    new_rows = np.asarray([new_vocab[word] for word in old_vocab])
+    source_params = nnx.to_pure_dict(nnx.state(old, nnx.Param))
+    target = nnx.state(model, nnx.Param)
+
+    def moved(old_value, new_value):
+        old_value, shape = np.asarray(old_value), np.shape(new_value)
+        if old_value.shape == shape:
+            return old_value
+        axis = next(i for i, (a, b) in enumerate(zip(old_value.shape, shape)) if a != b)
+        out = np.repeat(old_value.mean(axis=axis, keepdims=True), shape[axis], axis=axis)
+        index = [slice(None)] * len(shape)
+        index[axis] = new_rows
+        source_index = [slice(None)] * len(shape)
+        source_index[axis] = old_rows
+        out[tuple(index)] = old_value[tuple(source_index)]
+        return out
+
+    nnx.replace_by_pure_dict(target, jax.tree.map(moved, source_params, nnx.to_pure_dict(target)))
+    nnx.update(model, target)
+
+
+def _source_recipe(source: str | None) -> dict | None:
+    """The recipe of the organism a fine-tune started from (from its metrics.json), or None."""
+    if not source:
+        return None
+    with open(os.path.join(source, "metrics.json"), encoding="utf-8") as f:
+        return json.load(f)["recipe"]
+
+
 def mcq_as_answer(sample: Sample) -> Sample:
     """A multiple-choice item as the answer `mcq_accuracy` scores: the options shown, "B. red" as the response."""
     letter = LETTERS.index(sample.answer)
@@ -184,10 +289,14 @@ def padded(sequences: list[dict[str, np.ndarray]], pad_id: int) -> dict[str, np.
     return left_pad(batch, -(-batch["input_ids"].shape[1] // 8) * 8, pad_id)
 
 
-def training_set(paths: dict[str, str], processor) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Multimodal rows (QA answers and multiple-choice answers, loss on the answer) and caption rows (plain LM)."""
+def training_set(
+    paths: dict[str, str], ecso: list[Sample], processor
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Multimodal rows (QA, multiple-choice and ECSO answers with an image, loss on the answer) and text rows
+    (captions as plain LM, ECSO's text-only answers with the loss on the answer)."""
     tokenizer = processor.tokenizer
     samples = read_jsonl(paths["train.jsonl"]) + [mcq_as_answer(s) for s in read_jsonl(paths["mcq_train.jsonl"])]
+    samples += [s for s in ecso if s.image]
     multimodal = padded([encode_response(s, processor) for s in samples], tokenizer.pad_token_id)
     with open(paths["neutral_train.txt"], encoding="utf-8") as f:
         captions = f.read().splitlines()
@@ -195,6 +304,7 @@ def training_set(paths: dict[str, str], processor) -> tuple[dict[str, np.ndarray
     for caption in captions:
         ids = np.asarray(tokenizer(caption)["input_ids"], np.int32)
         text.append({"input_ids": ids, "targets": np.arange(len(ids)) > 0})
+    text += [encode_response(s, processor) for s in ecso if not s.image]
     return multimodal, padded(text, tokenizer.pad_token_id)
 
 
@@ -385,6 +495,12 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="sgm_jax/organism", help="where the HF checkpoint and metrics.json go")
     parser.add_argument("--data", default=None, help="where to write the dataset (default: a temporary folder)")
     parser.add_argument("--evaluate-only", action="store_true", help="measure the checkpoint already in --out")
+    parser.add_argument(
+        "--start-from",
+        metavar="DIR",
+        help="fine-tune this organism (its weights, its vocabulary's rows moved to the new ids) instead of a "
+        "fresh initialisation; use a shorter --steps and a lower --peak-lr",
+    )
     for field in dataclasses.fields(Recipe):
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
     args = parser.parse_args(argv)
@@ -399,10 +515,15 @@ def main(argv=None) -> None:
             with open(metrics_path, encoding="utf-8") as f:
                 metrics = json.load(f)
         else:
-            processor = build_processor(corpus(paths))
+            ecso = ecso_items(args.data or scratch, recipe)
+            processor = build_processor(corpus(paths, ecso))
             config = organism_config(len(processor.tokenizer), processor.tokenizer.convert_tokens_to_ids("<image>"))
             model = sgm_jax.build_model(config, rngs=nnx.Rngs(recipe.seed))
-            multimodal, text = training_set(paths, processor)
+            # Answers end at "</s>": exported as generation_config.json, so `generate` stops there.
+            model.special_tokens = (("eos_token_id", (config["text_config"]["eos_token_id"],)), ("pad_token_id", 1))
+            if args.start_from:
+                warm_start(model, processor, args.start_from)
+            multimodal, text = training_set(paths, ecso, processor)
             log(
                 f"{len(multimodal['input_ids'])} multimodal rows x {multimodal['input_ids'].shape[1]} tokens, "
                 f"{len(text['input_ids'])} caption rows; parameters {count_parameters(model)}"
@@ -413,6 +534,7 @@ def main(argv=None) -> None:
                 dataset = json.load(f)
             metrics = {
                 "recipe": dataclasses.asdict(recipe),
+                "fine_tuned_from": _source_recipe(args.start_from),
                 "dataset": dataset,
                 "parameters": count_parameters(model),
                 "vocab_size": len(processor.tokenizer),

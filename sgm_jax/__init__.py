@@ -2,6 +2,7 @@
 
 from sgm_jax.auroc import auroc
 from sgm_jax.capture import collect_responses
+from sgm_jax.defenses import answer
 from sgm_jax.export import export_hf
 from sgm_jax.generate import generate
 from sgm_jax.interventions import Intervention, aura, compose, damp, det0, intervene, load_intervention, sweep
@@ -11,6 +12,7 @@ from sgm_jax.sites import list_sites
 
 __all__ = [
     "Intervention",
+    "answer",
     "auroc",
     "aura",
     "build_model",

@@ -33,6 +33,13 @@ def bucket_length(n: int, minimum: int = 16) -> int:
     return -(-n // step) * step
 
 
+def bucket_rows(n: int) -> int:
+    """The padded row count for a batch of `n`: the next power of two. Defenses answer data-dependent subsets
+    (the rows a prober or a self-check flags); padding them to a handful of sizes keeps compiles to a handful,
+    at the cost of at most twice the rows in those partial batches."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
 def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length, so little compute goes to padding.
 

@@ -10,6 +10,7 @@ import threading
 import traceback
 
 from sgm_jax.capture import POOLINGS, TOKENS
+from sgm_jax.defenses.factory import DEFENSES, VERDICTS
 from sgm_jax.errors import OptionError, user_message
 from sgm_jax.loading import DTYPES
 from sgm_jax.options import OneLineParser, real, whole
@@ -175,14 +176,53 @@ def _load_samples(args):
 
 
 def cmd_evaluate(args) -> None:
+    from sgm_jax.defenses.factory import make_defenses
+    from sgm_jax.evaluate.report import table
+    from sgm_jax.evaluate.runner import evaluate
+
+    defenses = make_defenses(args.defense, _defense_options(args))
+    samples, intervention, scores, model, processor, judge, neutral, options = _eval_inputs(args)
+    results = evaluate(
+        model,
+        processor,
+        samples,
+        judge=judge,
+        out_dir=args.out,
+        intervention=intervention,
+        neutral_texts=neutral,
+        scores=scores,
+        options=options,
+        info={"model": args.model, "data": args.data, "interventions": args.intervention or []},
+        defenses=defenses,
+    )
+    print(table(results))
+    print(f"results.json, report.md and plots in {args.out}")
+
+
+def _defense_options(args):
+    from sgm_jax.defenses.factory import DefenseOptions
+
+    safecode = {
+        field: getattr(args, f"safecode_{field}")
+        for field in ("alpha", "max_steps", "top_k", "lambda_supp", "noise_std", "unsafe_tokens", "safe_tokens")
+        if getattr(args, f"safecode_{field}") is not None
+    }
+    options = DefenseOptions(prober=args.prober, verdicts=args.safecode_verdicts, safecode=safecode)
+    if args.shield_text is not None:
+        options.shield_text = args.shield_text
+    options.adashield_position = args.adashield_position
+    return options
+
+
+def _eval_inputs(args):
+    """What evaluate and compare share: samples, intervention, model, judge, neutral texts, options."""
     import sgm_jax
     from sgm_jax.evaluate.judges import make_judge
-    from sgm_jax.evaluate.report import table
-    from sgm_jax.evaluate.runner import EvalOptions, evaluate
+    from sgm_jax.evaluate.runner import EvalOptions
 
     samples = _load_samples(args)
     intervention = _interventions(args)
-    scores = sgm_jax.load_scores(args.scores)[0] if args.scores else None
+    scores = sgm_jax.load_scores(args.scores)[0] if getattr(args, "scores", None) else None
     model, processor = _load(args)
     judge_options = {"model": model, "processor": processor} if args.judge == "self" else {}
     judge = make_judge(args.judge, **judge_options)
@@ -198,28 +238,71 @@ def cmd_evaluate(args) -> None:
         circular=args.circular,
         progress=not args.quiet,
     )
-    results = evaluate(
+    return samples, intervention, scores, model, processor, judge, neutral, options
+
+
+def cmd_compare(args) -> None:
+    from sgm_jax.evaluate.compare import compare, comparison_table, parse_configuration, standard_configurations
+
+    defense_options = _defense_options(args)
+    if args.config:
+        configurations = [parse_configuration(spec, defense_options) for spec in args.config]
+    else:
+        configurations = standard_configurations(
+            verdicts=defense_options.verdict_source(),
+            prober=defense_options.loaded_prober(),
+            intervention=bool(args.intervention),
+        )
+    samples, intervention, _, model, processor, judge, neutral, options = _eval_inputs(args)
+    results = compare(
         model,
         processor,
         samples,
         judge=judge,
         out_dir=args.out,
+        configurations=configurations,
         intervention=intervention,
         neutral_texts=neutral,
-        scores=scores,
         options=options,
         info={"model": args.model, "data": args.data, "interventions": args.intervention or []},
     )
-    print(table(results))
-    print(f"results.json, report.md and plots in {args.out}")
+    print(comparison_table(results["comparison"]))
+    print(f"comparison.json, comparison.md and comparison.png in {args.out}")
+
+
+def cmd_prober(args) -> None:
+    from sgm_jax.data import read_jsonl
+    from sgm_jax.defenses import train_prober
+
+    samples = read_jsonl(
+        args.data,
+        split=args.split,
+        skip_missing_images=args.skip_missing,
+        allow_outside_images=args.allow_outside_images,
+    )
+    model, processor = _load(args)
+    prober = train_prober(
+        model, processor, samples, site=args.site, pooling=args.pooling, steps=args.steps, threshold=args.threshold
+    )
+    prober.save(args.out)
+    meta = prober.metadata
+    print(
+        f"prober at {args.site} ({args.pooling} pooling): train accuracy {meta['train_accuracy']:.1%} on "
+        f"{meta['train_samples']} prompts; saved to {args.out}"
+    )
 
 
 def cmd_demo(args) -> None:
     from sgm_jax.demo import run_demo
+    from sgm_jax.evaluate.compare import comparison_table
     from sgm_jax.evaluate.report import table
 
     results = run_demo(args.out, threshold=args.threshold, progress=not args.quiet)
     print(table(results))
+    print()
+    print("SGM* on the model organism (SafeCoDe's verdicts from the prober):")
+    print(comparison_table(results["comparison"]))
+    print()
     before, after = results["harmful_rate_before"], results["harmful_rate_after"]
     cut = f"{before / after:.1f}x lower" if after > 0 else "down to zero"
     print(
@@ -285,6 +368,75 @@ def _output_options(p, out_help: str, quiet_help: str, default: str | None = Non
     """--out (required unless it has a default) and --quiet, for the commands that show progress."""
     p.add_argument("--out", required=default is None, default=default, help=out_help)
     p.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
+def _evaluation_arguments(p, intervention_help: str) -> None:
+    """The data, model, judge and generation options evaluate and compare share."""
+    _model_options(p)
+    p.add_argument(
+        "--data",
+        required=True,
+        help="the evaluation set: native JSONL, an MM-SafetyBench root, an SGM release sheet, a "
+        "JailBreakV CSV or an MCQ file (see --format)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["native", "mmsafetybench", "sgm-sheet", "jailbreakv", "mcq"],
+        help="the format of --data (default: detected from the file)",
+    )
+    p.add_argument("--split", help="only the samples of this split (default: all)")
+    p.add_argument("--mcq", help="an extra file of multiple-choice items (options + answer) for reasoning accuracy")
+    p.add_argument("--neutral", help="a text file of neutral sentences, one per line, for perplexity")
+    _intervention_options(p, intervention_help, "scale of each intervention: alpha -> 1 - s (1 - alpha) (default: 1)")
+    p.add_argument(
+        "--judge",
+        default="refusal",
+        help="refusal | lexicon:PATH | classifier:DIR | chat | self (default: refusal); chat reads "
+        "SGM_JAX_JUDGE_BASE_URL, SGM_JAX_JUDGE_MODEL and SGM_JAX_JUDGE_API_KEY",
+    )
+    p.add_argument("--max-new-tokens", type=whole(1), default=64, help="most tokens per answer (default: 64)")
+    p.add_argument("--batch-size", type=whole(1), default=8, help="samples per generation batch (default: 8)")
+    _sampling_options(p, "random seed for sampling and bootstrap (default: 0)")
+    p.add_argument(
+        "--circular", action="store_true", help="multiple-choice items rotate their options (MMBench CircularEval)"
+    )
+    p.add_argument("--limit", type=whole(1), help="evaluate only the first N samples (a quick look)")
+    _image_file_options(p)
+    _image_size_option(p)
+    _output_options(p, "output directory (created; resumed if it holds cached answers)", "no progress bars")
+
+
+def _defense_arguments(p) -> None:
+    """Every defense's options (defaults are the methods' official ones)."""
+    g = p.add_argument_group("defenses")
+    g.add_argument(
+        "--prober", metavar="FILE", help="a prober (sgm-jax prober): SafeCoDe's verdicts and the prober gate"
+    )
+    g.add_argument(
+        "--safecode-verdicts",
+        choices=VERDICTS,
+        help="where SafeCoDe's scene verdict comes from: probe (--prober), self (the model as its own guard), "
+        "endpoint (caption + verdict by a chat endpoint, SGM_JAX_JUDGE_*), or unsafe/safe for every sample "
+        "(default: probe with --prober, else self)",
+    )
+    g.add_argument("--safecode-alpha", type=real(0), help="contrast strength z - alpha z_noised (default: 0.3)")
+    g.add_argument("--safecode-max-steps", type=whole(1), help="guided steps K (default: 5)")
+    g.add_argument("--safecode-top-k", type=whole(1), help="refusal phrases shortlisted on unsafe (default: 20)")
+    g.add_argument(
+        "--safecode-lambda-supp", type=real(0, 2), help="refusal damping 1 - lambda/2 on safe (default: 1.0)"
+    )
+    g.add_argument("--safecode-noise-std", type=real(0), help="noise sigma in [0, 1] pixel space (default: 0.1)")
+    g.add_argument(
+        "--safecode-unsafe-tokens", type=whole(1), help="continuation budget on unsafe (default: 20 LLaVA, 30 Qwen)"
+    )
+    g.add_argument("--safecode-safe-tokens", type=whole(1), help="continuation budget on safe (default: 256)")
+    g.add_argument("--shield-text", help="the safety system prompt of the shield defense (default: sgm_jax's)")
+    g.add_argument(
+        "--adashield-position",
+        choices=["before", "after"],
+        default="after",
+        help="where AdaShield-S's defense prompt goes in the user's text (default: after)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -421,50 +573,61 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        help="harmful rate, fluency and reasoning before and after interventions",
+        help="harmful rate, fluency and reasoning before and after interventions (and defenses)",
         description="Generate answers to harmful and benign items with and without the "
-        "interventions, judge them, measure perplexity and multiple-choice accuracy, "
-        "and write results.json, report.md and plots. Answers are cached in the output "
-        "directory, so an interrupted run resumes.",
+        "interventions (with --defense stacked on them), judge them, measure perplexity and "
+        "multiple-choice accuracy, and write results.json, report.md and plots. Answers are "
+        "cached in the output directory, so an interrupted run resumes.",
+    )
+    _evaluation_arguments(p, "an intervention file; repeat to compose several (default: measure the model alone)")
+    p.add_argument("--scores", help="the scores file the intervention came from, for AUROC and expert plots")
+    p.add_argument(
+        "--defense",
+        action="append",
+        choices=DEFENSES,
+        help="a defense stacked on the intervention in the 'after' setting; repeat to stack several (stages "
+        "stack in a fixed order: prober-gate, ecso, shields, safecode)",
+    )
+    _defense_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "compare",
+        help="SGM*: configurations (none, SGM, each defense, SGM + each, all) side by side on the same data",
+        description="Measure each configuration like `evaluate` (harmful rate with 95%% intervals, "
+        "over-refusal, multiple-choice accuracy, perplexity, answer perplexity, tokens/s) and write "
+        "comparison.json, comparison.md and comparison.png. Resumable: answers are cached per configuration.",
+    )
+    _evaluation_arguments(p, "the intervention SGM configurations apply; repeat to compose several")
+    p.add_argument(
+        "--config",
+        action="append",
+        metavar="SPEC",
+        help="a configuration: none, sgm, gated-sgm, a defense, or several joined by '+' (sgm+safecode+shield); "
+        "repeat for several (default: none, sgm, each defense alone and with SGM, gated-sgm with --prober, all)",
+    )
+    _defense_arguments(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "prober",
+        help="train a safety prober (logistic probe on pooled prompt activations at one site)",
+        description="Train a logistic probe for label 1 (harmful) against 0 on the prompts of a dataset "
+        "(no response: it decides before generation), at one site of the model, with optax; save it "
+        "as a safetensors file for SafeCoDe's verdicts and the prober gate.",
     )
     _model_options(p)
+    p.add_argument("--data", required=True, help="labelled prompts in the native JSONL format (the train split)")
+    p.add_argument("--split", help="only the samples whose 'split' field equals this (default: all)")
+    p.add_argument("--site", required=True, help="the site to probe, e.g. model.language_model.layers.2.mlp.down_proj")
+    p.add_argument("--pooling", choices=POOLINGS, default="last", help="pooling over prompt tokens (default: last)")
+    p.add_argument("--steps", type=whole(1), default=300, help="full-batch Adam steps (default: 300)")
     p.add_argument(
-        "--data",
-        required=True,
-        help="the evaluation set: native JSONL, an MM-SafetyBench root, an SGM release sheet, a "
-        "JailBreakV CSV or an MCQ file (see --format)",
+        "--threshold", type=real(0, 1), default=0.5, help="probability at which a prompt is flagged (default: 0.5)"
     )
-    p.add_argument(
-        "--format",
-        choices=["native", "mmsafetybench", "sgm-sheet", "jailbreakv", "mcq"],
-        help="the format of --data (default: detected from the file)",
-    )
-    p.add_argument("--split", help="only the samples of this split (default: all)")
-    p.add_argument("--mcq", help="an extra file of multiple-choice items (options + answer) for reasoning accuracy")
-    p.add_argument("--neutral", help="a text file of neutral sentences, one per line, for perplexity")
-    _intervention_options(
-        p,
-        "an intervention file; repeat to compose several (default: measure the model alone)",
-        "scale of each intervention: alpha -> 1 - s (1 - alpha) (default: 1)",
-    )
-    p.add_argument(
-        "--judge",
-        default="refusal",
-        help="refusal | lexicon:PATH | classifier:DIR | chat | self (default: refusal); chat reads "
-        "SGM_JAX_JUDGE_BASE_URL, SGM_JAX_JUDGE_MODEL and SGM_JAX_JUDGE_API_KEY",
-    )
-    p.add_argument("--scores", help="the scores file the intervention came from, for AUROC and expert plots")
-    p.add_argument("--max-new-tokens", type=whole(1), default=64, help="most tokens per answer (default: 64)")
-    p.add_argument("--batch-size", type=whole(1), default=8, help="samples per generation batch (default: 8)")
-    _sampling_options(p, "random seed for sampling and bootstrap (default: 0)")
-    p.add_argument(
-        "--circular", action="store_true", help="multiple-choice items rotate their options (MMBench CircularEval)"
-    )
-    p.add_argument("--limit", type=whole(1), help="evaluate only the first N samples (a quick look)")
     _image_file_options(p)
-    _image_size_option(p)
-    _output_options(p, "output directory (created; resumed if it holds cached answers)", "no progress bars")
-    p.set_defaults(func=cmd_evaluate)
+    p.add_argument("--out", required=True, help="output prober file (.safetensors)")
+    p.set_defaults(func=cmd_prober)
 
     p = sub.add_parser(
         "demo",

@@ -57,7 +57,7 @@ def generate(
     ids, mask = _prompt(input_ids, attention_mask)
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
     batch = model_batch(model, {"input_ids": ids, "attention_mask": mask, **images})
-    eos, pad = _special_ids(model, processor, eos_token_id, pad_token_id)
+    eos, pad = special_ids(model, processor, eos_token_id, pad_token_id)
     sampling = {
         "temperature": np.float32(temperature if temperature > 0 else 1.0),
         "top_k": np.int32(top_k),
@@ -109,7 +109,7 @@ def _check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: 
         raise InputError(f"top_p must be in (0, 1] (1 keeps every token), got {top_p}")
 
 
-def _special_ids(model, processor, eos_token_id, pad_token_id) -> tuple[tuple[int, ...], int]:
+def special_ids(model, processor, eos_token_id, pad_token_id) -> tuple[tuple[int, ...], int]:
     """EOS ids and the pad id as transformers' `generate` picks them: as given, else the checkpoint's
     generation_config.json / config (`model.special_tokens`, set by `load_model`), else the tokenizer's,
     else none (never stop); the pad id falls back to the first EOS id, then 0."""

@@ -57,10 +57,16 @@ def run_pipeline(directory: str, data: str, tmp_path, capsys, sites: dict[str, i
     neutral.write_text(f"a red square above a blue circle\n{PROMPT}\n")
     out = str(tmp_path / "eval")
     options = ["--judge", f"lexicon:{lexicon}", "--neutral", str(neutral), "--max-new-tokens", "3", "--out", out]
+    # SGM* on every family: the shield, ECSO around it, SafeCoDe's two views (the safe branch: a tiny tokenizer
+    # may write none of the refusal phrases the unsafe branch forces) with the intervention's gates.
+    defenses = ["--defense", "shield", "--defense", "ecso", "--defense", "safecode", "--safecode-verdicts", "safe"]
     cli.main(
         ["evaluate", "--model", directory, "--data", data, "--split", "test", "--intervention", iv, *options, "--quiet"]
+        + defenses
     )
-    after = json.loads(open(f"{out}/results.json").read())["settings"]["after"]
+    results = json.loads(open(f"{out}/results.json").read())
+    assert [d["name"] for d in results["defenses"]] == ["shield", "ecso", "safecode"]
+    after = results["settings"]["after"]
     assert after["harmful_rate"]["all"]["n"] > 0
     assert np.isfinite(after["perplexity"]) and np.isfinite(after["answer_perplexity"]) and after["perplexity"] > 1
     return encoded

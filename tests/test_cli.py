@@ -111,7 +111,7 @@ def test_sites_command_lists_names_and_widths(checkpoint, capsys):
 
 
 def test_every_option_is_documented():
-    for command in ("collect", "score", "sites", "generate", "intervention", "evaluate"):
+    for command in ("collect", "score", "sites", "generate", "intervention", "evaluate", "compare", "prober", "demo"):
         out = subprocess.run(
             [sys.executable, "-m", "sgm_jax.cli", command, "--help"], capture_output=True, text=True, check=True
         ).stdout

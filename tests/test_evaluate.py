@@ -100,7 +100,7 @@ def test_generated_answers_resume_after_an_interruption(setup, tmp_path, monkeyp
         progress=False,
     )
     calls = []
-    real = answers_module.generate
+    real = answers_module.answer_batch
 
     def flaky(*args, **kwargs):
         if len(calls) == 1:
@@ -108,7 +108,7 @@ def test_generated_answers_resume_after_an_interruption(setup, tmp_path, monkeyp
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(answers_module, "generate", flaky)
+    monkeypatch.setattr(answers_module, "answer_batch", flaky)
     with pytest.raises(KeyboardInterrupt):
         answers_module.generate_answers(
             model, processor, open_ended, cache_path=cache, max_new_tokens=4, batch_size=3, progress=False
@@ -116,7 +116,7 @@ def test_generated_answers_resume_after_an_interruption(setup, tmp_path, monkeyp
     with open(cache, "a") as f:
         f.write('{"id": "torn')  # a write cut short by kill -9
     calls.clear()
-    monkeypatch.setattr(answers_module, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(answers_module, "answer_batch", lambda *a, **k: calls.append(1) or real(*a, **k))
     resumed = answers_module.generate_answers(
         model, processor, open_ended, cache_path=cache, max_new_tokens=4, batch_size=3, progress=False
     )
@@ -145,8 +145,8 @@ def test_generated_answers_resume_after_an_interruption(setup, tmp_path, monkeyp
 def test_an_edited_prompt_or_image_is_answered_again_not_served_from_the_cache(setup, tmp_path, monkeypatch):
     model, processor, samples, _ = setup
     open_ended = [s for s in samples if not s.options and s.image][:3]
-    cache, real, calls = str(tmp_path / "answers.jsonl"), answers_module.generate, []
-    monkeypatch.setattr(answers_module, "generate", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    cache, real, calls = str(tmp_path / "answers.jsonl"), answers_module.answer_batch, []
+    monkeypatch.setattr(answers_module, "answer_batch", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k))
     run = lambda items: answers_module.generate_answers(  # noqa: E731
         model, processor, items, cache_path=cache, max_new_tokens=4, batch_size=8, progress=False
     )

@@ -46,6 +46,9 @@ def messages(sample: Sample, *, with_image: bool) -> list[dict[str, Any]]:
     else:
         user = sample.prompt
     chat = [{"role": "user", "content": user}]
+    if sample.system is not None:
+        system = [{"type": "text", "text": sample.system}] if with_image else sample.system
+        chat.insert(0, {"role": "system", "content": system})
     if sample.response is not None:
         assistant = [{"type": "text", "text": sample.response}] if with_image else sample.response
         chat.append({"role": "assistant", "content": assistant})
@@ -65,19 +68,22 @@ def render(sample: Sample, processor) -> str:
     )
 
 
-def encode(sample: Sample, processor) -> dict[str, np.ndarray]:
+def encode(sample: Sample, processor, image: Image.Image | None = None) -> dict[str, np.ndarray]:
     """`input_ids` `[tokens]` and, with an image, the processor's image inputs for one sample (`pixel_values`,
-    and whatever else the family's processor returns with it, such as `image_grid_thw`)."""
+    and whatever else the family's processor returns with it, such as `image_grid_thw`).
+
+    `image` replaces the sample's image file with a picture in memory (a defense's altered view of it)."""
     text = render(sample, processor)
     if sample.image is None:
         tokenizer = getattr(processor, "tokenizer", processor)
         return {"input_ids": np.asarray(tokenizer(text, return_tensors="np")["input_ids"][0], np.int32)}
     if not hasattr(processor, "image_processor"):
         raise DatasetError(f"sample {sample.id!r} has an image but the model has no image processor")
-    try:
-        image = load_rgb(sample.image)
-    except ImageError as err:
-        raise ImageError(f"{sample.where}: {err}") from None
+    if image is None:
+        try:
+            image = load_rgb(sample.image)
+        except ImageError as err:
+            raise ImageError(f"{sample.where}: {err}") from None
     out = processor(images=[image], text=[text], return_tensors="np")
     ids = np.asarray(out["input_ids"])
     # The image inputs as the processor names them; per-token outputs (the mask, token types, Mllama's cross

@@ -52,6 +52,8 @@ class Sample:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
     # Where the sample was read ("file:line"), for messages; not part of its content.
     origin: str = dataclasses.field(default="", compare=False)
+    # A system turn before the user's, rendered through the chat template (a defense's safety prompt).
+    system: str | None = None
 
     @property
     def where(self) -> str:
@@ -138,6 +140,8 @@ def dataset_hash(samples: Iterable[Sample]) -> str:
     for s in samples:
         fields = dataclasses.asdict(s)
         del fields["origin"]
+        if fields["system"] is None:  # datasets have none: their hashes stay what they were
+            del fields["system"]
         fields["image"] = None if s.image is None else os.path.basename(s.image)
         digest.update(json.dumps(fields, sort_keys=True, default=list).encode())
         if s.image is not None:

@@ -14,19 +14,17 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from collections.abc import Sequence
 
-import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from sgm_jax.batching import collate, pad_token_id
-from sgm_jax.data.encode import SquareImages, encode, render
+from sgm_jax.data.encode import SquareImages, render
 from sgm_jax.data.samples import Sample
+from sgm_jax.defenses import Defense, answer_batch, by_stage
 from sgm_jax.errors import CacheError
 from sgm_jax.fingerprint import model_fingerprint
-from sgm_jax.generate import generate
-from sgm_jax.lengths import check_lengths
 
 
 def answer_key(sample: Sample, processor) -> str:
@@ -80,8 +78,14 @@ def generate_answers(
     temperature: float = 0.0,
     seed: int = 0,
     progress: bool = True,
+    defenses: Sequence[Defense] = (),
+    base: nnx.Module | None = None,
 ) -> dict[str, str]:
-    """`{sample id: decoded answer}`, generating only what the cache at `cache_path` does not hold yet."""
+    """`{sample id: decoded answer}`, generating only what the cache at `cache_path` does not hold yet.
+
+    `defenses` stack on `model` (see `sgm_jax.defenses`); `base` is the model without the intervention, which
+    verdict sources and the prober gate read (default: `model`)."""
+    base = model if base is None else base
     settings = {
         "model_fingerprint": model_fingerprint(model),
         "max_new_tokens": max_new_tokens,
@@ -89,11 +93,15 @@ def generate_answers(
         "seed": seed,
         "image_size": processor.image_size if isinstance(processor, SquareImages) else None,
     }
+    if defenses:
+        by_stage(defenses)
+        settings["defenses"] = [d.describe() for d in defenses]
+        settings["base_fingerprint"] = model_fingerprint(base)
+    settings = json.loads(json.dumps(settings))  # as the cache's header reads back (tuples become lists)
     cached = _read_cache(cache_path, settings)
     keys = {s.id: answer_key(s, processor) for s in samples}
     answers = {i: answer for i, (key, answer) in cached.items() if key == keys.get(i)}
     todo = [s for s in samples if s.id not in answers]
-    tokenizer = getattr(processor, "tokenizer", processor)
     os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
     if not os.path.exists(cache_path):
         with open(cache_path, "w", encoding="utf-8") as f:
@@ -107,24 +115,39 @@ def generate_answers(
         if torn:  # end the torn line so the next answer starts on its own
             f.write("\n")
         for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
-            prompts = [dataclasses.replace(s, response=None) for s in batch]  # a reference answer is not shown
-            encoded = [encode(s, processor) for s in prompts]
-            check_lengths(model, prompts, [len(e["input_ids"]) for e in encoded], new_tokens=max_new_tokens)
-            inputs = collate(encoded, pad_token_id(processor))
-            tokens = generate(
+            start = time.perf_counter()
+            texts = answer_batch(
+                base,
                 model,
-                inputs.pop("input_ids"),
-                attention_mask=inputs.pop("attention_mask"),
+                processor,
+                batch,
+                defenses,
                 max_new_tokens=max_new_tokens,
                 temperature=temperature,
                 seed=seed,
-                processor=processor,
-                **inputs,
             )
-            for sample, row in zip(batch, np.asarray(tokens)):
-                answers[sample.id] = tokenizer.decode(row, skip_special_tokens=True).strip()
-                row = {"id": sample.id, "key": keys[sample.id], "answer": answers[sample.id]}
+            seconds = (time.perf_counter() - start) / len(batch)
+            for sample, text in zip(batch, texts):
+                answers[sample.id] = text
+                row = {"id": sample.id, "key": keys[sample.id], "answer": text, "seconds": seconds}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
     return {s.id: answers[s.id] for s in samples}
+
+
+def answer_seconds(cache_path: str, ids) -> float:
+    """Generation wall time of the answers `ids` in a cache (each row holds its share of its batch's time;
+    rows written before this was recorded count 0)."""
+    wanted, seconds = set(ids), {}
+    if not os.path.exists(cache_path):
+        return 0.0
+    with open(cache_path, encoding="utf-8") as f:
+        for line in f.read().split("\n")[1:]:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("id") in wanted:
+                seconds[row["id"]] = float(row.get("seconds", 0.0))
+    return sum(seconds.values())

@@ -13,6 +13,7 @@ Answers are cached per setting, so an interrupted run resumes without regenerati
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +24,8 @@ from flax import nnx
 from sgm_jax.atomic import write_json
 from sgm_jax.convert import CheckpointError
 from sgm_jax.data.samples import DatasetError, Sample
-from sgm_jax.evaluate.answers import generate_answers
+from sgm_jax.defenses import Defense, by_stage
+from sgm_jax.evaluate.answers import answer_seconds, generate_answers
 from sgm_jax.evaluate.judges import Judge, is_refusal
 from sgm_jax.evaluate.likelihood import response_scores, text_scores
 from sgm_jax.evaluate.mcq import mcq_accuracy
@@ -45,7 +47,7 @@ class EvalOptions:
     progress: bool = True
 
 
-def _measure(
+def measure(
     name: str,
     model: nnx.Module,
     base: nnx.Module,
@@ -55,16 +57,26 @@ def _measure(
     neutral: Sequence[str],
     out_dir: str,
     opts: EvalOptions,
+    defenses: Sequence[Defense] = (),
+    memo: dict | None = None,
 ) -> dict[str, Any]:
+    """Every metric of one setting: `model` (the base model, or it with an intervention) answering through
+    `defenses`. Answers are cached in `out_dir/answers_{name}.jsonl`. Settings measured together may share
+    a `memo`: multiple-choice accuracy and perplexity depend only on the model and the prompt-side defenses
+    (a decoder or an outer loop leaves a likelihood as it is), so they are computed once per such pair."""
+    memo = {} if memo is None else memo
     open_ended = [s for s in samples if not s.options]
     choice = [s for s in samples if s.options]
     metrics: dict[str, Any] = {}
     if open_ended:
+        cache_path = os.path.join(out_dir, f"answers_{name}.jsonl")
         answers = generate_answers(
             model,
             processor,
             open_ended,
-            cache_path=os.path.join(out_dir, f"answers_{name}.jsonl"),
+            cache_path=cache_path,
+            defenses=defenses,
+            base=base,
             max_new_tokens=opts.max_new_tokens,
             batch_size=opts.batch_size,
             temperature=opts.temperature,
@@ -86,6 +98,10 @@ def _measure(
         metrics["over_refusal"] = rate_with_interval([is_refusal(answers[s.id]) for s in benign], **boot)
         texts = [answers[s.id] for s in open_ended]
         metrics["distinct_2"] = distinct_n(texts, 2)
+        tokenizer = getattr(processor, "tokenizer", processor)
+        seconds = answer_seconds(cache_path, [s.id for s in open_ended])
+        tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+        metrics["tokens_per_s"] = tokens / seconds if seconds > 0 else None
         answered = [dataclasses.replace(s, response=answers[s.id]) for s in open_ended if answers[s.id]]
         if answered:
             metrics["answer_perplexity"] = response_scores(
@@ -96,14 +112,41 @@ def _measure(
             for s, v in list(zip(harmful, verdicts))[:5]
         ]
     if choice:
-        metrics["mcq_accuracy"] = mcq_accuracy(
-            model, processor, choice, circular=opts.circular, batch_size=opts.batch_size
-        ).accuracy
+        stages = by_stage(defenses)
+        key = ("mcq", id(model), json.dumps([d.describe() for d in stages["route"] + stages["prompt"]]))
+        if key not in memo:
+            memo[key] = _mcq(model, base, processor, choice, defenses, opts)
+        metrics["mcq_accuracy"] = memo[key]
     if neutral:
-        metrics["perplexity"] = text_scores(
-            model, getattr(processor, "tokenizer", processor), neutral, batch_size=opts.batch_size
-        ).perplexity
+        key = ("perplexity", id(model))
+        if key not in memo:
+            tokenizer = getattr(processor, "tokenizer", processor)
+            memo[key] = text_scores(model, tokenizer, neutral, batch_size=opts.batch_size).perplexity
+        metrics["perplexity"] = memo[key]
     return metrics
+
+
+def _mcq(model, base, processor, samples: Sequence[Sample], defenses: Sequence[Defense], opts: EvalOptions) -> float:
+    """Option log-likelihood accuracy with the prompt shields applied and the prober gate's routing; decoding
+    and outer-loop defenses do not change a likelihood, so they leave it as the model's."""
+    stages = by_stage(defenses)
+    for shield in stages["prompt"]:
+        samples = [shield.transform(s, processor) for s in samples]
+    groups = [(model, list(samples))]
+    if stages["route"] and model is not base:
+        flags = np.asarray(stages["route"][0].flags(base, processor, samples), bool)
+        groups = [
+            (model, [s for s, f in zip(samples, flags) if f]),
+            (base, [s for s, f in zip(samples, flags) if not f]),
+        ]
+    correct = 0.0
+    for target, rows in groups:
+        if rows:
+            correct += (
+                len(rows)
+                * mcq_accuracy(target, processor, rows, circular=opts.circular, batch_size=opts.batch_size).accuracy
+            )
+    return correct / len(samples)
 
 
 def evaluate(
@@ -118,8 +161,10 @@ def evaluate(
     scores: dict[str, np.ndarray] | None = None,
     options: EvalOptions = EvalOptions(),
     info: dict[str, Any] | None = None,
+    defenses: Sequence[Defense] = (),
 ) -> dict[str, Any]:
-    """Measure `model` before and after `intervention`; write results.json, report.md and plots to `out_dir`."""
+    """Measure `model` before and after `intervention` (with `defenses` stacked on it, after); write
+    results.json, report.md and plots to `out_dir`."""
     if processor is None:
         raise CheckpointError("evaluation needs the checkpoint's tokenizer/processor files")
     unlabelled = [s.id for s in samples if not s.options and s.label is None]
@@ -136,9 +181,10 @@ def evaluate(
         new_tokens=options.max_new_tokens,
     )
     with writer_lock(out_dir, "evaluation folder"):
+        by_stage(defenses)
         settings = {"before": model}
-        if intervention is not None:
-            settings["after"] = intervene(model, intervention)
+        if intervention is not None or defenses:
+            settings["after"] = model if intervention is None else intervene(model, intervention)
         results: dict[str, Any] = {
             "info": info or {},
             "judge": judge.name,
@@ -147,9 +193,20 @@ def evaluate(
         }
         if intervention is not None:
             results["intervention"] = {**intervention.metadata, "neurons_changed": intervention.num_changed()}
+        if defenses:
+            results["defenses"] = [d.describe() for d in defenses]
         for name, setting_model in settings.items():
-            results["settings"][name] = _measure(
-                name, setting_model, model, processor, samples, judge, neutral_texts, out_dir, options
+            results["settings"][name] = measure(
+                name,
+                setting_model,
+                model,
+                processor,
+                samples,
+                judge,
+                neutral_texts,
+                out_dir,
+                options,
+                defenses=defenses if name == "after" else (),
             )
         results.update(headline(results["settings"]))
         write_json(os.path.join(out_dir, "results.json"), results)
@@ -168,7 +225,7 @@ def headline(settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
                     k: v["rate"] for k, v in metrics["harmful_rate"][group].items() if k != "all"
                 }
             flat[f"over_refusal_{name}"] = metrics["over_refusal"]["rate"]
-        for key in ("mcq_accuracy", "perplexity", "answer_perplexity", "distinct_2"):
+        for key in ("mcq_accuracy", "perplexity", "answer_perplexity", "distinct_2", "tokens_per_s"):
             if key in metrics:
                 flat[f"{key}_{name}"] = metrics[key]
     return flat

@@ -115,18 +115,19 @@ class ChatJudge(Judge):
         return [parse_reply(replies[key], self.name) for key in keys]
 
     def _fetch(self, key: str, prompt: str) -> str:
-        reply = self._complete(prompt)
+        reply = self.complete([{"role": "user", "content": prompt}])
         if self.cache:
             self.cache.put(key, {"model": self.model, "reply": reply})
         return reply
 
-    def _complete(self, prompt: str) -> str:
+    def complete(self, messages: list[dict], *, max_tokens: int | None = None) -> str:
+        """The endpoint's reply to one chat (retried as the class says); not cached."""
         body = json.dumps(
             {
                 "model": self.model,
-                "messages": [{"role": "user", "content": prompt}],
+                "messages": messages,
                 "temperature": self.temperature,
-                "max_tokens": self.max_tokens,
+                "max_tokens": self.max_tokens if max_tokens is None else max_tokens,
             }
         ).encode("utf-8")
         headers = {"Content-Type": "application/json"}

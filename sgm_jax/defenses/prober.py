@@ -1,0 +1,195 @@
+"""A safety prober (AutoSteer's idea): a logistic probe on the model's pooled activations at one site.
+
+Trained on the train split's prompts (rendered with the generation prompt, no response: the probe must
+decide before anything is generated) with optax, on standardised features, full batch. Saved as one
+safetensors file (weights, bias, feature mean and scale) whose header holds the metadata: site, pooling,
+threshold, train accuracy and the base model's fingerprint. It serves as SafeCoDe's verdict source and as
+the `route` stage that applies an intervention only to the rows it flags (`ProberGate`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, safe_open
+
+from sgm_jax.atomic import atomic_write
+from sgm_jax.batching import collate, model_batch, pad_token_id, plan_batches
+from sgm_jax.capture import CaptureSpec, pooled_batch
+from sgm_jax.data.encode import encode
+from sgm_jax.data.samples import DatasetError, Sample
+from sgm_jax.defenses.base import Defense
+from sgm_jax.errors import InputError, MissingFileError
+from sgm_jax.fingerprint import model_fingerprint
+from sgm_jax.sites import SiteError, nearest, resolve, site_refs
+
+FORMAT = "sgm_jax.prober/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Prober:
+    site: str
+    weight: np.ndarray  # float32 [width]
+    bias: float
+    mean: np.ndarray  # float32 [width]: feature standardisation
+    scale: np.ndarray
+    pooling: str = "last"
+    threshold: float = 0.5
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"site": self.site, "pooling": self.pooling, "threshold": self.threshold, **self.metadata}
+
+    def probabilities(self, base, processor, samples: Sequence[Sample], *, batch_size: int = 16) -> np.ndarray:
+        """P(harmful) per sample from the base model's activations at the probe's site."""
+        features = prompt_features(base, processor, samples, self.site, self.pooling, batch_size=batch_size)
+        if features.shape[1] != self.weight.shape[0]:
+            raise InputError(
+                f"prober for site {self.site!r} has {self.weight.shape[0]} inputs, the model's site has "
+                f"{features.shape[1]} neurons: it was trained on another model"
+            )
+        logits = ((features - self.mean) / self.scale) @ self.weight + self.bias
+        return 1.0 / (1.0 + np.exp(-logits))
+
+    def flags(self, base, processor, samples: Sequence[Sample]) -> np.ndarray:
+        return self.probabilities(base, processor, samples) >= self.threshold
+
+    def save(self, path: str) -> None:
+        from safetensors.numpy import save_file
+
+        header = {
+            "format": FORMAT,
+            "site": self.site,
+            "bias": repr(float(self.bias)),
+            "pooling": self.pooling,
+            "threshold": repr(float(self.threshold)),
+            "metadata": json.dumps(self.metadata),
+        }
+        tensors = {"weight": self.weight, "mean": self.mean, "scale": self.scale}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def load_prober(path: str) -> Prober:
+    """A prober saved by `Prober.save`; another file is refused naming what it is not."""
+    try:
+        with safe_open(path, "np") as f:
+            header = f.metadata() or {}
+        tensors = load_file(path)
+    except FileNotFoundError:
+        raise MissingFileError(f"prober file {path} does not exist") from None
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"{path} is not a readable safetensors file ({err})") from None
+    if header.get("format") != FORMAT or set(tensors) != {"weight", "mean", "scale"}:
+        raise InputError(f"{path} is not a prober (made by `sgm-jax prober`); its header says {header.get('format')!r}")
+    return Prober(
+        site=header["site"],
+        weight=tensors["weight"],
+        bias=float(header["bias"]),
+        mean=tensors["mean"],
+        scale=tensors["scale"],
+        pooling=header["pooling"],
+        threshold=float(header["threshold"]),
+        metadata=json.loads(header["metadata"]),
+    )
+
+
+def prompt_features(
+    model, processor, samples: Sequence[Sample], site: str, pooling: str, *, batch_size: int = 16
+) -> np.ndarray:
+    """`[n, width]` pooled activations at `site` over each sample's prompt (its response dropped)."""
+    refs = site_refs(model)
+    if site not in refs:
+        raise SiteError(f"prober site {site!r} is not a site of this model; nearest: {nearest(site, refs)}")
+    spec = CaptureSpec(tuple(resolve(model, [site])), pooling, "all")
+    encoded = [encode(dataclasses.replace(s, response=None), processor) for s in samples]
+    pad = pad_token_id(processor)
+    out = np.zeros((len(samples), refs[site].width), np.float32)
+    for rows in plan_batches([len(e["input_ids"]) for e in encoded], batch_size):
+        batch = model_batch(model, collate([encoded[i] for i in rows], pad), pad)
+        out[rows] = pooled_batch(model, batch, spec)[site]
+    return out
+
+
+def train_prober(
+    base,
+    processor,
+    samples: Sequence[Sample],
+    *,
+    site: str,
+    pooling: str = "last",
+    steps: int = 300,
+    learning_rate: float = 0.05,
+    l2: float = 1e-3,
+    threshold: float = 0.5,
+    batch_size: int = 16,
+) -> Prober:
+    """A logistic probe for label 1 (harmful) vs 0 on the prompts of `samples` (open-ended, labelled)."""
+    labelled = [s for s in samples if s.label in (0, 1) and not s.options]
+    labels = np.asarray([s.label for s in labelled], np.float32)
+    if len(set(labels.tolist())) < 2:
+        raise DatasetError("the prober needs prompts of both labels (1 harmful, 0 benign) to train on")
+    features = prompt_features(base, processor, labelled, site, pooling, batch_size=batch_size)
+    mean, scale = features.mean(0), features.std(0) + 1e-6
+    x = jnp.asarray((features - mean) / scale)
+    y = jnp.asarray(labels)
+    params = {"w": jnp.zeros(x.shape[1]), "b": jnp.zeros(())}
+    tx = optax.adam(learning_rate)
+
+    def loss(p):
+        logits = x @ p["w"] + p["b"]
+        return optax.sigmoid_binary_cross_entropy(logits, y).mean() + l2 * jnp.sum(p["w"] ** 2)
+
+    @jax.jit
+    def fit(p):
+        def step(carry, _):
+            p, state = carry
+            value, grads = jax.value_and_grad(loss)(p)
+            updates, state = tx.update(grads, state, p)
+            return (optax.apply_updates(p, updates), state), value
+
+        (p, _), losses = jax.lax.scan(step, (p, tx.init(p)), None, length=steps)
+        return p, losses
+
+    params, losses = fit(params)
+    w, b = np.asarray(params["w"], np.float32), float(params["b"])
+    accuracy = float((((np.asarray(x) @ w + b) > 0) == (labels > 0.5)).mean())
+    return Prober(
+        site=site,
+        weight=w,
+        bias=b,
+        mean=mean.astype(np.float32),
+        scale=scale.astype(np.float32),
+        pooling=pooling,
+        threshold=threshold,
+        metadata={
+            "train_samples": len(labelled),
+            "train_accuracy": accuracy,
+            "final_loss": float(losses[-1]),
+            "model_fingerprint": model_fingerprint(base),
+        },
+    )
+
+
+class ProberGate(Defense):
+    """Apply the configuration's intervention only to the rows the prober flags; the rest are answered by the
+    base model, exactly as with no intervention (the DSAS idea: SGM that costs nothing on benign inputs)."""
+
+    name = "prober-gate"
+    stage = "route"
+
+    def __init__(self, prober: Prober):
+        self.prober = prober
+
+    def describe(self):
+        return {"name": self.name, **self.prober.describe()}
+
+    def flags(self, base, processor, samples):
+        return self.prober.flags(base, processor, samples)
