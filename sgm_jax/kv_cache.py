@@ -38,6 +38,28 @@ class KVCache:
     def max_len(self) -> int:
         return self.valid.shape[1]
 
+    def first_rows(self, n: int) -> KVCache:
+        """The cache of rows `[:n]` only (a decoder that ran extra rows, such as a second view, drops them)."""
+        return KVCache(
+            keys=tuple(k[:n] for k in self.keys),
+            values=tuple(v[:n] for v in self.values),
+            valid=self.valid[:n],
+            length=self.length,
+            next_position=self.next_position[:n],
+        )
+
+    def forget_last(self, count: jax.Array) -> KVCache:
+        """The cache as if each row's last `count[row]` tokens had never been run: their slots no longer
+        attended to and the row's next position moved back by as many, so what follows sits right after what
+        is kept (attention sees only relative positions and valid slots, so this equals never feeding them)."""
+        slots = jnp.arange(self.max_len)[None, :]
+        written = self.length - count[:, None]
+        return dataclasses.replace(
+            self,
+            valid=self.valid & ~((slots >= written) & (slots < self.length)),
+            next_position=self.next_position - count.astype(jnp.int32),
+        )
+
 
 class LayerCache:
     """One layer's keys and values during one cached call; its attention appends the new tokens' entries here.
@@ -56,27 +78,3 @@ class LayerCache:
         self.keys = jax.lax.dynamic_update_slice(self.keys, keys.astype(self.keys.dtype), at)
         self.values = jax.lax.dynamic_update_slice(self.values, values.astype(self.values.dtype), at)
         return self.keys, self.values
-
-
-def first_rows(cache: KVCache, n: int) -> KVCache:
-    """The cache of rows `[:n]` only (a decoder that ran extra rows, such as a second view, drops them)."""
-    return KVCache(
-        keys=tuple(k[:n] for k in cache.keys),
-        values=tuple(v[:n] for v in cache.values),
-        valid=cache.valid[:n],
-        length=cache.length,
-        next_position=cache.next_position[:n],
-    )
-
-
-def forget_last(cache: KVCache, count: jax.Array) -> KVCache:
-    """The cache as if each row's last `count[row]` tokens had never been run: their slots no longer attended
-    to and the row's next position moved back by as many, so what follows sits right after what is kept
-    (attention sees only relative positions and valid slots, so this equals never having fed them)."""
-    slots = jnp.arange(cache.max_len)[None, :]
-    written = cache.length - count[:, None]
-    return dataclasses.replace(
-        cache,
-        valid=cache.valid & ~((slots >= written) & (slots < cache.length)),
-        next_position=cache.next_position - count.astype(jnp.int32),
-    )

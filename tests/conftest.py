@@ -5,3 +5,15 @@ import os
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402  (after XLA_FLAGS is set)
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop each test module's compiled programs after it: XLA maps memory for every executable, and a whole
+    suite's worth in one process approaches the kernel's limit on mappings (vm.max_map_count, 65530 here),
+    where a compile crashes."""
+    yield
+    jax.clear_caches()

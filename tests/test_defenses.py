@@ -11,6 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import sgm_jax
+import sgm_jax.answering
 from sgm_jax import cli
 from sgm_jax.data import read_jsonl
 from sgm_jax.data.encode import render
@@ -27,7 +28,7 @@ from sgm_jax.defenses import (
     load_prober,
     train_prober,
 )
-from sgm_jax.defenses.ecso_prompts import check_says_harmful
+from sgm_jax.defenses.ecso_prompts import CHECK_PROMPT, check_says_harmful
 from sgm_jax.defenses.shields import template_has_system_role
 from sgm_jax.errors import InputError, OptionError
 from sgm_jax.sites import site_refs
@@ -192,3 +193,21 @@ def test_prober_and_compare_from_the_command_line(organism, data, tmp_path, caps
     }
     with pytest.raises(OptionError, match="not sgm, gated-sgm or a defense"):
         cli.run(command[:-6] + ["--config", "sgm+nonsense", "--out", out])
+
+
+def test_ecso_replaces_only_the_answers_its_self_check_flags(organism, data):
+    model, processor = organism
+    test = [s for s in data[1] if s.label == 1][:4] + [s for s in data[1] if s.label == 0][:4]
+    plain = answer_batch(model, model, processor, test, [], max_new_tokens=16)
+    ecso = ECSO()
+    checked = answer_batch(model, model, processor, test, [ecso], max_new_tokens=16)
+    checks = sgm_jax.answering.plain_answers(
+        model,
+        processor,
+        [dataclasses.replace(s, prompt=CHECK_PROMPT.format(answer=a), response=None) for s, a in zip(test, plain)],
+        max_new_tokens=4,
+    )
+    flagged = [check_says_harmful(c) for c in checks]
+    assert ecso.flagged == sum(flagged) > 0 and not all(flagged)
+    for f, before, after in zip(flagged, plain, checked):
+        assert (after != before) if f else (after == before)

@@ -10,8 +10,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import hf_tiny
+from sgm_jax.data.samples import Sample
+from sgm_jax.defenses import EndpointVerdicts
 from sgm_jax.evaluate.judges import (
     ChatJudge,
     JudgeError,
@@ -262,7 +265,7 @@ class _Guard(http.server.BaseHTTPRequestHandler):
         if status != 200:
             self.send_error(status)
             return
-        reply = "Unsafe." if "HARMFUL" in body["messages"][0]["content"] else "safe"
+        reply = "Unsafe." if "HARMFUL" in str(body["messages"][-1]["content"]) else "safe"
         payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -489,3 +492,23 @@ def test_self_judge_scores_unsafe_against_safe_from_the_logits(tiny_llava):
     assert [v.harmful for v in verdicts] == [s >= 0.5 for s in expected]
     assert all(v.judge == "self" and v.detail.startswith("P(unsafe)") for v in verdicts)
     assert isinstance(judge, SelfJudge)
+
+
+def test_safecode_endpoint_verdicts_caption_then_judge_the_raw_request(guard, tmp_path):
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    samples = [
+        Sample(id="a", prompt="a HARMFUL request", image=str(image)),
+        Sample(id="b", prompt="a kind request", image=str(image)),
+        Sample(id="c", prompt="a HARMFUL request without an image"),
+    ]
+    verdicts = EndpointVerdicts(base_url=guard["url"], model="guard-1", backoff=0.001, cache=False)
+    assert verdicts.flags(None, None, samples).tolist() == [True, False, True]
+    assert verdicts.describe() == {"source": "endpoint", "model": "guard-1", "url": guard["url"] + "/chat/completions"}
+    bodies = [r["body"] for r in guard["requests"]]
+    assert len(bodies) == 5  # caption + verdict per sample with an image, the verdict alone without
+    caption = bodies[0]["messages"][0]["content"]
+    assert caption[1]["image_url"]["url"].startswith("data:image/png;base64,") and bodies[0]["max_tokens"] == 100
+    verdict = bodies[1]["messages"]
+    assert verdict[0]["role"] == "system" and bodies[1]["max_tokens"] == 10
+    assert 'Prompt: "a HARMFUL request"\nCaption: "safe"\nDecision:' in verdict[1]["content"]

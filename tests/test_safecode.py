@@ -26,7 +26,6 @@ from sgm_jax.defenses.refusal_tokens import (
 )
 from sgm_jax.defenses.safecode import _words, damp_refusals, noised_image, two_view_batch
 from sgm_jax.generate import special_ids
-from sgm_jax.kv_cache import forget_last
 from sgm_jax.models.causal_lm import prepared_logits
 from sgm_jax.sites import site_refs
 
@@ -137,7 +136,7 @@ def test_forgetting_the_last_tokens_equals_never_feeding_them(organism):
     cache = model.init_cache(1, 12)
     _, cache = model.forward_with_cache(ids, cache, last_only=True)
     _, fed = model.forward_with_cache(jnp.asarray([[20, 21]], jnp.int32), cache, last_only=True)
-    after, _ = model.forward_with_cache(jnp.asarray([[22]]), forget_last(fed, jnp.asarray([2])), last_only=True)
+    after, _ = model.forward_with_cache(jnp.asarray([[22]]), fed.forget_last(jnp.asarray([2])), last_only=True)
     direct, _ = model.forward_with_cache(jnp.asarray([[22]]), cache, last_only=True)
     np.testing.assert_allclose(np.asarray(after), np.asarray(direct), atol=1e-5)
 

@@ -34,7 +34,6 @@ from sgm_jax.defenses.refusal_tokens import RefusalVocabulary, refusal_vocabular
 from sgm_jax.defenses.verdicts import VerdictSource
 from sgm_jax.errors import InputError, OptionError
 from sgm_jax.generate import next_token, special_ids
-from sgm_jax.kv_cache import first_rows, forget_last
 from sgm_jax.lengths import check_lengths
 from sgm_jax.models.compiled import compiled
 
@@ -47,7 +46,10 @@ SAFE_TOKENS = 256
 
 @dataclasses.dataclass(frozen=True)
 class SafeCoDe(Defense):
-    """The decoder's settings, defaults from the official code (`safecode/main.py`, docs/REPRODUCE.md)."""
+    """The decoder's settings, defaults from the official code (`safecode/main.py`, docs/REPRODUCE.md).
+
+    It samples with its own settings (as the official code does); an evaluation's temperature does not change
+    them, while its `max_new_tokens` bounds every answer. Set the temperatures to 0 for a greedy SafeCoDe."""
 
     verdicts: VerdictSource
     alpha: float = 0.3
@@ -348,7 +350,7 @@ def _decode(model, input_ids, attention_mask, images, tables, unsafe, eos, pad, 
         finished = writes & (is_eos(tok) | ((phase == 1) & (n_out >= limit)) | (n_out >= buffer))
         phase = jnp.where(finished, 2, phase)
         forget = jnp.where(drop, t - kept, 0)
-        cache = forget_last(s["cache"], jnp.concatenate([forget, forget]))
+        cache = s["cache"].forget_last(jnp.concatenate([forget, forget]))
         feed = jnp.where(writes, tok, pad)
         logits, cache = model.forward_with_cache(jnp.concatenate([feed, feed])[:, None], cache, last_only=True)
         return {
@@ -381,7 +383,7 @@ def _decode(model, input_ids, attention_mask, images, tables, unsafe, eos, pad, 
 
     carry = (
         state["t"],
-        first_rows(state["cache"], b),
+        state["cache"].first_rows(b),
         state["real"],
         state["out"],
         state["n_out"],

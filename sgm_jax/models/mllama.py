@@ -487,6 +487,19 @@ class MllamaCache:
     cross_bias: jax.Array  # [batch, 1, vision tokens]
     cross_row: jax.Array  # [batch, 1]
 
+    def first_rows(self, n: int) -> MllamaCache:
+        cross = {
+            "cross_keys": tuple(k[:n] for k in self.cross_keys),
+            "cross_values": tuple(v[:n] for v in self.cross_values),
+            "cross_bias": self.cross_bias[:n],
+            "cross_row": self.cross_row[:n],
+        }
+        return MllamaCache(self_attention=self.self_attention.first_rows(n), **cross)
+
+    def forget_last(self, count: jax.Array) -> MllamaCache:
+        """The self-attention cache forgets; the cross-attention state is the prompt's, untouched."""
+        return dataclasses.replace(self, self_attention=self.self_attention.forget_last(count))
+
 
 class MllamaTextModel(LlamaModel):
     """Llama-3's decoder with cross-attention layers at `cross_attention_layers`; `vocab + 8` embedding rows."""
