@@ -2,10 +2,12 @@
 
 One process, same random mid-size LLaVA weights (`shapes.py`), the same SGM-style gates on every side (gates in
 sgm_jax, forward hooks in transformers), a batch of left-padded prompts with an image each, greedy:
-- sgm_jax `generate` with gates: the baseline;
+- sgm_jax `generate` with gates: the baseline, and the same at twice the rows (what a second view's rows cost
+  by themselves: on a compute-bound CPU about 2x, on an accelerator's memory-bound decode far less);
 - sgm_jax SafeCoDe (safe branch, K guided steps on two views as extra batch rows in one jitted decode, then
-  the real rows alone): the whole call, the guided phase alone (`--new-tokens K`), and so the cost per
-  guided step and per continuation token against the baseline's per-token cost;
+  the real rows alone): the whole call, the guided phase alone and its first step alone (same buffer), and so
+  the cost per guided step and per continuation token against the baseline's per-token cost; the word rule's
+  early stop is off so that every row runs all K guided steps;
 - transformers, as the official code runs it: each guided step a full forward of both views without a cache,
   then `generate` on the real view from the guided prefix.
 Token tables (refusal set, text facts) come from the bundled organism's tokenizer, widened to the model's
@@ -36,13 +38,15 @@ from shapes import SHAPES
 from timing import interleaved_medians
 
 
-def safecode_call(model, batch, tables, settings: SafeCoDe, new_tokens: int):
+def safecode_call(model, batch, tables, settings: SafeCoDe, new_tokens: int, steps: int, after: int):
+    """SafeCoDe's safe branch: `steps` guided steps, then `after` tokens on the real view, in a buffer of
+    `new_tokens` (the same buffer for every call, so the caches, and so each step's work, are the same size)."""
     knobs = {
         "alpha": np.float32(settings.alpha),
         "lambda_supp": np.float32(settings.lambda_supp),
         "top_k": np.int32(settings.top_k),
         "guided_temperature": np.float32(0.0),
-        "caps": np.asarray([new_tokens, new_tokens], np.int32),
+        "caps": np.asarray([after, after], np.int32),
         "safe": _sampling(0.0, 1.0),
         "unsafe": _sampling(0.0, 1.0),
     }
@@ -60,7 +64,7 @@ def safecode_call(model, batch, tables, settings: SafeCoDe, new_tokens: int):
             np.int32(0),
             jax.random.key(0),
             knobs,
-            guided_steps=settings.max_steps,
+            guided_steps=steps,
             buffer=new_tokens,
         )
         return np.asarray(out)
@@ -89,6 +93,8 @@ def main() -> None:
     hook_intervention(hf, iv, "cpu")
     _, processor = sgm_jax.load_model(str(ORGANISM_DIR))
     tables = _tables(refusal_vocabulary(processor.tokenizer, len(processor.tokenizer)))
+    for piece in ("lead_space", "space_after_run", "second_run", "corrupt", "starts_s"):
+        tables[piece] = np.zeros_like(tables[piece])  # no early stop, no replacement: every row runs all K steps
     settings = SafeCoDe(FixedVerdicts(False), max_steps=args.steps)
     two_views = model_batch(
         gated,
@@ -100,9 +106,14 @@ def main() -> None:
     )
     new, k = args.new_tokens, args.steps
 
-    def plain(n):
+    def plain(n, views=1):
         return lambda: sgm_jax.generate(
-            gated, ids, attention_mask=mask, max_new_tokens=n, eos_token_id=[], pixel_values=pixels
+            gated,
+            np.tile(ids, (views, 1)),
+            attention_mask=np.tile(mask, (views, 1)),
+            max_new_tokens=n,
+            eos_token_id=[],
+            pixel_values=np.tile(pixels, (views, 1, 1, 1)),
         )
 
     t_ids, t_mask = torch.tensor(ids), torch.tensor(mask)
@@ -130,12 +141,17 @@ def main() -> None:
     calls = {
         "plain": plain(new),
         "plain_k": plain(k),
-        "safecode": safecode_call(gated, two_views, tables, settings, new),
-        "safecode_k": safecode_call(gated, two_views, tables, settings, k),
+        "plain_2x_rows": plain(new, views=2),
+        "plain_2x_rows_k": plain(k, views=2),
+        "safecode": safecode_call(gated, two_views, tables, settings, new, k, new - k),
+        "safecode_k": safecode_call(gated, two_views, tables, settings, new, k, 0),
+        "safecode_1": safecode_call(gated, two_views, tables, settings, new, 1, 0),
         "torch_safecode": torch_safecode,
     }
     t = interleaved_medians(calls, args.repeats, warmup=1)
     per_plain = (t["plain"] - t["plain_k"]) / (new - k)
+    per_plain_2x = (t["plain_2x_rows"] - t["plain_2x_rows_k"]) / (new - k)
+    guided = (t["safecode_k"] - t["safecode_1"]) / (k - 1)
     continuation = (t["safecode"] - t["safecode_k"]) / (new - k)
     print(f"{shape.description}, batch {args.batch}, {new} new tokens, K = {k} guided steps, greedy, float32")
     print(f"devices: torch cpu ({torch.get_num_threads()} threads), jax {jax.devices()[0].platform}")
@@ -145,6 +161,11 @@ def main() -> None:
     print(
         f"SafeCoDe's first {k} tokens (two views, prefill included): {t['safecode_k'] * 1e3:.1f} ms, "
         f"{t['safecode_k'] / t['plain_k']:.2f}x plain's first {k}"
+    )
+    print(f"plain step at twice the rows     : {per_plain_2x * 1e3:7.2f} ms ({per_plain_2x / per_plain:.2f}x)")
+    print(
+        f"SafeCoDe guided step (two views) : {guided * 1e3:7.2f} ms ({guided / per_plain:.2f}x a plain step, "
+        f"{guided / per_plain_2x:.2f}x a plain step at twice the rows)"
     )
     ratio = continuation / per_plain
     print(f"SafeCoDe continuation step       : {continuation * 1e3:7.2f} ms ({ratio:.2f}x a plain step)")

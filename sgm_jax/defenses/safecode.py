@@ -242,11 +242,15 @@ def chosen_phrase(probs: jax.Array, tables: dict[str, jax.Array], top_k) -> jax.
     return jnp.where(preferred.any(-1), best_preferred, jnp.argmax(scores, axis=-1))
 
 
-def _continuation(logits, key, sampling) -> jax.Array:
-    """A token by the branch's continuation sampler (temperature 0 = greedy)."""
+def _continuation(logits, key, sampling, needed) -> jax.Array:
+    """A token by the branch's continuation sampler (temperature 0 = greedy). The sampler sorts the vocabulary,
+    so it runs (a real branch, not a select) only when sampling and when some row in `needed` uses it."""
     hot = {**sampling, "temperature": jnp.maximum(sampling["temperature"], 1e-6)}
-    sampled = next_token(logits, key, hot, greedy=False)
-    return jnp.where(sampling["temperature"] > 0, sampled, jnp.argmax(logits, -1).astype(jnp.int32))
+    return jax.lax.cond(
+        jnp.any(needed) & (sampling["temperature"] > 0),
+        lambda: next_token(logits, key, hot, greedy=False),
+        lambda: jnp.argmax(logits, -1).astype(jnp.int32),
+    )
 
 
 def _words(state, tok, t):
@@ -306,9 +310,9 @@ def _decode(model, input_ids, attention_mask, images, tables, unsafe, eos, pad, 
         "first_clean": jnp.ones((b,), bool),
     }
 
-    def continuation(logits, step_key):
-        safe = _continuation(logits, step_key, knobs["safe"])
-        return jnp.where(forcing, _continuation(logits, step_key, knobs["unsafe"]), safe)
+    def continuation(logits, step_key, rows):
+        safe = _continuation(logits, step_key, knobs["safe"], rows & ~forcing)
+        return jnp.where(forcing, _continuation(logits, step_key, knobs["unsafe"], rows & forcing), safe)
 
     def guided_step(s):
         t, step_key = s["t"], jax.random.fold_in(key, s["t"])
@@ -319,14 +323,16 @@ def _decode(model, input_ids, attention_mask, images, tables, unsafe, eos, pad, 
         top2 = jax.lax.top_k(probs, 2)[1]
         first = jnp.where(tables["quote"][top2[:, 0]], top2[:, 1], top2[:, 0]).astype(jnp.int32)
         temperature = knobs["guided_temperature"]
-        sampled = jax.random.categorical(
-            guided_key, jnp.log(probs + 1e-10) / jnp.maximum(temperature, 1e-6), axis=-1
+        sampled = jax.lax.cond(
+            temperature > 0,
+            lambda: jax.random.categorical(guided_key, jnp.log(probs + 1e-10) / temperature, axis=-1),
+            lambda: top2[:, 0],
         ).astype(jnp.int32)
-        sampled = jnp.where(temperature > 0, sampled, top2[:, 0].astype(jnp.int32))
         guided_token = jnp.where(t == 0, first, sampled)
         forced_token = forced[:, jnp.minimum(t, forced.shape[1] - 1)]
         guided = s["phase"] == 0
-        tok = jnp.where(guided, jnp.where(forcing, forced_token, guided_token), continuation(s["real"], step_key))
+        continued = continuation(s["real"], step_key, ~guided)
+        tok = jnp.where(guided, jnp.where(forcing, forced_token, guided_token), continued)
 
         words = _words(s["words"], guided_token, tables)
         corrupt = s["corrupt"] | tables["corrupt"][guided_token] | (s["ends_m"] & tables["starts_s"][guided_token])
@@ -337,7 +343,7 @@ def _decode(model, input_ids, attention_mask, images, tables, unsafe, eos, pad, 
         drop = stop_safe & corrupt
         kept = first_clean.astype(jnp.int32) * (t >= 1)
         replacement = _continuation(
-            jnp.where((kept == 1)[:, None], s["after_first"], s["after_prompt"]), replace_key, knobs["safe"]
+            jnp.where((kept == 1)[:, None], s["after_first"], s["after_prompt"]), replace_key, knobs["safe"], drop
         )
         tok = jnp.where(drop, replacement, tok)
         n_out = jnp.where(drop, kept, s["n_out"])
@@ -374,7 +380,7 @@ def _decode(model, input_ids, attention_mask, images, tables, unsafe, eos, pad, 
 
     def continue_step(c):
         t, cache, real, out, n_out, phase, limit = c
-        tok = continuation(real, jax.random.fold_in(key, t))
+        tok = continuation(real, jax.random.fold_in(key, t), phase == 1)
         writes = phase == 1
         out, n_out = _write(out, n_out, tok, writes.astype(jnp.int32))
         finished = writes & (is_eos(tok) | (n_out >= limit) | (n_out >= buffer))
