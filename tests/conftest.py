@@ -12,8 +12,8 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
-    """Drop each test module's compiled programs after it: XLA maps memory for every executable, and a whole
-    suite's worth in one process approaches the kernel's limit on mappings (vm.max_map_count, 65530 here),
-    where a compile crashes."""
+    """Drop each test module's compiled programs after it: with a whole suite's worth kept in one process, an
+    XLA compile crashed (segfault) about 70% through; released per module, the process stays small and the
+    suite passes."""
     yield
     jax.clear_caches()
