@@ -16,13 +16,32 @@ from safetensors import SafetensorError, safe_open
 from sgm_jax.errors import MissingFileError
 
 SCORES, INTERVENTION, RESPONSES = "scores", "intervention", "responses"
+DICTIONARY, SAE, ANNOTATION, TOKENS = "dictionary", "sae", "annotation", "tokens"
 KIND_KEY = "sgm_jax.kind"
 
-NOUNS = {SCORES: "scores file", INTERVENTION: "intervention file", RESPONSES: "response store"}
+NOUNS = {
+    SCORES: "scores file",
+    INTERVENTION: "intervention file",
+    RESPONSES: "response store",
+    DICTIONARY: "concept dictionary",
+    SAE: "sparse autoencoder file",
+    ANNOTATION: "atom annotation",
+    TOKENS: "token activation store",
+}
 _DESCRIPTIONS = {
     SCORES: "an sgm_jax scores file (AUROC per neuron)",
     INTERVENTION: "an sgm_jax intervention file (alpha per neuron)",
     RESPONSES: "an sgm_jax response store (pooled activations per sample)",
+    DICTIONARY: "an sgm_jax concept dictionary (one atom per concept)",
+    SAE: "an sgm_jax sparse autoencoder",
+    ANNOTATION: "an sgm_jax atom annotation (labels of an SAE's atoms)",
+    TOKENS: "an sgm_jax token activation store (activations per token)",
+}
+_HINTS = {
+    DICTIONARY: "build one with `sgm-jax dictionary`",
+    SAE: "train one with `sgm-jax sae train`",
+    ANNOTATION: "make one with `sgm-jax sae annotate`",
+    TOKENS: "`sgm-jax sae train` collects one with --data",
 }
 # Header keys of files written before KIND_KEY, most specific first.
 _LEGACY_KEYS = (("sgm_jax.intervention", INTERVENTION), ("sgm_jax", SCORES))
@@ -48,6 +67,8 @@ def _identify(path: str) -> tuple[str | None, str]:
             return None, "a directory whose manifest.json is not a JSON object"
         if data.get("kind") == RESPONSES or str(data.get("format", "")).startswith(_LEGACY_STORE_FORMAT):
             return RESPONSES, _DESCRIPTIONS[RESPONSES]
+        if data.get("kind") == TOKENS:
+            return TOKENS, _DESCRIPTIONS[TOKENS]
         return None, f"a directory whose manifest.json has format {data.get('format')!r}"
     try:
         with safe_open(path, "numpy") as f:
@@ -61,12 +82,14 @@ def _identify(path: str) -> tuple[str | None, str]:
 
 
 def file_kind(path: str) -> str | None:
-    """SCORES, INTERVENTION or RESPONSES for an sgm_jax artifact at `path`, None for anything else."""
+    """The kind of sgm_jax artifact at `path` (SCORES, INTERVENTION, RESPONSES, DICTIONARY, ...), None for others."""
     return _identify(path)[0]
 
 
 def _hint(path: str, found: str | None, wanted: str) -> str:
     quoted = shlex.quote(path)
+    if wanted in _HINTS:
+        return _HINTS[wanted]
     if wanted == INTERVENTION:
         return (
             f"build one with `sgm-jax intervention --scores {quoted}`"

@@ -188,3 +188,28 @@ def collect_responses(
     if not chunks:
         raise InputError("collect_responses got no batches")
     return {ref.name: np.concatenate([c[ref.name] for c in chunks]) for ref in spec.refs}
+
+
+def token_responses(model: nnx.Module, inputs: Mapping[str, jax.Array], refs: tuple[SiteRef, ...]):
+    """Traceable: the activations `{site: [batch, seq, width]}` of token-domain sites at every position."""
+    _record(model, refs)
+    images = {name: value for name, value in inputs.items() if name not in (*TOKEN_KEYS, "image_rows")}
+    _, sown = nnx.capture(model.forward, nnx.Intermediate)(
+        inputs["input_ids"], attention_mask=inputs["attention_mask"], **images
+    )
+    sown = {tuple(path): value.get_value()[0] for path, value in nnx.to_flat_state(sown)}
+    return {ref.name: sown[ref.path + (ref.end,)].astype(jnp.float32) for ref in refs}
+
+
+_token_compiled = compiled(token_responses, static_argnames=("refs",))
+
+
+def token_batch(model: CausalLM, batch: Mapping[str, Any], refs: tuple[SiteRef, ...]) -> dict[str, np.ndarray]:
+    """One batch's activations at every real token, `{site: [tokens, width]}` (rows in order, padding dropped)."""
+    image_refs = [ref.name for ref in refs if ref.image_domain]
+    if image_refs:
+        raise InputError(f"sites {image_refs[:3]} see images, not tokens: per-token capture reads decoder sites")
+    prepared = model_batch(model, batch)
+    out = _token_compiled(model, prepared, refs=refs)
+    valid = np.asarray(prepared["attention_mask"]) > 0
+    return {name: np.asarray(value)[valid] for name, value in out.items()}

@@ -207,7 +207,22 @@ def _defense_options(args):
         for field in ("alpha", "max_steps", "top_k", "lambda_supp", "noise_std", "unsafe_tokens", "safe_tokens")
         if getattr(args, f"safecode_{field}") is not None
     }
-    options = DefenseOptions(prober=args.prober, verdicts=args.safecode_verdicts, safecode=safecode)
+    mop = {
+        field: getattr(args, f"mop_{field}")
+        for field in ("lam", "tau", "iters", "screen", "gamma")
+        if getattr(args, f"mop_{field}") is not None
+    }
+    options = DefenseOptions(
+        prober=args.prober,
+        verdicts=args.safecode_verdicts,
+        safecode=safecode,
+        dictionary=args.dictionary,
+        mop=mop,
+        sae=args.sae,
+        annotation=args.annotation,
+        daco_gamma=args.daco_gamma,
+        daco_eta=args.daco_eta,
+    )
     if args.shield_text is not None:
         options.shield_text = args.shield_text
     options.adashield_position = args.adashield_position
@@ -437,6 +452,20 @@ def _defense_arguments(p) -> None:
         default="after",
         help="where AdaShield-S's defense prompt goes in the user's text (default: after)",
     )
+    g.add_argument("--dictionary", metavar="FILE", help="MOP's concept dictionary (sgm-jax dictionary)")
+    g.add_argument("--mop-lam", type=real(0), help="MOP's elastic-net strength lam (default: 0.05, PaCE's)")
+    g.add_argument("--mop-tau", type=real(0, 1), help="MOP's L1 share tau, strictly inside (0, 1) (default: 0.95)")
+    g.add_argument("--mop-iters", type=whole(1), help="MOP's FISTA iterations per token (default: 60)")
+    g.add_argument(
+        "--mop-screen",
+        type=whole(0),
+        help="code over each token's top-M atoms plus the labelled ones (default: 0, all)",
+    )
+    g.add_argument("--mop-gamma", type=real(0), help="MOP's promotion of desirable atoms, times ||x|| (default: 0)")
+    g.add_argument("--sae", metavar="FILE", help="DACO's SAE (sgm-jax sae train)")
+    g.add_argument("--annotation", metavar="FILE", help="DACO's atom labels (sgm-jax sae annotate)")
+    g.add_argument("--daco-gamma", type=real(0), default=0.0, help="DACO's desirable-atom activation (default: 0)")
+    g.add_argument("--daco-eta", type=real(0, 2), help="relabel the annotation's atoms at this eta (default: its own)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -642,6 +671,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _output_options(p, "output directory (default: ./sgm_demo)", "no progress bars", default="sgm_demo")
     p.set_defaults(func=cmd_demo)
+
+    from sgm_jax import cli_steering
+
+    cli_steering.add_commands(sub, _model_options, _image_file_options, _load)
     return parser
 
 

@@ -56,6 +56,12 @@ def fold_gates(model: nnx.Module) -> nnx.Module:
     nodes = {tuple(path): node for path, node in nnx.iter_graph(folded) if isinstance(node, nnx.Module)}
     tied = getattr(folded, "lm_head", True) is None
     plan, refused = [], []
+    edited = [".".join(map(str, p)) for p, n in nodes.items() if isinstance(n, Site) and n.edit is not None]
+    if edited:
+        raise NotFoldableError(
+            f"these sites carry steering edits (MOP, DACO), a function of each token's state that no weight "
+            f"can hold: {edited}; export the model without them"
+        )
     for path, node in nodes.items():
         if not isinstance(node, Site):
             continue

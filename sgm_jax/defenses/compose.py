@@ -27,6 +27,13 @@ def by_stage(defenses: Sequence[Defense]) -> dict[str, list[Defense]]:
     return stages
 
 
+def steered(model, defenses: Sequence[Defense]):
+    """`model` with the steering defenses' edits on it (itself when there are none)."""
+    for defense in by_stage(defenses)["steer"]:
+        model = defense.apply(model)
+    return model
+
+
 def answer_batch(
     base,
     model,
@@ -39,8 +46,11 @@ def answer_batch(
     seed: int = 0,
 ) -> list[str]:
     """Answers of one batch: `base` is the model without the intervention, `model` the one with it (the same
-    object when there is none)."""
+    object when there is none); the steering defenses edit `model`."""
     stages = by_stage(defenses)
+    if stages["route"] and model is base:
+        raise OptionError(f"the {stages['route'][0].name} routes rows to an intervention, but none is given")
+    model = steered(model, defenses)
     options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
 
     size = len(samples)  # subsets (routed or flagged rows) run padded to the batch's size: its compiled shapes
@@ -60,8 +70,6 @@ def answer_batch(
     samples = list(samples)
     if not stages["route"]:
         return run(model, samples)
-    if model is base:
-        raise OptionError(f"the {stages['route'][0].name} routes rows to an intervention, but none is given")
     flags = np.asarray(stages["route"][0].flags(base, processor, samples), bool)
     answers: list[str] = [""] * len(samples)
     for use, target in ((flags, model), (~flags, base)):

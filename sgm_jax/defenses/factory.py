@@ -5,14 +5,19 @@ from __future__ import annotations
 import dataclasses
 
 from sgm_jax.defenses.base import Defense
+from sgm_jax.defenses.daco import DACO, MOP
 from sgm_jax.defenses.ecso import ECSO
 from sgm_jax.defenses.prober import ProberGate, load_prober
 from sgm_jax.defenses.safecode import SafeCoDe
 from sgm_jax.defenses.shields import ADASHIELD_PROMPT, SAFETY_SYSTEM_PROMPT, AdaShieldS, SystemPromptShield
 from sgm_jax.defenses.verdicts import EndpointVerdicts, FixedVerdicts, ProbeVerdicts, SelfVerdicts, VerdictSource
 from sgm_jax.errors import OptionError
+from sgm_jax.steering.annotate import load_annotation
+from sgm_jax.steering.dictionary import load_dictionary
+from sgm_jax.steering.sae import load_sae
+from sgm_jax.steering.sparse_coding import SparseCodingSettings
 
-DEFENSES = ("safecode", "shield", "adashield", "ecso", "prober-gate")
+DEFENSES = ("safecode", "shield", "adashield", "ecso", "prober-gate", "mop", "daco")
 VERDICTS = ("probe", "self", "endpoint", "unsafe", "safe")
 
 
@@ -28,6 +33,12 @@ class DefenseOptions:
     adashield_position: str = "after"
     ecso_check_tokens: int = 4
     ecso_caption_tokens: int = 32
+    dictionary: str | None = None  # MOP's concept dictionary file
+    mop: dict = dataclasses.field(default_factory=dict)  # SparseCodingSettings fields (lam, tau, ...)
+    sae: str | None = None  # DACO's SAE file
+    annotation: str | None = None  # DACO's annotation file
+    daco_gamma: float = 0.0
+    daco_eta: float | None = None  # relabel the annotation at this threshold
     _loaded: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def loaded_prober(self):
@@ -61,6 +72,20 @@ def make_defense(name: str, options: DefenseOptions) -> Defense:
         return AdaShieldS(options.adashield_text, options.adashield_position)
     if name == "ecso":
         return ECSO(options.ecso_check_tokens, options.ecso_caption_tokens)
+    if name == "mop":
+        if options.dictionary is None:
+            raise OptionError("MOP needs --dictionary FILE (made by `sgm-jax dictionary`)")
+        return MOP(load_dictionary(options.dictionary), SparseCodingSettings(**options.mop))
+    if name == "daco":
+        if options.sae is None or options.annotation is None:
+            raise OptionError(
+                "DACO needs --sae FILE and --annotation FILE (made by `sgm-jax sae train` and `sgm-jax sae annotate`)"
+            )
+        sae = load_sae(options.sae)
+        annotation = load_annotation(options.annotation, sae=sae)
+        if options.daco_eta is not None:
+            annotation = annotation.with_eta(options.daco_eta)
+        return DACO(sae, annotation, gamma=options.daco_gamma)
     if name == "prober-gate":
         if options.prober is None:
             raise OptionError("the prober gate needs --prober FILE (made by `sgm-jax prober`)")

@@ -22,14 +22,11 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, safe_open
 
 from sgm_jax.atomic import atomic_write
-from sgm_jax.batching import collate, model_batch, pad_token_id, plan_batches
-from sgm_jax.capture import CaptureSpec, pooled_batch
-from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import DatasetError, Sample
 from sgm_jax.defenses.base import Defense
 from sgm_jax.errors import InputError, MissingFileError
+from sgm_jax.features import prompt_features
 from sgm_jax.fingerprint import model_fingerprint
-from sgm_jax.sites import SiteError, nearest, resolve, site_refs
 
 FORMAT = "sgm_jax.prober/1"
 
@@ -99,23 +96,6 @@ def load_prober(path: str) -> Prober:
         threshold=float(header["threshold"]),
         metadata=json.loads(header["metadata"]),
     )
-
-
-def prompt_features(
-    model, processor, samples: Sequence[Sample], site: str, pooling: str, *, batch_size: int = 16
-) -> np.ndarray:
-    """`[n, width]` pooled activations at `site` over each sample's prompt (its response dropped)."""
-    refs = site_refs(model)
-    if site not in refs:
-        raise SiteError(f"prober site {site!r} is not a site of this model; nearest: {nearest(site, refs)}")
-    spec = CaptureSpec(tuple(resolve(model, [site])), pooling, "all")
-    encoded = [encode(dataclasses.replace(s, response=None), processor) for s in samples]
-    pad = pad_token_id(processor)
-    out = np.zeros((len(samples), refs[site].width), np.float32)
-    for rows in plan_batches([len(e["input_ids"]) for e in encoded], batch_size):
-        batch = model_batch(model, collate([encoded[i] for i in rows], pad), pad)
-        out[rows] = pooled_batch(model, batch, spec)[site]
-    return out
 
 
 def train_prober(

@@ -25,6 +25,7 @@ from sgm_jax.atomic import write_json
 from sgm_jax.convert import CheckpointError
 from sgm_jax.data.samples import DatasetError, Sample
 from sgm_jax.defenses import Defense, by_stage
+from sgm_jax.defenses.compose import steered
 from sgm_jax.evaluate.answers import answer_seconds, generate_answers
 from sgm_jax.evaluate.judges import Judge, is_refusal
 from sgm_jax.evaluate.likelihood import response_scores, text_scores
@@ -111,29 +112,32 @@ def measure(
             {"id": s.id, "prompt": s.prompt, "answer": answers[s.id], "harmful": v.harmful, "judge": v.detail}
             for s, v in list(zip(harmful, verdicts))[:5]
         ]
+    stages = by_stage(defenses)
+    steering = json.dumps([d.describe() for d in stages["steer"]])
     if choice:
-        stages = by_stage(defenses)
-        key = ("mcq", id(model), json.dumps([d.describe() for d in stages["route"] + stages["prompt"]]))
+        key = ("mcq", id(model), steering, json.dumps([d.describe() for d in stages["route"] + stages["prompt"]]))
         if key not in memo:
             memo[key] = _mcq(model, base, processor, choice, defenses, opts)
         metrics["mcq_accuracy"] = memo[key]
     if neutral:
-        key = ("perplexity", id(model))
+        key = ("perplexity", id(model), steering)
         if key not in memo:
             tokenizer = getattr(processor, "tokenizer", processor)
-            memo[key] = text_scores(model, tokenizer, neutral, batch_size=opts.batch_size).perplexity
+            memo[key] = text_scores(steered(model, defenses), tokenizer, neutral, batch_size=opts.batch_size).perplexity
         metrics["perplexity"] = memo[key]
     return metrics
 
 
 def _mcq(model, base, processor, samples: Sequence[Sample], defenses: Sequence[Defense], opts: EvalOptions) -> float:
-    """Option log-likelihood accuracy with the prompt shields applied and the prober gate's routing; decoding
-    and outer-loop defenses do not change a likelihood, so they leave it as the model's."""
+    """Option log-likelihood accuracy with the steering, the prompt shields and the prober gate's routing;
+    decoding and outer-loop defenses do not change a likelihood, so they leave it as the model's."""
     stages = by_stage(defenses)
+    routed = stages["route"] and model is not base
+    model = steered(model, defenses)
     for shield in stages["prompt"]:
         samples = [shield.transform(s, processor) for s in samples]
     groups = [(model, list(samples))]
-    if stages["route"] and model is not base:
+    if routed:
         flags = np.asarray(stages["route"][0].flags(base, processor, samples), bool)
         groups = [
             (model, [s for s, f in zip(samples, flags) if f]),

@@ -1,7 +1,9 @@
 """Neuron sites: modules whose output (and input, the `:in` site) can be gated and recorded by their HF name.
 
 A site module runs `forward` between two optional per-neuron gates (`Gate`
-variables, multiplied into its input and output) and, only when a capture
+variables, multiplied into its input and output), then an optional edit of its
+output (`edit`, a module whose arrays are `Steering` variables: a concept
+dictionary, an SAE), and, only when a capture
 configuration asks for it, sows what it saw and gave as `nnx.Intermediate` for
 `nnx.capture` to collect. The capture request lives in a static attribute
 (`record`) and gates are absent until set, so a plain model traces exactly as
@@ -23,6 +25,10 @@ GATE_ATTRS = {OUT: "gate_out", IN: "gate_in"}
 
 class Gate(nnx.Variable):
     """Per-neuron multipliers of a site (float32 `[width]`); its own type, so gates split apart from `nnx.Param`."""
+
+
+class Steering(nnx.Variable):
+    """Arrays of an edit of a site's output (atoms, an SAE's weights, atom labels); apart from weights and gates."""
 
 
 Fold = Callable[[np.ndarray], None]
@@ -58,6 +64,8 @@ class Site(nnx.Module):
     record: frozenset[str] = frozenset()
     gate_in: Gate | None = None
     gate_out: Gate | None = None
+    edit: nnx.Module | None = None
+    """`h -> f(h)` on the (gated) output at every position: a pure function of its own state (see steering/)."""
     output_linear: ClassVar[str | None] = None
     input_linears: ClassVar[tuple[str, ...]] = ()
     activation_feeds: ClassVar[str | None] = None
@@ -81,6 +89,8 @@ class Site(nnx.Module):
         if IN in self.record:
             self.sow(nnx.Intermediate, IN, x if gate_in is None else x * gate_in.astype(x.dtype))
         y = self.gated_forward(x, gate_in, gate_out, *args, **kwargs)
+        if self.edit is not None:
+            y = self.edit(y)
         if OUT in self.record:
             self.sow(nnx.Intermediate, OUT, y)
         return y

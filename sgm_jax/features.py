@@ -1,0 +1,40 @@
+"""Pooled activations at one site over samples' prompts: what a prober and a concept dictionary read."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from sgm_jax.batching import collate, model_batch, pad_token_id, plan_batches
+from sgm_jax.capture import CaptureSpec, pooled_batch
+from sgm_jax.data.encode import encode
+from sgm_jax.data.samples import Sample
+from sgm_jax.sites import SiteError, nearest, resolve, site_refs
+
+
+def prompt_features(
+    model,
+    processor,
+    samples: Sequence[Sample],
+    site: str,
+    pooling: str,
+    *,
+    tokens: str = "all",
+    batch_size: int = 16,
+    reader: str = "prober",
+) -> np.ndarray:
+    """`[n, width]` pooled activations at `site` over each sample's prompt (its response dropped), rendered with
+    the generation prompt; `reader` names who reads them in an error."""
+    refs = site_refs(model)
+    if site not in refs:
+        raise SiteError(f"{reader} site {site!r} is not a site of this model; nearest: {nearest(site, refs)}")
+    spec = CaptureSpec(tuple(resolve(model, [site])), pooling, tokens)
+    encoded = [encode(dataclasses.replace(s, response=None), processor) for s in samples]
+    pad = pad_token_id(processor)
+    out = np.zeros((len(samples), refs[site].width), np.float32)
+    for rows in plan_batches([len(e["input_ids"]) for e in encoded], batch_size):
+        batch = model_batch(model, collate([encoded[i] for i in rows], pad), pad)
+        out[rows] = pooled_batch(model, batch, spec)[site]
+    return out
