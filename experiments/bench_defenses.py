@@ -33,7 +33,7 @@ from sgm_jax.batching import image_inputs, model_batch
 from sgm_jax.defenses import FixedVerdicts, SafeCoDe
 from sgm_jax.defenses.refusal_tokens import refusal_vocabulary
 from sgm_jax.defenses.safecode import _decode, _sampling, _tables
-from sgm_jax.demo import ORGANISM_DIR
+from sgm_jax.organism_files import ORGANISM_DIR
 from shapes import SHAPES
 from timing import interleaved_medians
 

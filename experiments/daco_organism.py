@@ -1,13 +1,16 @@
 """DACO and MOP on the model organism, beside SGM and SGM+DACO, in one comparison table.
 
 1. The SGM intervention as the demo builds it (pooled MLP responses on the train split, AUROC, AurA).
-2. Concept steering at the organism's middle layer: the concept dictionary read from generated stimuli (the
-   generator's own attributes), per-token activations of the train split and the stimuli, a TopK SAE whose
-   decoder starts from the dictionary, trained with optax (its fraction of variance explained is reported).
-3. `eta` and `gamma` (DACO) and `lam` and `gamma` (MOP) tuned on a validation split drawn with another seed:
-   the lowest harmful rate whose multiple-choice accuracy stays within `--mcq-tolerance` of the unsteered
-   model's (ties to the gentler setting).
-4. `compare` on the test split: none, sgm, mop, daco, sgm+mop, sgm+daco, with harmful rate (95% interval),
+2. Concept steering at each candidate layer's output (`--layers`, default the organism's 2nd, 3rd and 4th
+   blocks): the concept dictionary read from generated stimuli (the generator's own attributes), per-token
+   activations of the train split and the stimuli, a TopK SAE whose decoder starts from the dictionary, trained
+   with optax (its fraction of variance explained is reported).
+3. The layer, `eta` and `gamma` (DACO) and the layer, `lam` and `gamma` (MOP) tuned on a validation split drawn
+   with another seed: the lowest harmful rate whose multiple-choice accuracy stays within `--mcq-tolerance` of
+   the unsteered model's (ties to the gentler setting, earlier in the grid).
+4. For SGM+MOP and SGM+DACO, the dictionary and SAE read again from the SGM-gated model (the model they steer),
+   at the tuned layer with the tuned knobs.
+5. `compare` on the test split: none, sgm, mop, daco, sgm+mop, sgm+daco, with harmful rate (95% interval),
    over-refusal, multiple-choice accuracy, perplexity and tokens/s.
 
 Every step resumes: rerun the same command after an interruption.
@@ -28,12 +31,13 @@ from sgm_jax.collect import collect_to_store
 from sgm_jax.data.readers.native import read_jsonl
 from sgm_jax.data.synthetic import Composition, write_dataset
 from sgm_jax.defenses.daco import DACO, MOP
-from sgm_jax.demo import ORGANISM_DIR, comparison_items, organism_card
+from sgm_jax.demo import comparison_items
 from sgm_jax.evaluate.compare import Configuration, compare, comparison_table
 from sgm_jax.evaluate.judges import LexiconJudge
 from sgm_jax.evaluate.runner import EvalOptions, measure
-from sgm_jax.interventions import aura
+from sgm_jax.interventions import aura, intervene
 from sgm_jax.loading import load_model
+from sgm_jax.organism_files import ORGANISM_DIR, organism_card
 from sgm_jax.scores import score_store, store_metadata
 from sgm_jax.sites import default_sites
 from sgm_jax.steering.annotate import annotate
@@ -43,15 +47,15 @@ from sgm_jax.steering.sparse_coding import SparseCodingSettings
 VALIDATION = Composition(
     train_shape_scenes=1,
     train_word_scenes=1,
-    test_shape_scenes=40,
-    test_word_scenes=30,
+    test_shape_scenes=80,
+    test_word_scenes=60,
     mcq_train=1,
-    mcq_test=60,
+    mcq_test=100,
     neutral_train=1,
     neutral_test=1,
 )
-DACO_GRID = [(eta, gamma) for eta in (0.5, 0.6, 0.7) for gamma in (0.0, 0.5, 1.0)]
-MOP_GRID = [(lam, gamma) for lam in (0.01, 0.002) for gamma in (0.0, 0.1, 0.25)]
+DACO_GRID = [(eta, gamma) for eta in (0.5, 0.6, 0.7) for gamma in (0.0, 0.5)]
+MOP_GRID = [(lam, gamma) for lam in (0.05, 0.01, 0.002) for gamma in (0.0, 0.25)]
 
 
 def tune(model, processor, candidates, validation, judge, out_dir, options, tolerance):
@@ -88,6 +92,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="SAE training steps (default 1500)")
     parser.add_argument("--atoms", type=int, default=256, help="SAE atoms, the dictionary's concepts first (256)")
     parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3],
+        help="decoder layers whose output is a candidate steering site (default 1 2 3)",
+    )
+    parser.add_argument(
         "--mcq-tolerance",
         type=float,
         default=0.05,
@@ -119,21 +130,24 @@ def main() -> None:
     )
     intervention = aura(score_store(store, progress=progress), threshold=0.5, source=store_metadata(store))
 
-    print("concept dictionary and SAE ...")
-    dictionary, sae = organism_steering(
-        model,
-        processor,
-        train,
-        os.path.join(out, "steering"),
-        dataclasses.replace(
-            OrganismSteering(), atoms=args.atoms, train=dataclasses.replace(OrganismSteering().train, steps=args.steps)
-        ),
-        progress=progress,
-    )
-    print(
-        f"  SAE: fraction of variance explained {sae.metadata['fraction_of_variance_explained']:.4f}, "
-        f"dead atoms {sae.metadata['dead_atoms']} of {sae.config.atoms}"
-    )
+    def steering_at(layer, reader, folder):
+        """The concept dictionary and SAE at `layer`'s output, read from `reader` (the model they will steer)."""
+        site = f"model.language_model.layers.{layer}"
+        print(f"concept dictionary and SAE at {site} ({folder}) ...")
+        settings = OrganismSteering(
+            site=site, atoms=args.atoms, train=dataclasses.replace(OrganismSteering().train, steps=args.steps)
+        )
+        built = organism_steering(
+            reader, processor, train, os.path.join(out, "steering", folder), settings, progress=progress
+        )
+        sae = built[1]
+        print(
+            f"  SAE: fraction of variance explained {sae.metadata['fraction_of_variance_explained']:.4f}, "
+            f"dead atoms {sae.metadata['dead_atoms']} of {sae.config.atoms}"
+        )
+        return built
+
+    steering = {layer: steering_at(layer, model, f"layer{layer}") for layer in args.layers}
 
     judge = LexiconJudge(paths["lexicon.txt"])
     options = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=32, progress=False)
@@ -143,31 +157,48 @@ def main() -> None:
     ][::2]
     tuning_dir = os.path.join(out, "tuning")
     os.makedirs(tuning_dir, exist_ok=True)
-    print("tuning DACO (eta, gamma) on the validation split ...")
+    print("tuning DACO (layer, eta, gamma) on the validation split ...")
     daco_candidates = [
         (
-            f"daco-eta{eta}-gamma{gamma}",
+            f"daco-layer{layer}-eta{eta}-gamma{gamma}",
             DACO(sae, annotate(sae, dictionary, eta), gamma=gamma),
-            {"eta": eta, "gamma": gamma},
+            {"layer": layer, "eta": eta, "gamma": gamma},
         )
+        for layer, (dictionary, sae) in steering.items()
         for eta, gamma in DACO_GRID
     ]
     best_daco, daco_tuning = tune(
         model, processor, daco_candidates, validation, judge, tuning_dir, options, args.mcq_tolerance
     )
-    print("tuning MOP (lam, gamma) on the validation split ...")
+    print("tuning MOP (layer, lam, gamma) on the validation split ...")
     mop_candidates = [
         (
-            f"mop-lam{lam}-gamma{gamma}",
+            f"mop-layer{layer}-lam{lam}-gamma{gamma}",
             MOP(dictionary, SparseCodingSettings(lam=lam, gamma=gamma)),
-            {"lam": lam, "gamma": gamma},
+            {"layer": layer, "lam": lam, "gamma": gamma},
         )
+        for layer, (dictionary, _) in steering.items()
         for lam, gamma in MOP_GRID
     ]
     best_mop, mop_tuning = tune(
         model, processor, mop_candidates, validation, judge, tuning_dir, options, args.mcq_tolerance
     )
     daco, mop = daco_candidates[best_daco][1], mop_candidates[best_mop][1]
+    chosen_daco, chosen_mop = daco_candidates[best_daco][2], mop_candidates[best_mop][2]
+    dictionary, sae = steering[chosen_daco["layer"]]
+    # SGM+DACO and SGM+MOP steer the gated model, so their dictionary and SAE are read from it (with the tuned
+    # layer and knobs): activations under SGM's gates are not the plain model's, and an SAE trained on the plain
+    # model's mangles them (measured: answers like "the we a a a a ..." on the validation split).
+    gated = intervene(model, intervention)
+    gated_steering = {
+        layer: steering_at(layer, gated, f"sgm-layer{layer}") for layer in {chosen_daco["layer"], chosen_mop["layer"]}
+    }
+    gated_dictionary, gated_sae = gated_steering[chosen_daco["layer"]]
+    gated_daco = DACO(gated_sae, annotate(gated_sae, gated_dictionary, chosen_daco["eta"]), gamma=chosen_daco["gamma"])
+    gated_mop = MOP(
+        gated_steering[chosen_mop["layer"]][0],
+        SparseCodingSettings(lam=chosen_mop["lam"], gamma=chosen_mop["gamma"]),
+    )
 
     test = read_jsonl(paths["test.jsonl"]) + read_jsonl(paths["mcq_test.jsonl"])
     with open(paths["neutral.txt"], encoding="utf-8") as f:
@@ -177,8 +208,8 @@ def main() -> None:
         Configuration("sgm", True),
         Configuration("mop", False, (mop,)),
         Configuration("daco", False, (daco,)),
-        Configuration("sgm+mop", True, (mop,)),
-        Configuration("sgm+daco", True, (daco,)),
+        Configuration("sgm+mop", True, (gated_mop,)),
+        Configuration("sgm+daco", True, (gated_daco,)),
     ]
     comparison = compare(
         model,
@@ -190,7 +221,7 @@ def main() -> None:
         intervention=intervention,
         neutral_texts=neutral,
         options=options,
-        info={"model": "model organism", "steering_site": dictionary.site},
+        info={"model": "model organism", "daco_site": daco.site, "mop_site": mop.site},
     )
     results = {
         "comparison": comparison["comparison"],
@@ -202,9 +233,20 @@ def main() -> None:
             "desirable": [c for c, p in zip(dictionary.concepts, dictionary.desirable) if p],
         },
         "sae": {k: v for k, v in sae.metadata.items() if k != "history"} | {"config": dataclasses.asdict(sae.config)},
+        "sgm_sae": {
+            "fraction_of_variance_explained": gated_sae.metadata["fraction_of_variance_explained"],
+            "dead_atoms": gated_sae.metadata["dead_atoms"],
+        },
+        "sae_by_layer": {
+            layer: {
+                "fraction_of_variance_explained": s.metadata["fraction_of_variance_explained"],
+                "dead_atoms": s.metadata["dead_atoms"],
+            }
+            for layer, (_, s) in steering.items()
+        },
         "tuning": {
-            "daco": daco_tuning | {"chosen": daco_candidates[best_daco][2]},
-            "mop": mop_tuning | {"chosen": mop_candidates[best_mop][2]},
+            "daco": daco_tuning | {"chosen": chosen_daco},
+            "mop": mop_tuning | {"chosen": chosen_mop},
         },
         "seconds": time.perf_counter() - started,
     }

@@ -38,6 +38,18 @@ def _load(args):
     return model, processor
 
 
+def _load_gated(args):
+    """The model under the --intervention files when given (a reader that must see the model it will steer),
+    else as `_load` gives it."""
+    intervention = _interventions(args)
+    model, processor = _load(args)
+    if intervention is None:
+        return model, processor
+    import sgm_jax
+
+    return sgm_jax.intervene(model, intervention), processor
+
+
 def _interventions(args):
     """The --intervention files, each at --strength, as one intervention (their alphas multiply); None without any.
 
@@ -674,7 +686,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     from sgm_jax import cli_steering
 
-    cli_steering.add_commands(sub, _model_options, _image_file_options, _load)
+    def steered_model_options(p) -> None:
+        _model_options(p)
+        _intervention_options(
+            p,
+            "read the model under this intervention (repeatable; alphas multiply): a dictionary or SAE that will "
+            "steer SGM's gated model (SGM+DACO) is read from that model",
+            "the intervention's strength (default: 1)",
+        )
+
+    cli_steering.add_commands(sub, steered_model_options, _image_file_options, _load_gated)
     return parser
 
 

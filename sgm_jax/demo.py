@@ -12,13 +12,8 @@ on the same test split (`comparison.md`, `comparison.png`, and `comparison` in r
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import os
-import pathlib
-from importlib.resources import as_file, files
-from importlib.resources.abc import Traversable
 from typing import Any
 
 from sgm_jax.atomic import write_json
@@ -26,17 +21,15 @@ from sgm_jax.collect import collect_to_store
 from sgm_jax.data.readers.native import read_jsonl
 from sgm_jax.data.synthetic import Composition, write_dataset
 from sgm_jax.defenses import train_prober
-from sgm_jax.errors import MissingFileError
 from sgm_jax.evaluate.compare import compare, standard_configurations
 from sgm_jax.evaluate.judges import LexiconJudge
 from sgm_jax.evaluate.runner import EvalOptions, evaluate
 from sgm_jax.interventions import aura
 from sgm_jax.loading import load_model
+from sgm_jax.organism_files import ORGANISM_DIR, Folder, organism_card, real_path
 from sgm_jax.scores import save_scores, score_store, store_metadata
 from sgm_jax.sites import default_sites
 
-# The bundled organism, package data of sgm_jax (a plain directory in any ordinary install).
-ORGANISM_DIR: Traversable = files("sgm_jax") / "organism"
 # Where the demo's prober reads the prompt: the MLP output of the organism's third of four decoder layers.
 PROBER_SITE = "model.language_model.layers.2.mlp.down_proj"
 # The demo's SGM* rows (`sgm-jax compare` also runs AdaShield-S, its SGM pair and all together).
@@ -60,22 +53,10 @@ def comparison_items(test: list) -> list:
     return [s for s in test if s.options or s.label == 1] + benign[::3]
 
 
-def organism_card(organism_dir: str | os.PathLike | Traversable = ORGANISM_DIR) -> dict[str, Any]:
-    """The organism's training record (its data's seed and composition, its measured numbers)."""
-    card = _as_traversable(organism_dir) / "metrics.json"
-    if not card.is_file():
-        raise MissingFileError(
-            f"{organism_dir} holds no organism (no metrics.json); sgm_jax ships it as package "
-            f"data in sgm_jax/organism (reinstall sgm_jax if that is missing), or retrain it "
-            f"with experiments/train_organism.py --out DIR and pass that directory"
-        )
-    return json.loads(card.read_text(encoding="utf-8"))
-
-
 def run_demo(
     out_dir: str,
     *,
-    organism_dir: str | os.PathLike | Traversable = ORGANISM_DIR,
+    organism_dir: Folder = ORGANISM_DIR,
     threshold: float = 0.5,
     batch_size: int = 32,
     max_new_tokens: int = 24,
@@ -87,7 +68,7 @@ def run_demo(
     paths = write_dataset(
         os.path.join(out_dir, "data"), seed=data["seed"], composition=Composition(**data["composition"])
     )
-    with _real_path(organism_dir) as organism:
+    with real_path(organism_dir) as organism:
         model, processor = load_model(str(organism))
     train = read_jsonl(paths["train.jsonl"])
     store = collect_to_store(
@@ -153,14 +134,3 @@ def run_demo(
     results["prober"] = prober.describe()
     write_json(os.path.join(out_dir, "results.json"), results)
     return results
-
-
-def _as_traversable(directory: str | os.PathLike | Traversable) -> Traversable:
-    return pathlib.Path(directory) if isinstance(directory, (str, os.PathLike)) else directory
-
-
-def _real_path(directory: str | os.PathLike | Traversable) -> contextlib.AbstractContextManager[pathlib.Path]:
-    """`directory` as a file-system path for the loader (importlib.resources' `as_file` for package data)."""
-    if isinstance(directory, (str, os.PathLike)):
-        return contextlib.nullcontext(pathlib.Path(directory))
-    return as_file(directory)

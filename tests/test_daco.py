@@ -14,7 +14,9 @@ from sgm_jax import cli
 from sgm_jax.data import read_jsonl
 from sgm_jax.data.synthetic import Composition, write_dataset
 from sgm_jax.errors import InputError
+from sgm_jax.fingerprint import model_fingerprint
 from sgm_jax.steering import sae_training
+from sgm_jax.steering.dictionary import load_dictionary
 from sgm_jax.steering.organism_concepts import write_concept_stimuli
 from sgm_jax.steering.sae import SAEConfig, load_sae
 from sgm_jax.steering.sae_training import TrainSettings, train_sae
@@ -121,6 +123,7 @@ def test_daco_on_the_organism_from_the_command_line(organism, stimuli, tmp_path,
     model, _ = organism
     paths = write_dataset(str(tmp_path / "data"), seed=3, composition=DATA)
     dictionary, sae, annotation = (str(tmp_path / f"{n}.safetensors") for n in ("dictionary", "sae", "annotation"))
+    site = "model.language_model.layers.3"  # the organism's concepts steer at its last block (daco_organism.py)
     cli.main(
         [
             "dictionary",
@@ -131,7 +134,7 @@ def test_daco_on_the_organism_from_the_command_line(organism, stimuli, tmp_path,
             "--concepts",
             stimuli["concepts.json"],
             "--site",
-            SITE,
+            site,
             "--out",
             dictionary,
         ]
@@ -163,12 +166,22 @@ def test_daco_on_the_organism_from_the_command_line(organism, stimuli, tmp_path,
         ]
     )
     assert "fraction of variance explained" in capsys.readouterr().out
-    trained = load_sae(sae, site=SITE)
+    trained = load_sae(sae, site=site)
     assert trained.metadata["init"] == "dictionary" and trained.concepts[0] == "shape:circle"
     cli.main(["sae", "annotate", "--sae", sae, "--dictionary", dictionary, "--eta", "0.6", "--out", annotation])
     assert "undesirable" in capsys.readouterr().out
     iv = sgm_jax.Intervention({"model.language_model.layers.2.mlp.down_proj": np.full(128, 0.9, np.float32)})
     iv.save(str(tmp_path / "iv.safetensors"))
+    # A dictionary for SGM+DACO is read from the gated model it will steer.
+    gated_dictionary = str(tmp_path / "gated-dictionary.safetensors")
+    cli.main(
+        ["dictionary", "--model", ORGANISM, "--intervention", str(tmp_path / "iv.safetensors")]
+        + ["--stimuli", stimuli["stimuli.jsonl"], "--concepts", stimuli["concepts.json"]]
+        + ["--site", site, "--out", gated_dictionary]
+    )
+    capsys.readouterr()
+    fingerprint = load_dictionary(gated_dictionary).metadata["model_fingerprint"]
+    assert fingerprint == model_fingerprint(sgm_jax.intervene(model, iv)) != model_fingerprint(model)
     out = str(tmp_path / "compare")
     command = [
         "compare",

@@ -18,8 +18,11 @@ from sgm_jax.steering.sae import SAE, SAEConfig
 from sgm_jax.steering.sae_training import TrainSettings, train_sae
 from sgm_jax.steering.tokens import collect_tokens
 
-# The organism's middle: the output of the second of its four decoder layers.
-ORGANISM_SITE = "model.language_model.layers.1"
+# Where the organism's concepts steer best: the output of the last of its four decoder layers, as measured on a
+# validation split (experiments/daco_organism.py tunes the layer). Projecting the insult and motif directions out
+# of the first three layers' outputs moves the harmful rate little or costs reasoning; out of the last it removes
+# the insults and keeps the answers.
+ORGANISM_SITE = "model.language_model.layers.3"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,45 @@
+"""The bundled model organism: where its files are, its training record, and a file-system path for the loader.
+
+The organism (`sgm_jax/organism`, package data) is what the demo, the organism sweep, the notebooks and the
+experiments run on; this module is the one place that knows where it lives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+from importlib.resources import as_file, files
+from importlib.resources.abc import Traversable
+from typing import Any
+
+from sgm_jax.errors import MissingFileError
+
+# The bundled organism, package data of sgm_jax (a plain directory in any ordinary install).
+ORGANISM_DIR: Traversable = files("sgm_jax") / "organism"
+
+Folder = str | os.PathLike | Traversable
+
+
+def organism_card(organism_dir: Folder = ORGANISM_DIR) -> dict[str, Any]:
+    """The organism's training record (its data's seed and composition, its measured numbers)."""
+    card = _as_traversable(organism_dir) / "metrics.json"
+    if not card.is_file():
+        raise MissingFileError(
+            f"{organism_dir} holds no organism (no metrics.json); sgm_jax ships it as package "
+            f"data in sgm_jax/organism (reinstall sgm_jax if that is missing), or retrain it "
+            f"with experiments/train_organism.py --out DIR and pass that directory"
+        )
+    return json.loads(card.read_text(encoding="utf-8"))
+
+
+def real_path(directory: Folder = ORGANISM_DIR) -> contextlib.AbstractContextManager[pathlib.Path]:
+    """`directory` as a file-system path for the loader (importlib.resources' `as_file` for package data)."""
+    if isinstance(directory, (str, os.PathLike)):
+        return contextlib.nullcontext(pathlib.Path(directory))
+    return as_file(directory)
+
+
+def _as_traversable(directory: Folder) -> Traversable:
+    return pathlib.Path(directory) if isinstance(directory, (str, os.PathLike)) else directory
