@@ -17,6 +17,7 @@ from sgm_jax.errors import MissingFileError
 
 SCORES, INTERVENTION, RESPONSES = "scores", "intervention", "responses"
 DICTIONARY, SAE, ANNOTATION, TOKENS = "dictionary", "sae", "annotation", "tokens"
+EXPERTS = "experts"
 KIND_KEY = "sgm_jax.kind"
 
 NOUNS = {
@@ -27,6 +28,7 @@ NOUNS = {
     SAE: "sparse autoencoder file",
     ANNOTATION: "atom annotation",
     TOKENS: "token activation store",
+    EXPERTS: "expert attribution",
 }
 _DESCRIPTIONS = {
     SCORES: "an sgm_jax scores file (AUROC per neuron)",
@@ -36,12 +38,14 @@ _DESCRIPTIONS = {
     SAE: "an sgm_jax sparse autoencoder",
     ANNOTATION: "an sgm_jax atom annotation (labels of an SAE's atoms)",
     TOKENS: "an sgm_jax token activation store (activations per token)",
+    EXPERTS: "an sgm_jax expert attribution (which modality each expert neuron reads)",
 }
 _HINTS = {
     DICTIONARY: "build one with `sgm-jax dictionary`",
     SAE: "train one with `sgm-jax sae train`",
     ANNOTATION: "make one with `sgm-jax sae annotate`",
     TOKENS: "`sgm-jax sae train` collects one with --data",
+    EXPERTS: "make one with `sgm-jax experts`",
 }
 # Header keys of files written before KIND_KEY, most specific first.
 _LEGACY_KEYS = (("sgm_jax.intervention", INTERVENTION), ("sgm_jax", SCORES))

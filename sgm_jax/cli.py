@@ -696,6 +696,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     cli_steering.add_commands(sub, steered_model_options, _image_file_options, _load_gated)
+
+    from sgm_jax import cli_experts
+
+    cli_experts.add_commands(sub, _model_options, _image_file_options, _load)
     return parser
 
 
