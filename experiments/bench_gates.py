@@ -24,7 +24,7 @@ from flax import nnx
 from transformers import LlavaForConditionalGeneration
 
 import sgm_jax
-from sgm_jax.interventions import Intervention, stacked_gates
+from sgm_jax.interventions import GateStack, Intervention, swept_sites
 from sgm_jax.sites import default_sites, resolve
 from shapes import make_inputs, mid_size_config
 from timing import interleaved_medians
@@ -54,7 +54,8 @@ def main() -> None:
     graphdef_plain, plain_state = nnx.split(model)
     plain_fn = jax.jit(lambda state: forward(nnx.merge(graphdef_plain, state)))
     ivs = [sgm_like(model, seed) for seed in range(args.sweep)]
-    graphdef, gates, rest = stacked_gates(model, ivs)
+    stack = GateStack(model, swept_sites(model, ivs))
+    graphdef, gates, rest = stack.graphdef, stack.state(ivs), stack.rest
     gated_fn = jax.jit(lambda g, r: forward(nnx.merge(graphdef, g, r)))
     one = [jax.tree.map(lambda x, k=k: x[k], gates) for k in range(args.sweep)]
     forward_times = interleaved_medians(
@@ -75,7 +76,7 @@ def main() -> None:
         return forward(m)[:, -1]
 
     sweep_times = interleaved_medians(
-        {"loop": one_by_one, "sweep": lambda: sgm_jax.sweep(model, ivs, last_logits).block_until_ready()},
+        {"loop": one_by_one, "sweep": lambda: sgm_jax.sweep(model, ivs, last_logits)},
         max(3, args.repeats // 4),
     )
     t_plain, t_gated = forward_times["plain"], forward_times["gated"]

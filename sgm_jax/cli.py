@@ -338,14 +338,34 @@ def cmd_demo(args) -> None:
     )
 
 
+def _distributed_options(p) -> None:
+    """One job over several processes (hosts of a TPU pod slice): see `sgm_jax.distributed`."""
+    g = p.add_argument_group("several processes (each takes a share of the work; process 0 writes)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (or SGM_JAX_COORDINATOR)")
+    g.add_argument(
+        "--num-processes", type=whole(1), metavar="N", help="processes in the job (or SGM_JAX_NUM_PROCESSES)"
+    )
+    g.add_argument(
+        "--process-id", type=whole(0), metavar="I", help="this process's index, 0..N-1 (or SGM_JAX_PROCESS_ID)"
+    )
+
+
+def _join(args) -> None:
+    """Join the job the --coordinator options (or the environment, or a TPU pod slice) describe."""
+    if hasattr(args, "coordinator"):
+        from sgm_jax import distributed
+
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
 def _mesh_option(p, help: str) -> None:
     p.add_argument("--mesh", metavar="DATA,FSDP,TENSOR", help=help)
 
 
-def _model_options(p) -> None:
+def _model_options(p, required: bool = True) -> None:
     p.add_argument(
         "--model",
-        required=True,
+        required=required,
         help="a local Hugging Face checkpoint directory, or a hub id already in the local HF cache "
         "(nothing is downloaded)",
     )
@@ -395,6 +415,27 @@ def _output_options(p, out_help: str, quiet_help: str, default: str | None = Non
     """--out (required unless it has a default) and --quiet, for the commands that show progress."""
     p.add_argument("--out", required=default is None, default=default, help=out_help)
     p.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
+def _sweep_data_options(p) -> None:
+    """The data a sweep measures settings on: what evaluate takes, minus the intervention and sampling."""
+    p.add_argument("--data", help="the evaluation set, as evaluate reads it (native JSONL, MM-SafetyBench, ...)")
+    p.add_argument(
+        "--format",
+        choices=["native", "mmsafetybench", "sgm-sheet", "jailbreakv", "mcq"],
+        help="the format of --data (default: detected from the file)",
+    )
+    p.add_argument("--split", help="only the samples of this split (default: all)")
+    p.add_argument("--mcq", help="an extra file of multiple-choice items (options + answer) for reasoning accuracy")
+    p.add_argument("--neutral", help="a text file of neutral sentences, one per line, for perplexity")
+    p.add_argument(
+        "--judge",
+        default="refusal",
+        help="refusal | lexicon:PATH | classifier:DIR | chat | self (default: refusal)",
+    )
+    p.add_argument("--limit", type=whole(1), help="only the first N samples (a quick look)")
+    _image_file_options(p)
+    _image_size_option(p)
 
 
 def _evaluation_arguments(p, intervention_help: str) -> None:
@@ -700,12 +741,24 @@ def build_parser() -> argparse.ArgumentParser:
     from sgm_jax import cli_experts
 
     cli_experts.add_commands(sub, _model_options, _image_file_options, _load)
+
+    from sgm_jax import cli_sweep
+
+    cli_sweep.add_command(
+        sub,
+        lambda p: _model_options(p, required=False),
+        _sweep_data_options,
+        _distributed_options,
+        _load,
+        _load_samples,
+    )
     return parser
 
 
 def run(argv: list[str] | None = None) -> None:
     """Run one command, letting its errors propagate (for Python callers; `main` is the command line's)."""
     args = build_parser().parse_args(argv)
+    _join(args)
     args.func(args)
 
 
@@ -729,6 +782,7 @@ def main(argv: list[str] | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, interrupted)
     try:
+        _join(args)
         args.func(args)
     except KeyboardInterrupt:
         _exit_interrupted(args.command)

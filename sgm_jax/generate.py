@@ -54,6 +54,41 @@ def generate(
     to the tokenizer's when `processor` is given; with no EOS id (or an empty list) every
     row runs the full `max_new_tokens`. The pad id falls back to the first EOS id, then 0.
     """
+    args, static = decode_arguments(
+        model,
+        input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        processor=processor,
+        **images,
+    )
+    tokens, steps = decode(model, *args, **static)
+    return np.asarray(tokens)[:, : int(steps)]
+
+
+def decode_arguments(
+    model: CausalLM,
+    input_ids,
+    *,
+    attention_mask=None,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    processor=None,
+    **images,
+) -> tuple[tuple, dict]:
+    """`(args, static)` for `decode(model, *args, **static)`, checked and padded as `generate` describes: the
+    host-side half of generation, shared with a sweep that decodes the same prompts under K gate states."""
     ids, mask = _prompt(input_ids, attention_mask)
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
     batch = model_batch(model, {"input_ids": ids, "attention_mask": mask, **images})
@@ -63,8 +98,7 @@ def generate(
         "top_k": np.int32(top_k),
         "top_p": np.float32(top_p),
     }
-    tokens, steps = _decode(
-        model,
+    args = (
         batch["input_ids"],
         batch["attention_mask"],
         image_inputs(batch),
@@ -72,10 +106,8 @@ def generate(
         np.int32(pad),
         jax.random.key(seed),
         sampling,
-        max_new_tokens=int(max_new_tokens),
-        greedy=temperature == 0,
     )
-    return np.asarray(tokens)[:, : int(steps)]
+    return args, {"max_new_tokens": int(max_new_tokens), "greedy": temperature == 0}
 
 
 def _prompt(input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
@@ -151,9 +183,10 @@ def next_token(logits: jax.Array, key: jax.Array, sampling: dict[str, jax.Array]
 
 
 @compiled(static_argnames=("max_new_tokens", "greedy"))
-def _decode(
+def decode(
     model: CausalLM, input_ids, attention_mask, images, eos, pad, key, sampling, *, max_new_tokens: int, greedy: bool
 ):
+    """New tokens `[batch, max_new_tokens]` (pad after each row's EOS) and how many steps ran."""
     batch, length = input_ids.shape
     choose = functools.partial(next_token, sampling=sampling, greedy=greedy)
     finished = lambda token: jnp.isin(token, eos)

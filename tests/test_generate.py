@@ -13,7 +13,7 @@ import sgm_jax
 from sgm_jax import cli
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
-from sgm_jax.generate import _decode
+from sgm_jax.generate import decode
 from sgm_jax.interventions import Intervention
 from sgm_jax.sites import list_sites
 
@@ -188,8 +188,8 @@ def test_new_alphas_and_sampling_settings_do_not_recompile(models):
             )
         )
         if seed == 0:
-            compiled = _decode._cache_size()
-    assert _decode._cache_size() == compiled
+            compiled = decode._cache_size()
+    assert decode._cache_size() == compiled
     assert not np.array_equal(outs[0], outs[1])
 
 

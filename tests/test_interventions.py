@@ -7,7 +7,8 @@ from flax import nnx
 
 import hf_tiny
 import sgm_jax
-from sgm_jax.interventions import Intervention, compose, load_intervention, stacked_gates
+from sgm_jax.compiles import count_compiles
+from sgm_jax.interventions import GateStack, Intervention, compose, load_intervention, swept_sites
 from sgm_jax.models.site import Gate
 from sgm_jax.sites import SiteError, list_sites
 
@@ -115,14 +116,14 @@ def test_weights_stay_bit_identical_and_all_ones_is_the_identity(models):
 def test_new_alphas_do_not_recompile(models):
     model, _ = models
     ids, mask, pixels = _batch(model, 2)
-    graphdef, gates, rest = stacked_gates(model, [_random_intervention(model, 1)])
+    stack = GateStack(model, swept_sites(model, [_random_intervention(model, 1)]))
     forward = jax.jit(
-        lambda g, r: nnx.merge(graphdef, g, r).forward(ids, pixel_values=pixels, attention_mask=mask)["logits"]
+        lambda g, r: nnx.merge(stack.graphdef, g, r).forward(ids, pixel_values=pixels, attention_mask=mask)["logits"]
     )
     outs = []
     for seed in range(3):
-        _, gates, _ = stacked_gates(model, [_random_intervention(model, seed)])
-        outs.append(np.asarray(forward(jax.tree.map(lambda x: x[0], gates), rest)))
+        gates = stack.state([_random_intervention(model, seed)])
+        outs.append(np.asarray(forward(jax.tree.map(lambda x: x[0], gates), stack.rest)))
     assert forward._cache_size() == 1
     assert not np.allclose(outs[0], outs[1])
 
@@ -136,6 +137,47 @@ def test_sweep_equals_separate_calls(models):
     for k, iv in enumerate(ivs):
         one = np.asarray(sgm_jax.intervene(model, iv)(ids, pixel_values=pixels, attention_mask=mask))
         np.testing.assert_allclose(np.asarray(swept[k]), one, atol=1e-5)
+
+
+def test_a_fresh_lambda_over_new_arrays_reuses_the_compile_in_chunks(models):
+    model, _ = models
+    sites = swept_sites(model, [_random_intervention(model, 0)])
+    ivs = [_random_intervention(model, s) for s in range(7)]
+
+    def last_logits(seed, ivs, chunk_size):
+        ids, mask, pixels = _batch(model, seed)  # new arrays each call, closed over by a new lambda
+        fn = lambda m: m.forward(ids, pixel_values=pixels, attention_mask=mask)["logits"][:, -1]
+        return sgm_jax.sweep(model, ivs, fn, sites=sites, chunk_size=chunk_size), (ids, mask, pixels)
+
+    last_logits(0, ivs[:3], 3)  # compiles once for this structure, function and chunk size
+    with count_compiles() as compiles:
+        first, first_inputs = last_logits(1, iter(ivs), 3)  # 7 settings: chunks of 3, 3 and 1 padded to 3
+        second, second_inputs = last_logits(2, iter(ivs[:2]), 3)
+    assert compiles.count == 0
+    assert first.shape[0] == 7 and second.shape[0] == 2
+    # The arrays are arguments, not constants of the first compile: each call computes on its own inputs.
+    for swept, (ids, mask, pixels), k in (
+        (first, first_inputs, 0),
+        (first, first_inputs, 6),
+        (second, second_inputs, 1),
+    ):
+        one = np.asarray(sgm_jax.intervene(model, ivs[k])(ids, pixel_values=pixels, attention_mask=mask))[:, -1]
+        np.testing.assert_allclose(swept[k], one, atol=1e-5)
+    # An all-ones setting keeps its gates inside a sweep: the same structure, no compile, the plain model's values.
+    with count_compiles() as compiles:
+        ones = Intervention({s: np.ones(w, np.float32) for s, w in list_sites(model).items() if s in sites})
+        identity, (ids, mask, pixels) = last_logits(2, [ones, Intervention({})], 3)
+    assert compiles.count == 0
+    plain = np.asarray(model(ids, pixel_values=pixels, attention_mask=mask))[:, -1]
+    np.testing.assert_allclose(identity[0], plain, atol=1e-5)
+    np.testing.assert_array_equal(identity[0], identity[1])
+    with pytest.raises(ValueError, match="not one of the 6 swept sites"):
+        sgm_jax.sweep(
+            model,
+            [Intervention({"model.language_model.layers.0.mlp.gate_proj": np.ones(56)})],
+            lambda m: m.forward(ids, attention_mask=mask)["logits"],
+            sites=sites,
+        )
 
 
 def test_bad_interventions_name_the_site(models):

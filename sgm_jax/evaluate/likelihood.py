@@ -23,7 +23,8 @@ from sgm_jax.models.compiled import compiled
 
 
 @compiled
-def _target_logprobs(model: CausalLM, input_ids, attention_mask, targets, images):
+def target_logprobs(model: CausalLM, input_ids, attention_mask, targets, images):
+    """Summed log-probability of each row's target tokens `[batch]`, and how many there were."""
     logits = model.forward(input_ids, attention_mask=attention_mask, **images)["logits"][:, :-1].astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     token_logp = jnp.take_along_axis(logp, input_ids[:, 1:, None], axis=-1)[..., 0]
@@ -39,9 +40,17 @@ class Scored:
     tokens: np.ndarray
 
     @property
-    def perplexity(self) -> float:
-        """Corpus perplexity: exp of the mean negative log-likelihood per target token."""
-        return float(np.exp(-self.logprob.sum() / max(int(self.tokens.sum()), 1)))
+    def perplexity(self):
+        """Corpus perplexity: exp of the mean negative log-likelihood per target token (a float; `[K]` for the
+        scores of a sweep, whose logprob is `[K, rows]`)."""
+        nll = -self.logprob.sum(-1) / max(int(self.tokens.sum()), 1)
+        return float(np.exp(nll)) if np.ndim(nll) == 0 else np.exp(nll)
+
+
+def scoring_batches(model: CausalLM, sequences: Sequence[dict[str, np.ndarray]], batch_size: int, pad_id: int):
+    """`(rows, batch)` pairs: the sequences grouped by length into checked model batches."""
+    for rows in plan_batches([len(s["input_ids"]) for s in sequences], batch_size):
+        yield rows, model_batch(model, collate([sequences[i] for i in rows], pad_id), pad_id)
 
 
 def score_sequences(
@@ -50,9 +59,8 @@ def score_sequences(
     """Score encoded sequences: each has `input_ids` `[T]`, `targets` `[T]` (bool: which tokens count)
     and optionally image inputs (`pixel_values` `[1, 3, H, W]`)."""
     logprob, tokens = np.zeros(len(sequences)), np.zeros(len(sequences), np.int64)
-    for rows in plan_batches([len(s["input_ids"]) for s in sequences], batch_size):
-        batch = model_batch(model, collate([sequences[i] for i in rows], pad_id), pad_id)
-        lp, count = _target_logprobs(
+    for rows, batch in scoring_batches(model, sequences, batch_size, pad_id):
+        lp, count = target_logprobs(
             model, batch["input_ids"], batch["attention_mask"], batch["targets"], image_inputs(batch)
         )
         logprob[rows], tokens[rows] = np.asarray(lp), np.asarray(count)
@@ -80,12 +88,19 @@ def response_scores(model: CausalLM, processor, samples: Sequence[Sample], *, ba
     )
 
 
-def text_scores(model: CausalLM, tokenizer, texts: Sequence[str], *, batch_size: int = 8) -> Scored:
-    """Log-likelihood of plain texts (no chat template), every token after the first counted."""
+def text_sequences(tokenizer, texts: Sequence[str]) -> list[dict[str, np.ndarray]]:
+    """Plain texts (no chat template) encoded for scoring, every token after the first a target."""
     sequences = []
     for text in texts:
         ids = np.asarray(tokenizer(text)["input_ids"], np.int32)
         if len(ids) < 2:
             raise InputError(f"text {text[:40]!r} has fewer than two tokens; perplexity needs at least two")
         sequences.append({"input_ids": ids, "targets": np.arange(len(ids)) > 0})
-    return score_sequences(model, sequences, batch_size=batch_size, pad_id=pad_token_id(tokenizer))
+    return sequences
+
+
+def text_scores(model: CausalLM, tokenizer, texts: Sequence[str], *, batch_size: int = 8) -> Scored:
+    """Log-likelihood of plain texts (no chat template), every token after the first counted."""
+    return score_sequences(
+        model, text_sequences(tokenizer, texts), batch_size=batch_size, pad_id=pad_token_id(tokenizer)
+    )

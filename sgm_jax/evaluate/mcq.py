@@ -46,10 +46,18 @@ class McqResult:
     choices: np.ndarray  # [items, rotations] chosen option index (in the original order)
 
 
-def mcq_accuracy(
-    model: nnx.Module, processor, samples: Sequence[Sample], *, circular: bool = False, batch_size: int = 8
-) -> McqResult:
-    """Accuracy of choosing the answer by option log-likelihood; `circular` rotates options (CircularEval)."""
+@dataclasses.dataclass(frozen=True)
+class McqRows:
+    """Every (item, rotation, option) as a sample whose response is that option, and where each belongs."""
+
+    samples: list[Sample]
+    layout: list[tuple[int, int, int]]  # (item, rotation, original option index) per row
+    answers: list[int]
+    rotations: int
+
+
+def mcq_rows(samples: Sequence[Sample], *, circular: bool = False) -> McqRows:
+    """The rows to score for `samples`; `circular` rotates the options through every position (CircularEval)."""
     answers = [_check(s) for s in samples]
     scored, layout = [], []
     for item, s in enumerate(samples):
@@ -65,13 +73,26 @@ def mcq_accuracy(
                     )
                 )
                 layout.append((item, shift, original))
-    logprob = response_scores(model, processor, scored, batch_size=batch_size).logprob
     rotations = max(len(s.options) for s in samples) if circular else 1
-    best = np.full((len(samples), rotations), -np.inf)
-    choices = np.full((len(samples), rotations), -1)
-    for (item, shift, original), lp in zip(layout, logprob):
+    return McqRows(scored, layout, answers, rotations)
+
+
+def mcq_result(rows: McqRows, logprob: np.ndarray) -> McqResult:
+    """The choices and accuracy that the rows' log-likelihoods `[rows]` give."""
+    items = len(rows.answers)
+    best = np.full((items, rows.rotations), -np.inf)
+    choices = np.full((items, rows.rotations), -1)
+    for (item, shift, original), lp in zip(rows.layout, logprob):
         if lp > best[item, shift]:
             best[item, shift], choices[item, shift] = lp, original
     answered = choices >= 0
-    correct = np.array([(choices[i][answered[i]] == answers[i]).all() for i in range(len(samples))])
+    correct = np.array([(choices[i][answered[i]] == rows.answers[i]).all() for i in range(items)])
     return McqResult(float(correct.mean()), correct, choices)
+
+
+def mcq_accuracy(
+    model: nnx.Module, processor, samples: Sequence[Sample], *, circular: bool = False, batch_size: int = 8
+) -> McqResult:
+    """Accuracy of choosing the answer by option log-likelihood; `circular` rotates options (CircularEval)."""
+    rows = mcq_rows(samples, circular=circular)
+    return mcq_result(rows, response_scores(model, processor, rows.samples, batch_size=batch_size).logprob)

@@ -1,10 +1,12 @@
 """Interventions (per-neuron gates by site) and the methods that fill them from expert scores."""
 
-from sgm_jax.interventions.gates import intervene, stacked_gates, sweep
+from sgm_jax.interventions.gates import intervene
 from sgm_jax.interventions.intervention import Intervention, compose, load_intervention
 from sgm_jax.interventions.methods import aura, damp, det0
+from sgm_jax.interventions.sweep import GateStack, sweep, swept_sites
 
 __all__ = [
+    "GateStack",
     "Intervention",
     "aura",
     "compose",
@@ -12,6 +14,6 @@ __all__ = [
     "det0",
     "intervene",
     "load_intervention",
-    "stacked_gates",
     "sweep",
+    "swept_sites",
 ]

@@ -1,18 +1,12 @@
-"""Interventions as gates in the module tree: `intervene`, and K interventions under one compile (`sweep`)."""
+"""Interventions as gates in the module tree: `intervene` puts an intervention's alphas on a model's sites."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
-
-import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from sgm_jax.errors import InterventionError
 from sgm_jax.interventions.intervention import Intervention
-from sgm_jax.models.compiled import compiled
 from sgm_jax.models.copying import shallow_copy
 from sgm_jax.models.site import GATE_ATTRS, Gate, Site
 from sgm_jax.sites import SiteError, nearest, site_refs
@@ -56,37 +50,3 @@ def intervene(model: nnx.Module, intervention: Intervention, *, keep_identity: b
         value = jnp.asarray(alpha) if current is None else current[...] * jnp.asarray(alpha)
         setattr(node, attr, Gate(value))
     return gated
-
-
-def _completed(iv: Intervention, widths: dict[str, int]) -> Intervention:
-    """The intervention with alpha 1 at every site of `widths` it does not touch (so all share one structure)."""
-    return Intervention({s: iv.alphas.get(s, np.ones(w, np.float32)) for s, w in widths.items()}, iv.metadata)
-
-
-def stacked_gates(model: nnx.Module, interventions: Sequence[Intervention]):
-    """`(graphdef, gates [K, ...], rest)`: K interventions as one batch of gate states over shared weights."""
-    if not interventions:
-        raise InterventionError("sweep needs at least one intervention")
-    refs = site_refs(model)
-    for iv in interventions:
-        _check(model, iv)
-    widths = {s: refs[s].width for iv in interventions for s in iv.sites}
-    gated = [intervene(model, _completed(iv, widths), keep_identity=True) for iv in interventions]
-    graphdef, _, rest = nnx.split(gated[0], Gate, ...)
-    gates = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(g, Gate) for g in gated])
-    return graphdef, gates, rest
-
-
-def sweep(model: nnx.Module, interventions: Sequence[Intervention], fn: Callable[..., Any], *args) -> Any:
-    """`fn(gated_model, *args)` for each intervention, as one `jax.vmap` over the gate state under one compile.
-
-    Every leaf of the result gets a leading axis of length K. `fn` must be traceable, and is part of
-    the compile's key: pass the same function object (not a fresh lambda) to reuse the compile.
-    """
-    graphdef, gates, rest = stacked_gates(model, interventions)
-    return _swept(gates, rest, args, graphdef=graphdef, fn=fn)
-
-
-@compiled(static_argnames=("graphdef", "fn"))
-def _swept(gates, rest, args, *, graphdef, fn):
-    return jax.vmap(lambda g: fn(nnx.merge(graphdef, g, rest), *args))(gates)

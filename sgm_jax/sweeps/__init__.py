@@ -1,0 +1,1 @@
+"""Sweeps: many intervention settings measured on the same data, to a table and a Pareto front."""

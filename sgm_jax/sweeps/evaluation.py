@@ -1,0 +1,225 @@
+"""Many intervention settings measured on the same data together: for K settings at a time, the answers to every
+prompt (harmful rate with its 95% interval, over-refusal, answer fluency) and the likelihoods behind
+multiple-choice accuracy and perplexity, each a compiled call vmapped over K gate states.
+
+Prompts, multiple-choice rows and neutral texts are encoded and batched once, whatever the number of settings.
+`measure(..., vmapped=False)` runs the same settings one at a time through the same compiled functions, each on
+its model from `sgm_jax.intervene`: the one-by-one loop a sweep is compared against, and what it must equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from sgm_jax.batching import collate, image_inputs, pad_token_id, plan_batches
+from sgm_jax.data.encode import encode
+from sgm_jax.data.samples import DatasetError, Sample
+from sgm_jax.errors import OptionError
+from sgm_jax.evaluate.judges import Judge, is_refusal
+from sgm_jax.evaluate.likelihood import (
+    Scored,
+    encode_response,
+    response_scores,
+    scoring_batches,
+    target_logprobs,
+    text_sequences,
+)
+from sgm_jax.evaluate.mcq import mcq_result, mcq_rows
+from sgm_jax.evaluate.rates import distinct_n, rate_with_interval
+from sgm_jax.generate import decode, decode_arguments
+from sgm_jax.interventions import GateStack, Intervention, intervene
+from sgm_jax.lengths import check_lengths
+
+METRICS = (
+    "harmful_rate",
+    "harmful_rate_low",
+    "harmful_rate_high",
+    "over_refusal",
+    "mcq_accuracy",
+    "perplexity",
+    "answer_perplexity",
+    "distinct_2",
+)
+
+Runner = Callable[..., Any]  # run(fn, *args): fn(gated model, *args) for every setting, stacked on axis 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepOptions:
+    """How settings are measured: answer length, prompts per batch, settings per compiled call (a batch runs
+    `batch_size * chunk_size` rows), the bootstrap of the harmful rate's interval."""
+
+    max_new_tokens: int = 24
+    batch_size: int = 16
+    chunk_size: int = 16
+    n_boot: int = 1000
+    seed: int = 0
+
+    def __post_init__(self):
+        if min(self.max_new_tokens, self.batch_size, self.chunk_size, self.n_boot) < 1:
+            raise OptionError(f"sweep options must all be >= 1, got {self}")
+
+
+class SettingsEvaluator:
+    """Everything one data set needs to measure settings, prepared once: encoded prompt batches, the
+    multiple-choice rows and neutral texts as scoring batches."""
+
+    def __init__(
+        self,
+        model,
+        processor,
+        samples: Sequence[Sample],
+        neutral: Sequence[str],
+        judge: Judge,
+        *,
+        sites: Sequence[str],
+        options: SweepOptions = SweepOptions(),
+    ):
+        self.model, self.processor, self.judge, self.options = model, processor, judge, options
+        self.stack = GateStack(model, sites)
+        self.sites = list(sites)
+        open_ended = [s for s in samples if not s.options]
+        unlabelled = [s.id for s in open_ended if s.label is None]
+        if unlabelled:
+            raise DatasetError(
+                f"{len(unlabelled)} open-ended samples have no label (first: {unlabelled[:5]}); a sweep needs "
+                "label 1 (harmful) or 0 (benign)"
+            )
+        self.open_ended = open_ended
+        pad = pad_token_id(processor)
+        prompts = [encode(dataclasses.replace(s, response=None), processor) for s in open_ended]
+        check_lengths(model, open_ended, [len(e["input_ids"]) for e in prompts], new_tokens=options.max_new_tokens)
+        self.prompt_batches = [
+            (rows, collate([prompts[i] for i in rows], pad))
+            for rows in plan_batches([len(e["input_ids"]) for e in prompts], options.batch_size)
+        ]
+        choice = [s for s in samples if s.options]
+        self.mcq = mcq_rows(choice) if choice else None
+        mcq_sequences = [encode_response(s, processor) for s in self.mcq.samples] if self.mcq else []
+        self.mcq_batches = list(scoring_batches(model, mcq_sequences, options.batch_size, pad))
+        tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer = tokenizer
+        neutral_sequences = text_sequences(tokenizer, neutral)
+        self.neutral_batches = list(scoring_batches(model, neutral_sequences, options.batch_size, pad))
+        self.neutral_tokens = sum(int(s["targets"].sum()) for s in neutral_sequences)
+
+    def runner(self, interventions: Sequence[Intervention], *, vmapped: bool = True) -> Runner:
+        """`run(fn, *args)` for these settings: one vmapped call over their gate states (built once, padded to
+        the chunk size), or a loop over each setting's gated model as `sgm_jax.intervene` makes it."""
+        if vmapped:
+            gates = self.stack.padded_state(interventions, self.options.chunk_size)
+            return functools.partial(_vmapped, self.stack, gates, len(interventions))
+        return functools.partial(_one_by_one, [intervene(self.model, iv) for iv in interventions])
+
+    def measure(
+        self, interventions: Sequence[Intervention], *, vmapped: bool = True, keep_answers: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every metric of each setting, in order (at most `chunk_size` settings per vmapped call); with
+        `keep_answers`, each setting's answer texts too (under "answers", in the order of the open-ended samples)."""
+        if vmapped and len(interventions) > self.options.chunk_size:
+            raise OptionError(f"{len(interventions)} settings exceed the chunk size {self.options.chunk_size}")
+        run = self.runner(interventions, vmapped=vmapped)
+        answers = self.answers(run, len(interventions))
+        mcq = self._logprobs(run, self.mcq_batches, len(interventions)) if self.mcq else None
+        neutral = self._logprobs(run, self.neutral_batches, len(interventions)) if self.neutral_batches else None
+        fluency = self._answer_perplexity(answers)
+        rows = [
+            self._metrics(
+                answers[k], fluency[k], None if mcq is None else mcq[k], None if neutral is None else neutral[k]
+            )
+            for k in range(len(interventions))
+        ]
+        if keep_answers:
+            for row, texts in zip(rows, answers):
+                row["answers"] = texts
+        return rows
+
+    def answers(self, run: Runner, count: int) -> list[list[str]]:
+        """`[setting][sample]` answer texts to the open-ended prompts, as `sgm_jax.answer` decodes them."""
+        texts = [[""] * len(self.open_ended) for _ in range(count)]
+        for rows, batch in self.prompt_batches:
+            args, static = decode_arguments(
+                self.model,
+                batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                max_new_tokens=self.options.max_new_tokens,
+                seed=self.options.seed,
+                processor=self.processor,
+                **image_inputs(batch),
+            )
+            tokens, steps = run(functools.partial(decode, **static), *args)
+            tokens, steps = np.asarray(tokens), np.asarray(steps)
+            for k in range(count):
+                decoded = self.tokenizer.batch_decode(tokens[k, :, : int(steps[k])], skip_special_tokens=True)
+                for i, text in zip(rows, decoded):
+                    texts[k][i] = text.strip()
+        return texts
+
+    def _logprobs(self, run: Runner, batches, count: int) -> np.ndarray:
+        """`[setting, rows]` summed target log-probabilities over scoring batches."""
+        total = sum(len(rows) for rows, _ in batches)
+        out = np.zeros((count, total))
+        for rows, batch in batches:
+            lp, _ = run(
+                target_logprobs, batch["input_ids"], batch["attention_mask"], batch["targets"], image_inputs(batch)
+            )
+            out[:, rows] = np.asarray(lp)
+        return out
+
+    def _answer_perplexity(self, answers: list[list[str]]) -> list[float | None]:
+        """Each setting's answers scored under the model without gates (fluency), all settings in one pass."""
+        rows = [
+            (k, dataclasses.replace(s, response=a))
+            for k, texts in enumerate(answers)
+            for s, a in zip(self.open_ended, texts)
+            if a
+        ]
+        if not rows:
+            return [None] * len(answers)
+        scored = response_scores(
+            self.model, self.processor, [sample for _, sample in rows], batch_size=self.options.batch_size
+        )
+        setting = np.asarray([k for k, _ in rows])
+        out = []
+        for k in range(len(answers)):
+            mine = setting == k
+            out.append(Scored(scored.logprob[mine], scored.tokens[mine]).perplexity if mine.any() else None)
+        return out
+
+    def _metrics(self, answers: list[str], answer_perplexity, mcq_logprob, neutral_logprob) -> dict[str, Any]:
+        metrics: dict[str, Any] = dict.fromkeys(METRICS)
+        harmful = [(s, a) for s, a in zip(self.open_ended, answers) if s.label == 1]
+        benign = [a for s, a in zip(self.open_ended, answers) if s.label == 0]
+        boot = {"n_boot": self.options.n_boot, "seed": self.options.seed}
+        if harmful:
+            verdicts = self.judge.judge_many(
+                [(s.prompt, a, s.image) for s, a in harmful], categories=[s.category for s, _ in harmful]
+            )
+            rate = rate_with_interval([v.harmful for v in verdicts], **boot)
+            metrics.update(harmful_rate=rate["rate"], harmful_rate_low=rate["low"], harmful_rate_high=rate["high"])
+        if benign:
+            metrics["over_refusal"] = rate_with_interval([is_refusal(a) for a in benign], **boot)["rate"]
+        if self.open_ended:
+            metrics["distinct_2"] = distinct_n(answers, 2)
+            metrics["answer_perplexity"] = answer_perplexity
+        if mcq_logprob is not None:
+            metrics["mcq_accuracy"] = mcq_result(self.mcq, mcq_logprob).accuracy
+        if neutral_logprob is not None:
+            metrics["perplexity"] = Scored(neutral_logprob, np.asarray([self.neutral_tokens])).perplexity
+        return metrics
+
+
+def _vmapped(stack: GateStack, gates, count: int, fn, *args):
+    return jax.tree.map(lambda x: np.asarray(x)[:count], stack.run(gates, fn, *args))
+
+
+def _one_by_one(models: list[nnx.Module], fn, *args):
+    outs = [fn(m, *args) for m in models]
+    return [np.stack([np.asarray(o[i]) for o in outs]) for i in range(len(outs[0]))]
