@@ -9,8 +9,10 @@ import sys
 import threading
 import traceback
 
+from sgm_jax import distributed
 from sgm_jax.capture import POOLINGS, TOKENS
 from sgm_jax.defenses.factory import DEFENSES, VERDICTS
+from sgm_jax.distributed import ProcessError
 from sgm_jax.errors import OptionError, user_message
 from sgm_jax.loading import DTYPES
 from sgm_jax.options import OneLineParser, real, whole
@@ -88,10 +90,11 @@ def cmd_collect(args) -> None:
         dataset_name=os.path.abspath(args.data) + (f"#{args.split}" if args.split else ""),
         progress=not args.quiet,
     )
-    print(
-        f"{len(store.sample_ids)} samples x {len(store.sites)} sites "
-        f"({sum(store.sites.values())} neurons) in {args.out}"
-    )
+    if _is_writer():
+        print(
+            f"{len(store.sample_ids)} samples x {len(store.sites)} sites "
+            f"({sum(store.sites.values())} neurons) in {args.out}"
+        )
 
 
 def cmd_score(args) -> None:
@@ -100,6 +103,8 @@ def cmd_score(args) -> None:
 
     store = ResponseStore(args.store)
     scores = score_store(store, mesh=_mesh(args.mesh), progress=not args.quiet)
+    if not _is_writer():
+        return
     save_scores(args.out, scores, store_metadata(store))
     n = sum(len(s) for s in scores.values())
     above = sum(int((s > 0.5).sum()) for s in scores.values())
@@ -207,8 +212,9 @@ def cmd_evaluate(args) -> None:
         info={"model": args.model, "data": args.data, "interventions": args.intervention or []},
         defenses=defenses,
     )
-    print(table(results))
-    print(f"results.json, report.md and plots in {args.out}")
+    if _is_writer():
+        print(table(results))
+        print(f"results.json, report.md and plots in {args.out}")
 
 
 def _defense_options(args):
@@ -293,8 +299,9 @@ def cmd_compare(args) -> None:
         options=options,
         info={"model": args.model, "data": args.data, "interventions": args.intervention or []},
     )
-    print(comparison_table(results["comparison"]))
-    print(f"comparison.json, comparison.md and comparison.png in {args.out}")
+    if _is_writer():
+        print(comparison_table(results["comparison"]))
+        print(f"comparison.json, comparison.md and comparison.png in {args.out}")
 
 
 def cmd_prober(args) -> None:
@@ -350,11 +357,13 @@ def _distributed_options(p) -> None:
     )
 
 
+def _is_writer() -> bool:
+    return distributed.cluster().writer
+
+
 def _join(args) -> None:
     """Join the job the --coordinator options (or the environment, or a TPU pod slice) describe."""
     if hasattr(args, "coordinator"):
-        from sgm_jax import distributed
-
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
 
@@ -564,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     _image_file_options(p)
     _image_size_option(p)
     _output_options(p, "store directory (created, or resumed if it exists)", "no progress bar")
+    _distributed_options(p)
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser(
@@ -576,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="a complete response store written by `sgm-jax collect`")
     _mesh_option(p, "spread the neurons over a device mesh of these sizes")
     _output_options(p, "output .safetensors file", "no progress bar")
+    _distributed_options(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(
@@ -671,6 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stack in a fixed order: prober-gate, ecso, shields, safecode)",
     )
     _defense_arguments(p)
+    _distributed_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -689,6 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
         "repeat for several (default: none, sgm, each defense alone and with SGM, gated-sgm with --prober, all)",
     )
     _defense_arguments(p)
+    _distributed_options(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
@@ -801,6 +814,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         else:
             print(f"sgm-jax {args.command}: error: " + message.replace("\n", "\n  "), file=sys.stderr)
+        if isinstance(error, ProcessError):
+            distributed.abandon(1)
         raise SystemExit(1) from None
     finally:
         if threading.current_thread() is threading.main_thread():

@@ -36,7 +36,10 @@ def cmd_sweep(args, load, load_samples) -> None:
         summary = _demo(args, options, settings if (args.grid or _grid_given(args)) else None)
     else:
         summary = _sweep(args, options, settings, load, load_samples)
-    _report(summary, args.out)
+    from sgm_jax import distributed
+
+    if distributed.cluster().writer:
+        _report(summary, args.out)
 
 
 def _grid_given(args) -> bool:

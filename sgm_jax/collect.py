@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from sgm_jax import distributed
 from sgm_jax.batching import collate, pad_token_id, plan_batches
 from sgm_jax.capture import CaptureSpec, pooled_batch
 from sgm_jax.convert import CheckpointError
@@ -39,7 +42,9 @@ def collect_to_store(
     """Collect pooled responses of `samples` at `sites` into the store at `out_dir`, resuming if it exists.
 
     Everything is checked before the store is touched (sites, batch size, every sample's length); the store
-    is locked while it is written, and a damaged chunk or responses file found on a rerun is recomputed."""
+    is locked while it is written, and a damaged chunk or responses file found on a rerun is recomputed. In a
+    job over several processes each computes its share of the batches and process 0 writes them: the store is
+    bitwise what one process writes (the others get it back when its folder is shared, else None)."""
     if processor is None:
         raise CheckpointError("the checkpoint has no tokenizer/processor files, so samples cannot be encoded")
     if batch_size < 1:
@@ -61,24 +66,42 @@ def collect_to_store(
         "labels": [s.label for s in samples],
         "categories": [s.category for s in samples],
     }
-    with writer_lock(out_dir, "store"):
-        store = ResponseStore.create_or_resume(out_dir, manifest)
-        if store.complete:
-            damaged = store.damaged_responses()
-            if not damaged:
-                return store
-            print(f"store {out_dir}: responses of {damaged[:3]} are damaged; collecting them again", file=sys.stderr)
-            store.reopen()
+    group = distributed.cluster()
+    with writer_lock(out_dir, "store") if group.writer else contextlib.nullcontext():
         plan = plan_batches(lengths, batch_size)
-        intact = store.intact_batches()
-        todo = [i for i in range(len(plan)) if i not in intact]
+        store = ResponseStore.create_or_resume(out_dir, manifest) if group.writer else None
+        todo = distributed.broadcast_json(_todo(store, plan) if store is not None else None)
         pad_id = pad_token_id(processor)
-        for index in tqdm(
-            todo, desc="collect", unit="batch", disable=not progress, initial=len(plan) - len(todo), total=len(plan)
-        ):
+
+        def pooled(index: int) -> dict[str, np.ndarray]:
             rows = plan[index]
             encoded = [encode(samples[i], processor) for i in rows]
             check_lengths(model, [samples[i] for i in rows], [len(e["input_ids"]) for e in encoded])
-            store.write_batch(index, np.asarray(rows), pooled_batch(model, collate(encoded, pad_id), spec))
-        store.finalize(plan)
-    return store
+            return pooled_batch(model, collate(encoded, pad_id), spec)
+
+        bar = tqdm(desc="collect", unit="batch", disable=not progress, initial=len(plan) - len(todo), total=len(plan))
+        for results in distributed.rounds(todo, pooled, distributed.encode_arrays, distributed.decode_arrays):
+            for position, responses in results:
+                if store is not None:
+                    store.write_batch(todo[position], np.asarray(plan[todo[position]]), responses)
+                bar.update()
+        bar.close()
+        if store is not None and not store.complete:
+            store.finalize(plan)
+    distributed.barrier()  # the store is whole before any process reads it
+    return ResponseStore(out_dir) if os.path.exists(os.path.join(out_dir, "manifest.json")) else None
+
+
+def _todo(store: ResponseStore, plan: list[list[int]]) -> list[int]:
+    """The planned batches the store still lacks (all of them for a new store; none when it is complete and
+    sound), the store made ready to take them."""
+    if store.complete:
+        damaged = store.damaged_responses()
+        if not damaged:
+            return []
+        print(
+            f"store {store.directory}: responses of {damaged[:3]} are damaged; collecting them again", file=sys.stderr
+        )
+        store.reopen()
+    intact = store.intact_batches()
+    return [i for i in range(len(plan)) if i not in intact]

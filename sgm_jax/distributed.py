@@ -14,9 +14,11 @@ processes talk through gloo collectives.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -49,6 +51,19 @@ class Cluster:
 
 
 _cluster = Cluster()
+_solo = False  # inside `solo()`: this process does whole pieces of work on its own, without the others
+
+
+@contextlib.contextmanager
+def solo() -> Iterator[None]:
+    """Inside the block this process works alone: the sharing helpers run everything here and gather from no
+    one. For a unit of work already dealt to this process (a sweep's chunk) whose code shares work itself."""
+    global _solo
+    previous, _solo = _solo, True
+    try:
+        yield
+    finally:
+        _solo = previous
 
 
 def cluster() -> Cluster:
@@ -59,8 +74,11 @@ def cluster() -> Cluster:
 def initialize(
     coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
 ) -> Cluster:
-    """Join the job described by the arguments, else the environment (see the module docstring)."""
+    """Join the job described by the arguments, else the environment (see the module docstring); a process
+    that has joined stays in its job (commands run one after another in one process share it)."""
     global _cluster
+    if _cluster.count > 1:
+        return _cluster
     env = os.environ
     if coordinator is None and num_processes is None and process_id is None:
         coordinator = env.get("SGM_JAX_COORDINATOR") or None
@@ -86,6 +104,14 @@ def initialize(
     return _cluster
 
 
+def abandon(code: int) -> None:
+    """Leave a job another process of which is gone: exit at once with `code`, without the shutdown handshake
+    (which would wait for the lost process until jax's heartbeat timeout gives up on it)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _int_env(name: str) -> int | None:
     value = os.environ.get(name)
     if value in (None, ""):
@@ -104,15 +130,14 @@ def _join(**kwargs) -> None:
         raise ProcessError(f"could not join the job ({kwargs or 'detected'}): {str(err).splitlines()[0]}") from None
 
 
-def share(items: Sequence[T], group: Cluster | None = None) -> list[T]:
-    """This process's share of `items`: every `count`-th one from its index."""
-    group = group or _cluster
-    return list(items[group.index :: group.count])
+def workers() -> Cluster:
+    """Who shares the work now: the job, or this process alone inside `solo()`."""
+    return Cluster() if _solo else _cluster
 
 
 def all_gather_bytes(payload: bytes) -> list[bytes]:
-    """Every process's `payload`, in process order (on one process, just its own)."""
-    if _cluster.count == 1:
+    """Every process's `payload`, in process order (on one process, or inside `solo()`, just its own)."""
+    if workers().count == 1:
         return [payload]
     from jax.experimental import multihost_utils
 
@@ -136,7 +161,7 @@ def all_gather_json(value: Any) -> list[Any]:
 
 def broadcast_json(value: Any) -> Any:
     """Process 0's JSON-able `value`, on every process."""
-    return all_gather_json(value if _cluster.writer else None)[0]
+    return all_gather_json(value if workers().writer else None)[0]
 
 
 def encode_arrays(arrays: dict[str, np.ndarray]) -> bytes:
@@ -166,9 +191,10 @@ def rounds(
     """Deal `items` round-robin over the processes and yield, round after round, every process's results as
     `(position in items, result)` pairs, in order of position: each process computes one item a round, then
     the round's results are gathered to all. On one process, a round is one item."""
-    count = _cluster.count
+    group = workers()
+    count = group.count
     for start in range(0, len(items), count):
-        mine = start + _cluster.index
+        mine = start + group.index
         payload = encode(work(items[mine])) if mine < len(items) else b""
         gathered = all_gather_bytes(payload)
         yield [(start + i, decode(b)) for i, b in enumerate(gathered) if start + i < len(items)]

@@ -10,6 +10,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
+from sgm_jax import distributed
 from sgm_jax.artifacts import KIND_KEY, SCORES, check_kind
 from sgm_jax.atomic import atomic_write
 from sgm_jax.auroc import NonFiniteError, auroc
@@ -19,7 +20,9 @@ METADATA_KEY = "sgm_jax"
 
 
 def score_store(store: ResponseStore, *, mesh=None, progress: bool = True) -> dict[str, np.ndarray]:
-    """`{site: AUROC [width]}` of every site in a complete store, labels from its manifest."""
+    """`{site: AUROC [width]}` of every site in a complete store, labels from its manifest. In a job over several
+    processes each scores its share of every site's neurons (the store's folder must be visible to all) and
+    every process gets every score."""
     labels = store.labels
     unlabelled = [sid for sid, label in zip(store.sample_ids, labels) if label is None]
     if unlabelled:
@@ -28,14 +31,20 @@ def score_store(store: ResponseStore, *, mesh=None, progress: bool = True) -> di
             f"(first: {unlabelled[:5]}); AUROC needs label 0/1 on every sample"
         )
     labels = np.asarray(labels, np.int32)
+    group = distributed.workers()
     scores = {}
     for site in tqdm(list(store.sites), desc="score", unit="site", disable=not progress):
+        responses = store.load(site)
+        bounds = np.linspace(0, responses.shape[1], group.count + 1).astype(int)  # this process's neurons
         try:
-            scores[site] = auroc(store.load(site), labels, mesh=mesh)
+            mine = auroc(responses[:, bounds[group.index] : bounds[group.index + 1]], labels, mesh=mesh)
         except NonFiniteError as err:
             raise StoreError(
-                f"store {store.directory}, site {site!r}: {err} (rows are samples in store order)"
+                f"store {store.directory}, site {site!r}: {err} (rows are samples in store order; columns "
+                f"count from neuron {bounds[group.index]})"
             ) from None
+        parts = distributed.all_gather_bytes(mine.tobytes())
+        scores[site] = np.concatenate([np.frombuffer(p, np.float32) for p in parts])
     return scores
 
 

@@ -35,8 +35,10 @@ DEFAULT_RULES: Rules = (
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A `(data, fsdp, tensor)` mesh; one size may be -1 to take the remaining devices."""
-    devices = list(devices if devices is not None else jax.devices())
+    """A `(data, fsdp, tensor)` mesh over this process's devices (by default); one size may be -1 to take the
+    remaining devices. In a job over several processes (`sgm_jax.distributed`) each process runs its own share of
+    the batches on its own chips, so its model lives on a mesh of its local devices."""
+    devices = list(devices if devices is not None else jax.local_devices())
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1:
         raise OptionError(f"only one mesh axis may be -1, got data={data}, fsdp={fsdp}, tensor={tensor}")

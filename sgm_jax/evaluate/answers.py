@@ -10,6 +10,7 @@ records the generation settings, and a cache made with other settings is refused
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from flax import nnx
 from tqdm.auto import tqdm
 
+from sgm_jax import distributed
 from sgm_jax.data.encode import SquareImages, render
 from sgm_jax.data.samples import Sample
 from sgm_jax.defenses import Defense, answer_batch, by_stage
@@ -84,7 +86,8 @@ def generate_answers(
     """`{sample id: decoded answer}`, generating only what the cache at `cache_path` does not hold yet.
 
     `defenses` stack on `model` (see `sgm_jax.defenses`); `base` is the model without the intervention, which
-    verdict sources and the prober gate read (default: `model`)."""
+    verdict sources and the prober gate read (default: `model`). In a job over several processes the batches are
+    shared out, every process gets every answer, and process 0 alone writes the cache."""
     base = model if base is None else base
     settings = {
         "model_fingerprint": model_fingerprint(model),
@@ -98,42 +101,68 @@ def generate_answers(
         settings["defenses"] = [d.describe() for d in defenses]
         settings["base_fingerprint"] = model_fingerprint(base)
     settings = json.loads(json.dumps(settings))  # as the cache's header reads back (tuples become lists)
-    cached = _read_cache(cache_path, settings)
+    writer = distributed.cluster().writer
     keys = {s.id: answer_key(s, processor) for s in samples}
+    cached = distributed.broadcast_json(_read_cache(cache_path, settings) if writer else None)
     answers = {i: answer for i, (key, answer) in cached.items() if key == keys.get(i)}
     todo = [s for s in samples if s.id not in answers]
+    order = sorted(todo, key=lambda s: (len(s.prompt), s.id))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def answered(batch: list[Sample]) -> dict:
+        start = time.perf_counter()
+        texts = answer_batch(
+            base,
+            model,
+            processor,
+            batch,
+            defenses,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+        )
+        return {"texts": texts, "seconds": (time.perf_counter() - start) / len(batch)}
+
+    encode = lambda result: json.dumps(result).encode()
+    with _cache_appender(cache_path, settings, writer) as append:
+        bar = tqdm(total=len(batches), desc="generate", unit="batch", disable=not progress)
+        for results in distributed.rounds(batches, answered, encode, json.loads):
+            for position, result in results:
+                rows = [
+                    {"id": sample.id, "key": keys[sample.id], "answer": text, "seconds": result["seconds"]}
+                    for sample, text in zip(batches[position], result["texts"])
+                ]
+                answers.update({row["id"]: row["answer"] for row in rows})
+                append(rows)
+                bar.update()
+        bar.close()
+    return {s.id: answers[s.id] for s in samples}
+
+
+@contextlib.contextmanager
+def _cache_appender(cache_path: str, settings: dict, writer: bool):
+    """`append(rows)`: the rows added to the cache and flushed to disk (only process 0 writes the file)."""
+    if not writer:
+        yield lambda rows: None
+        return
     os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
     if not os.path.exists(cache_path):
         with open(cache_path, "w", encoding="utf-8") as f:
             f.write(json.dumps({"settings": settings}) + "\n")
-    order = sorted(todo, key=lambda s: (len(s.prompt), s.id))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     with open(cache_path, "rb") as f:
         f.seek(-1, os.SEEK_END)
         torn = f.read(1) != b"\n"
     with open(cache_path, "a", encoding="utf-8") as f:
         if torn:  # end the torn line so the next answer starts on its own
             f.write("\n")
-        for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
-            start = time.perf_counter()
-            texts = answer_batch(
-                base,
-                model,
-                processor,
-                batch,
-                defenses,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                seed=seed,
-            )
-            seconds = (time.perf_counter() - start) / len(batch)
-            for sample, text in zip(batch, texts):
-                answers[sample.id] = text
-                row = {"id": sample.id, "key": keys[sample.id], "answer": text, "seconds": seconds}
+
+        def append(rows: list[dict]) -> None:
+            for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
-    return {s.id: answers[s.id] for s in samples}
+
+        yield append
 
 
 def answer_seconds(cache_path: str, ids) -> float:

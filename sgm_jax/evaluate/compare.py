@@ -8,11 +8,13 @@ under its own name, so an interrupted comparison resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
 
+from sgm_jax import distributed
 from sgm_jax.atomic import atomic_write, write_json
 from sgm_jax.data.samples import Sample
 from sgm_jax.defenses import (
@@ -165,7 +167,8 @@ def compare(
     if intervention is None and any(c.intervention for c in configurations):
         wanted = [c.name for c in configurations if c.intervention]
         raise OptionError(f"configurations {wanted} apply an intervention, but none was given (--intervention)")
-    with writer_lock(out_dir, "comparison folder"):
+    writer = distributed.cluster().writer
+    with writer_lock(out_dir, "comparison folder") if writer else contextlib.nullcontext():
         gated = intervene(model, intervention) if intervention is not None else model
         settings, memo = {}, {}
         for config in configurations:
@@ -193,16 +196,22 @@ def compare(
             "comparison": comparison,
             "settings": settings,
         }
-        write_json(os.path.join(out_dir, "comparison.json"), results)
-        text = comparison_table(comparison)
-
-        def write_table(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(f"# SGM* comparison\n\n{text}\n")
-
-        atomic_write(os.path.join(out_dir, "comparison.md"), write_table)
-        _plot(os.path.join(out_dir, "comparison.png"), comparison)
+        if writer:
+            _write(out_dir, results)
         return results
+
+
+def _write(out_dir: str, results: dict[str, Any]) -> None:
+    """comparison.json, comparison.md and comparison.png."""
+    write_json(os.path.join(out_dir, "comparison.json"), results)
+    text = comparison_table(results["comparison"])
+
+    def write_table(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(f"# SGM* comparison\n\n{text}\n")
+
+    atomic_write(os.path.join(out_dir, "comparison.md"), write_table)
+    _plot(os.path.join(out_dir, "comparison.png"), results["comparison"])
 
 
 def parse_configuration(spec: str, options: DefenseOptions) -> Configuration:

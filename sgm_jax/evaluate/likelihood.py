@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sgm_jax import distributed
 from sgm_jax.batching import collate, image_inputs, model_batch, pad_token_id, plan_batches
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
@@ -57,13 +58,22 @@ def score_sequences(
     model: CausalLM, sequences: Sequence[dict[str, np.ndarray]], *, batch_size: int = 8, pad_id: int = 0
 ) -> Scored:
     """Score encoded sequences: each has `input_ids` `[T]`, `targets` `[T]` (bool: which tokens count)
-    and optionally image inputs (`pixel_values` `[1, 3, H, W]`)."""
+    and optionally image inputs (`pixel_values` `[1, 3, H, W]`). In a job over several processes the batches
+    are shared out and every process gets every score."""
     logprob, tokens = np.zeros(len(sequences)), np.zeros(len(sequences), np.int64)
-    for rows, batch in scoring_batches(model, sequences, batch_size, pad_id):
+    batches = list(scoring_batches(model, sequences, batch_size, pad_id))
+
+    def score(item) -> dict[str, np.ndarray]:
+        _, batch = item
         lp, count = target_logprobs(
             model, batch["input_ids"], batch["attention_mask"], batch["targets"], image_inputs(batch)
         )
-        logprob[rows], tokens[rows] = np.asarray(lp), np.asarray(count)
+        return {"logprob": np.asarray(lp, np.float64), "tokens": np.asarray(count, np.int64)}
+
+    for results in distributed.rounds(batches, score, distributed.encode_arrays, distributed.decode_arrays):
+        for position, scored in results:
+            rows = batches[position][0]
+            logprob[rows], tokens[rows] = scored["logprob"], scored["tokens"]
     return Scored(logprob, tokens)
 
 

@@ -12,6 +12,7 @@ Answers are cached per setting, so an interrupted run resumes without regenerati
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from sgm_jax import distributed
 from sgm_jax.atomic import write_json
 from sgm_jax.convert import CheckpointError
 from sgm_jax.data.samples import DatasetError, Sample
@@ -184,7 +186,8 @@ def evaluate(
         estimated_lengths(open_ended, processor, model.tokens_per_image),
         new_tokens=options.max_new_tokens,
     )
-    with writer_lock(out_dir, "evaluation folder"):
+    writer = distributed.cluster().writer
+    with writer_lock(out_dir, "evaluation folder") if writer else contextlib.nullcontext():
         by_stage(defenses)
         settings = {"before": model}
         if intervention is not None or defenses:
@@ -213,8 +216,9 @@ def evaluate(
                 defenses=defenses if name == "after" else (),
             )
         results.update(headline(results["settings"]))
-        write_json(os.path.join(out_dir, "results.json"), results)
-        write_report(out_dir, results, intervention=intervention, scores=scores)
+        if writer:
+            write_json(os.path.join(out_dir, "results.json"), results)
+            write_report(out_dir, results, intervention=intervention, scores=scores)
         return results
 
 

@@ -126,7 +126,8 @@ def run_sweep(
 
         def measure(chunk: list[Setting]) -> list[dict[str, Any]]:
             ivs = [intervention_for(s, scores, groups, source) for s in chunk]
-            metrics = evaluator.measure(ivs)
+            with distributed.solo():  # the chunk is this process's alone, its likelihood batches too
+                metrics = evaluator.measure(ivs)
             return [
                 {"key": s.key, "setting": s.row(), "metrics": m, "neurons_changed": iv.num_changed()}
                 for s, iv, m in zip(chunk, ivs, metrics)
