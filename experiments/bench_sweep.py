@@ -28,22 +28,17 @@ import numpy as np
 
 def organism_inputs(directory: str):
     """The organism, its scores at SGM's sites (collected on its train split), a prompt batch, the lexicon ids."""
-    import sgm_jax
     from sgm_jax.batching import collate, model_batch, pad_token_id
     from sgm_jax.collect import collect_to_store
     from sgm_jax.data.encode import encode
     from sgm_jax.data.readers.native import read_jsonl
-    from sgm_jax.data.synthetic import LEXICON, Composition, write_dataset
-    from sgm_jax.organism_files import ORGANISM_DIR, organism_card, real_path
+    from sgm_jax.data.synthetic import LEXICON
+    from sgm_jax.organism_files import load_organism, write_organism_data
     from sgm_jax.scores import load_scores, save_scores, score_store
     from sgm_jax.sites import default_sites
 
-    data = organism_card()["dataset"]
-    paths = write_dataset(
-        os.path.join(directory, "data"), seed=data["seed"], composition=Composition(**data["composition"])
-    )
-    with real_path(ORGANISM_DIR) as organism:
-        model, processor = sgm_jax.load_model(str(organism))
+    paths = write_organism_data(os.path.join(directory, "data"))
+    model, processor = load_organism()
     scores_path = os.path.join(directory, "scores.safetensors")
     if not os.path.exists(scores_path):
         store = collect_to_store(

@@ -36,8 +36,7 @@ from sgm_jax.evaluate.compare import Configuration, compare, comparison_table
 from sgm_jax.evaluate.judges import LexiconJudge
 from sgm_jax.evaluate.runner import EvalOptions, measure
 from sgm_jax.interventions import aura, intervene
-from sgm_jax.loading import load_model
-from sgm_jax.organism_files import ORGANISM_DIR, organism_card
+from sgm_jax.organism_files import load_organism, organism_card, write_organism_data
 from sgm_jax.scores import score_store, store_metadata
 from sgm_jax.sites import default_sites
 from sgm_jax.steering.annotate import annotate
@@ -112,12 +111,9 @@ def main() -> None:
 
     card = organism_card()
     data = card["dataset"]
-    paths = write_dataset(os.path.join(out, "data"), seed=data["seed"], composition=Composition(**data["composition"]))
+    paths = write_organism_data(os.path.join(out, "data"))
     held = write_dataset(os.path.join(out, "validation_data"), seed=data["seed"] + 101, composition=VALIDATION)
-    from importlib.resources import as_file
-
-    with as_file(ORGANISM_DIR) as organism:
-        model, processor = load_model(str(organism))
+    model, processor = load_organism()
     train = read_jsonl(paths["train.jsonl"])
     store = collect_to_store(
         model,

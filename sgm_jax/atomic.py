@@ -3,10 +3,12 @@ resumed runs only ever see whole files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from safetensors import SafetensorError
@@ -52,3 +54,31 @@ def write_json(path: str, data: Any) -> None:
             os.fsync(f.fileno())
 
     atomic_write(path, write)
+
+
+@contextlib.contextmanager
+def jsonl_appender(path: str, header: dict[str, Any], *, write: bool = True) -> Iterator[Callable[[list], None]]:
+    """`append(rows)`: JSON lines added to `path` and synced to disk at once, so a killed run loses at most a torn
+    last line (ended here, so the next row starts on its own line; readers skip it). A new file starts with
+    `header` as its first line. With `write` False (a process other than a job's writer) nothing is written."""
+    if not write:
+        yield lambda rows: None
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not os.path.exists(path):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(header) + "\n")
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        torn = f.read(1) != b"\n"
+    with open(path, "a", encoding="utf-8") as f:
+        if torn:
+            f.write("\n")
+
+        def append(rows: list) -> None:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+        yield append

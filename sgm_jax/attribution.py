@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from sgm_jax import distributed
 from sgm_jax.artifacts import EXPERTS
 from sgm_jax.atomic import atomic_write, write_json
 from sgm_jax.auroc import NonFiniteError, auroc
@@ -277,14 +278,24 @@ def _pooled(
     desc: str,
     progress: bool,
 ) -> dict[str, np.ndarray]:
-    """`{site: [samples, width]}` pooled responses, rows in sample order; `image(i)` replaces sample i's image."""
+    """`{site: [samples, width]}` pooled responses, rows in sample order; `image(i)` replaces sample i's image. In
+    a job over several processes the batches are shared out and every process gets every row."""
     out = {ref.name: np.zeros((len(samples), ref.width), np.float32) for ref in spec.refs}
     pad_id = pad_token_id(processor)
-    for rows in tqdm(plan_batches(lengths, batch_size), desc=desc, unit="batch", disable=not progress):
+    plan = plan_batches(lengths, batch_size)
+
+    def pooled(rows: list[int]) -> dict[str, np.ndarray]:
         batch = [encode(samples[i], processor, None if image is None else image(i)) for i in rows]
         check_lengths(model, [samples[i] for i in rows], [len(e["input_ids"]) for e in batch])
-        for name, values in pooled_batch(model, collate(batch, pad_id), spec).items():
-            out[name][rows] = values
+        return pooled_batch(model, collate(batch, pad_id), spec)
+
+    bar = tqdm(total=len(plan), desc=desc, unit="batch", disable=not progress)
+    for results in distributed.rounds(plan, pooled, distributed.encode_arrays, distributed.decode_arrays):
+        for position, values in results:
+            for name, value in values.items():
+                out[name][plan[position]] = value
+            bar.update()
+    bar.close()
     return out
 
 

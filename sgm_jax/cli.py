@@ -247,22 +247,28 @@ def _defense_options(args):
     return options
 
 
+def _judge_and_neutral(args, model, processor):
+    """The --judge (the self judge reads the model) and the --neutral texts."""
+    from sgm_jax.evaluate.judges import make_judge
+
+    judge = make_judge(args.judge, **({"model": model, "processor": processor} if args.judge == "self" else {}))
+    neutral = []
+    if args.neutral:
+        with open(args.neutral, encoding="utf-8") as f:
+            neutral = [line.strip() for line in f if line.strip()]
+    return judge, neutral
+
+
 def _eval_inputs(args):
     """What evaluate and compare share: samples, intervention, model, judge, neutral texts, options."""
     import sgm_jax
-    from sgm_jax.evaluate.judges import make_judge
     from sgm_jax.evaluate.runner import EvalOptions
 
     samples = _load_samples(args)
     intervention = _interventions(args)
     scores = sgm_jax.load_scores(args.scores)[0] if getattr(args, "scores", None) else None
     model, processor = _load(args)
-    judge_options = {"model": model, "processor": processor} if args.judge == "self" else {}
-    judge = make_judge(args.judge, **judge_options)
-    neutral = []
-    if args.neutral:
-        with open(args.neutral, encoding="utf-8") as f:
-            neutral = [line.strip() for line in f if line.strip()]
+    judge, neutral = _judge_and_neutral(args, model, processor)
     options = EvalOptions(
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
@@ -426,33 +432,12 @@ def _output_options(p, out_help: str, quiet_help: str, default: str | None = Non
     p.add_argument("--quiet", action="store_true", help=quiet_help)
 
 
-def _sweep_data_options(p) -> None:
-    """The data a sweep measures settings on: what evaluate takes, minus the intervention and sampling."""
-    p.add_argument("--data", help="the evaluation set, as evaluate reads it (native JSONL, MM-SafetyBench, ...)")
-    p.add_argument(
-        "--format",
-        choices=["native", "mmsafetybench", "sgm-sheet", "jailbreakv", "mcq"],
-        help="the format of --data (default: detected from the file)",
-    )
-    p.add_argument("--split", help="only the samples of this split (default: all)")
-    p.add_argument("--mcq", help="an extra file of multiple-choice items (options + answer) for reasoning accuracy")
-    p.add_argument("--neutral", help="a text file of neutral sentences, one per line, for perplexity")
-    p.add_argument(
-        "--judge",
-        default="refusal",
-        help="refusal | lexicon:PATH | classifier:DIR | chat | self (default: refusal)",
-    )
-    p.add_argument("--limit", type=whole(1), help="only the first N samples (a quick look)")
-    _image_file_options(p)
-    _image_size_option(p)
-
-
-def _evaluation_arguments(p, intervention_help: str) -> None:
-    """The data, model, judge and generation options evaluate and compare share."""
-    _model_options(p)
+def _data_options(p, *, required: bool = True) -> None:
+    """The evaluation data and its judge: what evaluate, compare and sweep read (--data is optional where a
+    command has a built-in set, as sweep's --demo)."""
     p.add_argument(
         "--data",
-        required=True,
+        required=required,
         help="the evaluation set: native JSONL, an MM-SafetyBench root, an SGM release sheet, a "
         "JailBreakV CSV or an MCQ file (see --format)",
     )
@@ -464,22 +449,28 @@ def _evaluation_arguments(p, intervention_help: str) -> None:
     p.add_argument("--split", help="only the samples of this split (default: all)")
     p.add_argument("--mcq", help="an extra file of multiple-choice items (options + answer) for reasoning accuracy")
     p.add_argument("--neutral", help="a text file of neutral sentences, one per line, for perplexity")
-    _intervention_options(p, intervention_help, "scale of each intervention: alpha -> 1 - s (1 - alpha) (default: 1)")
     p.add_argument(
         "--judge",
         default="refusal",
         help="refusal | lexicon:PATH | classifier:DIR | chat | self (default: refusal); chat reads "
         "SGM_JAX_JUDGE_BASE_URL, SGM_JAX_JUDGE_MODEL and SGM_JAX_JUDGE_API_KEY",
     )
+    p.add_argument("--limit", type=whole(1), help="only the first N samples (a quick look)")
+    _image_file_options(p)
+    _image_size_option(p)
+
+
+def _evaluation_arguments(p, intervention_help: str) -> None:
+    """The data, model, judge and generation options evaluate and compare share."""
+    _model_options(p)
+    _data_options(p)
+    _intervention_options(p, intervention_help, "scale of each intervention: alpha -> 1 - s (1 - alpha) (default: 1)")
     p.add_argument("--max-new-tokens", type=whole(1), default=64, help="most tokens per answer (default: 64)")
     p.add_argument("--batch-size", type=whole(1), default=8, help="samples per generation batch (default: 8)")
     _sampling_options(p, "random seed for sampling and bootstrap (default: 0)")
     p.add_argument(
         "--circular", action="store_true", help="multiple-choice items rotate their options (MMBench CircularEval)"
     )
-    p.add_argument("--limit", type=whole(1), help="evaluate only the first N samples (a quick look)")
-    _image_file_options(p)
-    _image_size_option(p)
     _output_options(p, "output directory (created; resumed if it holds cached answers)", "no progress bars")
 
 
@@ -753,17 +744,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     from sgm_jax import cli_experts
 
-    cli_experts.add_commands(sub, _model_options, _image_file_options, _load)
+    cli_experts.add_commands(sub, _model_options, _image_file_options, _distributed_options, _load)
 
     from sgm_jax import cli_sweep
 
     cli_sweep.add_command(
         sub,
         lambda p: _model_options(p, required=False),
-        _sweep_data_options,
+        lambda p: _data_options(p, required=False),
         _distributed_options,
         _load,
         _load_samples,
+        _judge_and_neutral,
     )
     return parser
 

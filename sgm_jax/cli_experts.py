@@ -42,6 +42,10 @@ def cmd_experts(args, load) -> None:
         dataset_name=os.path.abspath(args.data) + (f"#{args.split}" if args.split else ""),
         progress=not args.quiet,
     )
+    from sgm_jax import distributed
+
+    if not distributed.cluster().writer:
+        return
     write_outputs(attribution, args.out)
     totals = attribution.totals()
     print(
@@ -52,8 +56,9 @@ def cmd_experts(args, load) -> None:
     )
 
 
-def add_commands(sub, model_options, image_file_options, load) -> None:
-    """Register `experts` on the `sgm-jax` subparsers; `load(args)` loads the model as the other commands do."""
+def add_commands(sub, model_options, image_file_options, distributed_options, load) -> None:
+    """Register `experts` on the `sgm-jax` subparsers; `load(args)` loads the model as the other commands do,
+    `distributed_options(p)` adds the options of a job over several processes."""
     p = sub.add_parser(
         "experts",
         help="which modality each expert neuron reads: the image, the text, or both",
@@ -109,4 +114,5 @@ def add_commands(sub, model_options, image_file_options, load) -> None:
     image_file_options(p)
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    distributed_options(p)
     p.set_defaults(func=lambda args: cmd_experts(args, load))

@@ -9,7 +9,7 @@ from sgm_jax.options import real, whole
 GRID_OPTIONS = ("method", "threshold", "strength", "k", "alpha", "sites")
 
 
-def cmd_sweep(args, load, load_samples) -> None:
+def cmd_sweep(args, load, load_samples, judge_and_neutral) -> None:
     from sgm_jax.sweeps.evaluation import SweepOptions
     from sgm_jax.sweeps.settings import grid, group_name, read_settings
 
@@ -35,7 +35,7 @@ def cmd_sweep(args, load, load_samples) -> None:
     if args.demo:
         summary = _demo(args, options, settings if (args.grid or _grid_given(args)) else None)
     else:
-        summary = _sweep(args, options, settings, load, load_samples)
+        summary = _sweep(args, options, settings, load, load_samples, judge_and_neutral)
     from sgm_jax import distributed
 
     if distributed.cluster().writer:
@@ -55,9 +55,8 @@ def _demo(args, options, settings):
     return organism_sweep(args.out, options=options, settings=settings, progress=not args.quiet)
 
 
-def _sweep(args, options, settings, load, load_samples):
+def _sweep(args, options, settings, load, load_samples, judge_and_neutral):
     import sgm_jax
-    from sgm_jax.evaluate.judges import make_judge
     from sgm_jax.sweeps.run import run_sweep
     from sgm_jax.sweeps.settings import site_groups
 
@@ -66,12 +65,8 @@ def _sweep(args, options, settings, load, load_samples):
         raise OptionError(f"a sweep needs --{', --'.join(missing)} (or --demo for the bundled organism)")
     scores, source = sgm_jax.load_scores(args.scores)
     samples = load_samples(args)
-    neutral = []
-    if args.neutral:
-        with open(args.neutral, encoding="utf-8") as f:
-            neutral = [line.strip() for line in f if line.strip()]
     model, processor = load(args)
-    judge = make_judge(args.judge, **({"model": model, "processor": processor} if args.judge == "self" else {}))
+    judge, neutral = judge_and_neutral(args, model, processor)
     defined = {spec.split("=", 1)[0]: spec for spec in args.sites}
     specs = list(defined.values()) + [s.sites for s in settings if s.sites not in defined]
     groups = site_groups(model, scores, list(dict.fromkeys(specs)))
@@ -115,9 +110,9 @@ _DEFAULTS = {
 }
 
 
-def add_command(sub, model_options, data_options, distributed_options, load, load_samples) -> None:
-    """Register `sgm-jax sweep`; `load(args)` loads the model and `load_samples(args)` the data as the other
-    commands do."""
+def add_command(sub, model_options, data_options, distributed_options, load, load_samples, judge_and_neutral) -> None:
+    """Register `sgm-jax sweep`; `load(args)` loads the model, `load_samples(args)` the data and
+    `judge_and_neutral(args, model, processor)` the judge and neutral texts, as the other commands do."""
     p = sub.add_parser(
         "sweep",
         help="measure a grid of intervention settings and plot the Pareto front",
@@ -194,4 +189,4 @@ def add_command(sub, model_options, data_options, distributed_options, load, loa
     distributed_options(p)
     p.add_argument("--out", required=True, help="output folder (a rerun resumes in it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=lambda args: cmd_sweep(args, load, load_samples))
+    p.set_defaults(func=lambda args: cmd_sweep(args, load, load_samples, judge_and_neutral))

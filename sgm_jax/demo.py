@@ -19,14 +19,12 @@ from typing import Any
 from sgm_jax.atomic import write_json
 from sgm_jax.collect import collect_to_store
 from sgm_jax.data.readers.native import read_jsonl
-from sgm_jax.data.synthetic import Composition, write_dataset
 from sgm_jax.defenses import train_prober
 from sgm_jax.evaluate.compare import compare, standard_configurations
 from sgm_jax.evaluate.judges import LexiconJudge
 from sgm_jax.evaluate.runner import EvalOptions, evaluate
 from sgm_jax.interventions import aura
-from sgm_jax.loading import load_model
-from sgm_jax.organism_files import ORGANISM_DIR, Folder, organism_card, real_path
+from sgm_jax.organism_files import ORGANISM_DIR, Folder, load_organism, organism_card, write_organism_data
 from sgm_jax.scores import save_scores, score_store, store_metadata
 from sgm_jax.sites import default_sites
 
@@ -63,13 +61,9 @@ def run_demo(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the pipeline; write data/, store/, scores.safetensors, sgm.safetensors, results.json, report.md, plots."""
-    card = organism_card(organism_dir)
-    data = card["dataset"]
-    paths = write_dataset(
-        os.path.join(out_dir, "data"), seed=data["seed"], composition=Composition(**data["composition"])
-    )
-    with real_path(organism_dir) as organism:
-        model, processor = load_model(str(organism))
+    data = organism_card(organism_dir)["dataset"]
+    paths = write_organism_data(os.path.join(out_dir, "data"), organism_dir)
+    model, processor = load_organism(organism_dir)
     train = read_jsonl(paths["train.jsonl"])
     store = collect_to_store(
         model,

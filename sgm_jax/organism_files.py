@@ -34,6 +34,23 @@ def organism_card(organism_dir: Folder = ORGANISM_DIR) -> dict[str, Any]:
     return json.loads(card.read_text(encoding="utf-8"))
 
 
+def write_organism_data(directory: str, organism_dir: Folder = ORGANISM_DIR) -> dict[str, str]:
+    """Write the synthetic data the organism was trained and measured on (its card's seed and composition) into
+    `directory`; returns the files' paths by name (train.jsonl, test.jsonl, mcq_test.jsonl, neutral.txt, ...)."""
+    from sgm_jax.data.synthetic import Composition, write_dataset
+
+    data = organism_card(organism_dir)["dataset"]
+    return write_dataset(directory, seed=data["seed"], composition=Composition(**data["composition"]))
+
+
+def load_organism(organism_dir: Folder = ORGANISM_DIR):
+    """`(model, processor)` of the organism, wherever its files are (package data included)."""
+    from sgm_jax.loading import load_model
+
+    with real_path(organism_dir) as organism:
+        return load_model(str(organism))
+
+
 def real_path(directory: Folder = ORGANISM_DIR) -> contextlib.AbstractContextManager[pathlib.Path]:
     """`directory` as a file-system path for the loader (importlib.resources' `as_file` for package data)."""
     if isinstance(directory, (str, os.PathLike)):

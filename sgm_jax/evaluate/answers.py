@@ -10,7 +10,6 @@ records the generation settings, and a cache made with other settings is refused
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -22,6 +21,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from sgm_jax import distributed
+from sgm_jax.atomic import jsonl_appender
 from sgm_jax.data.encode import SquareImages, render
 from sgm_jax.data.samples import Sample
 from sgm_jax.defenses import Defense, answer_batch, by_stage
@@ -124,7 +124,7 @@ def generate_answers(
         return {"texts": texts, "seconds": (time.perf_counter() - start) / len(batch)}
 
     encode = lambda result: json.dumps(result).encode()
-    with _cache_appender(cache_path, settings, writer) as append:
+    with jsonl_appender(cache_path, {"settings": settings}, write=writer) as append:
         bar = tqdm(total=len(batches), desc="generate", unit="batch", disable=not progress)
         for results in distributed.rounds(batches, answered, encode, json.loads):
             for position, result in results:
@@ -137,32 +137,6 @@ def generate_answers(
                 bar.update()
         bar.close()
     return {s.id: answers[s.id] for s in samples}
-
-
-@contextlib.contextmanager
-def _cache_appender(cache_path: str, settings: dict, writer: bool):
-    """`append(rows)`: the rows added to the cache and flushed to disk (only process 0 writes the file)."""
-    if not writer:
-        yield lambda rows: None
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
-    if not os.path.exists(cache_path):
-        with open(cache_path, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"settings": settings}) + "\n")
-    with open(cache_path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        torn = f.read(1) != b"\n"
-    with open(cache_path, "a", encoding="utf-8") as f:
-        if torn:  # end the torn line so the next answer starts on its own
-            f.write("\n")
-
-        def append(rows: list[dict]) -> None:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-        yield append
 
 
 def answer_seconds(cache_path: str, ids) -> float:

@@ -9,10 +9,8 @@ from typing import Any
 
 from sgm_jax.collect import collect_to_store
 from sgm_jax.data.readers.native import read_jsonl
-from sgm_jax.data.synthetic import Composition, write_dataset
 from sgm_jax.evaluate.judges import LexiconJudge
-from sgm_jax.loading import load_model
-from sgm_jax.organism_files import ORGANISM_DIR, Folder, organism_card, real_path
+from sgm_jax.organism_files import ORGANISM_DIR, Folder, load_organism, write_organism_data
 from sgm_jax.scores import load_scores, save_scores, score_store, store_metadata
 from sgm_jax.sites import default_sites
 from sgm_jax.sweeps.evaluation import SweepOptions
@@ -58,13 +56,8 @@ def organism_sweep(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write data/, store/ and scores.safetensors (each resumed or reused), then run the sweep into `out_dir`."""
-    card = organism_card(organism_dir)
-    data = card["dataset"]
-    paths = write_dataset(
-        os.path.join(out_dir, "data"), seed=data["seed"], composition=Composition(**data["composition"])
-    )
-    with real_path(organism_dir) as organism:
-        model, processor = load_model(str(organism))
+    paths = write_organism_data(os.path.join(out_dir, "data"), organism_dir)
+    model, processor = load_organism(organism_dir)
     scores_path = os.path.join(out_dir, "scores.safetensors")
     if os.path.exists(scores_path):
         scores, source = load_scores(scores_path)

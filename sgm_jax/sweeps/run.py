@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sgm_jax import distributed
-from sgm_jax.atomic import atomic_write, write_json
+from sgm_jax.atomic import atomic_write, jsonl_appender, write_json
 from sgm_jax.compiles import count_compiles
 from sgm_jax.data.samples import Sample, dataset_hash
 from sgm_jax.errors import OptionError, SgmJaxError
@@ -36,26 +37,26 @@ from sgm_jax.evaluate.judges import Judge
 from sgm_jax.fingerprint import model_fingerprint
 from sgm_jax.locks import writer_lock
 from sgm_jax.sites import site_refs
-from sgm_jax.sweeps.evaluation import SettingsEvaluator, SweepOptions
+from sgm_jax.sweeps.evaluation import METRICS, SettingsEvaluator, SweepOptions
 from sgm_jax.sweeps.pareto import PANELS, pareto_front, plot_pareto
 from sgm_jax.sweeps.settings import Setting, intervention_for
 
 RESULTS = "settings.jsonl"
-COLUMNS = (
+# sweep.csv: the setting and its headline metrics first, then the rest of what was measured.
+_LEADING = (
     "method",
     "threshold",
     "strength",
     "k",
-    "alpha",
     "sites",
     "harmful_rate",
-    "harmful_rate_low",
-    "harmful_rate_high",
     "over_refusal",
     "mcq_accuracy",
     "perplexity",
-    "answer_perplexity",
-    "distinct_2",
+)
+COLUMNS = (
+    *_LEADING,
+    *(name for name in (*(f.name for f in dataclasses.fields(Setting)), *METRICS) if name not in _LEADING),
     "neurons_changed",
     "front_mcq",
     "front_perplexity",
@@ -135,7 +136,7 @@ def run_sweep(
 
         started = time.perf_counter()
         bar = tqdm(total=len(settings), initial=len(done), desc="sweep", unit="setting", disable=not progress)
-        with count_compiles() as compiles, _appender(path, identity, group.writer) as append:
+        with count_compiles() as compiles, jsonl_appender(path, {"identity": identity}, write=group.writer) as append:
             for results in distributed.rounds(chunks, measure, _encode, _decode):
                 for _, rows in results:
                     append(rows)
@@ -200,36 +201,6 @@ def _read_rows(path: str, identity: dict) -> dict[str, dict]:
             continue
         rows[row["key"]] = row
     return rows
-
-
-@contextlib.contextmanager
-def _appender(path: str, identity: dict, writer: bool):
-    """`append(rows)`: one JSON line per row, flushed and synced (a no-op on processes other than 0)."""
-    if not writer:
-        yield lambda rows: None
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if not os.path.exists(path):
-
-        def header(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(json.dumps({"identity": identity}) + "\n")
-
-        atomic_write(path, header)
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        torn = f.read(1) != b"\n"
-    with open(path, "a", encoding="utf-8") as f:
-        if torn:
-            f.write("\n")
-
-        def append(rows):
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-        yield append
 
 
 def _flat(row: dict) -> dict[str, Any]:
