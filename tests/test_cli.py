@@ -1,5 +1,6 @@
 """`sgm-jax collect` + `sgm-jax score` from the command line on a tiny checkpoint and a JSONL file."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -111,12 +112,16 @@ def test_sites_command_lists_names_and_widths(checkpoint, capsys):
 
 
 def test_every_option_is_documented():
-    for command in ("collect", "score", "sites", "generate", "intervention", "evaluate", "compare", "prober", "demo"):
-        out = subprocess.run(
-            [sys.executable, "-m", "sgm_jax.cli", command, "--help"], capture_output=True, text=True, check=True
-        ).stdout
-        parser = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices.items() if a[0] == command)[1]
-        for action in parser._actions:
-            for flag in action.option_strings:
-                assert flag in out, (command, flag)
-            assert action.help, (command, action.dest)
+    listed = subprocess.run([sys.executable, "-m", "sgm_jax.cli", "--help"], capture_output=True, text=True, check=True)
+    commands = cli.build_parser()._subparsers._group_actions[0].choices
+    for command, parser in commands.items():
+        assert command in listed.stdout
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for sub in [parser] + [p for a in nested for p in a.choices.values()]:
+            out = sub.format_help()
+            for action in sub._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    continue
+                for flag in action.option_strings:
+                    assert flag in out, (command, flag)
+                assert action.help, (command, action.dest)

@@ -24,6 +24,7 @@ import hf_tiny
 import sgm_jax
 from sgm_jax import cli
 from sgm_jax.data import read_jsonl
+from sgm_jax.evaluate.judges import chat
 from sgm_jax.locks import writer_lock
 from sgm_jax.store import ResponseStore, file_digest
 
@@ -449,10 +450,13 @@ def test_a_dead_judge_endpoint_is_one_line(tiny, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SGM_JAX_JUDGE_BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("SGM_JAX_JUDGE_MODEL", "guard")
     monkeypatch.setenv("SGM_JAX_JUDGE_CACHE", str(tmp_path / "judge-cache"))
+    waits = []
+    monkeypatch.setattr(chat.time, "sleep", waits.append)  # the retries' backoff, recorded instead of slept
     out = tmp_path / "eval"
     argv = ["evaluate", "--model", tiny[0], "--data", tiny[1], "--out", str(out), "--quiet", "--judge", "chat"]
     line = _one_line(_fails(capsys, [*argv, "--max-new-tokens", "2", "--limit", "4"]), "evaluate")
     assert "127.0.0.1:9" in line
+    assert sorted(set(waits)) == [1.0, 2.0, 4.0, 8.0, 16.0]  # it retried with the documented backoff first
     assert len((out / "answers_before.jsonl").read_text().splitlines()) == 5  # the answers are kept for the rerun
 
 
