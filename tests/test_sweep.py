@@ -10,13 +10,17 @@ import pytest
 
 import sgm_jax
 from sgm_jax import cli
+from sgm_jax.batching import collate, pad_token_id
 from sgm_jax.collect import collect_to_store
 from sgm_jax.compiles import count_compiles
 from sgm_jax.data import read_jsonl
+from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import write_jsonl
 from sgm_jax.data.synthetic import Composition, write_dataset
 from sgm_jax.errors import OptionError
 from sgm_jax.evaluate.judges import LexiconJudge
+from sgm_jax.generate import decode_arguments, decode_swept
+from sgm_jax.interventions import GateStack
 from sgm_jax.scores import save_scores, score_store, store_metadata
 from sgm_jax.sites import default_sites
 from sgm_jax.sweeps import run as sweep_run
@@ -229,3 +233,21 @@ def test_sweep_from_the_command_line(setup, tmp_path, capsys):
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["paper"]["SGM release (0.3)"]["threshold"] == 0.3
     assert summary["fronts"]["mcq_accuracy"] and summary["compiles"] > 0
+
+
+def test_sampled_decoding_under_a_sweep_draws_as_separate_calls(organism, setup):
+    model, processor = organism
+    _, _, scores, samples, *_ = setup
+    groups = site_groups(model, scores, ["sgm"])
+    ivs = [intervention_for(Setting("aura", "sgm", threshold=t, strength=2.0), scores, groups) for t in (0.5, 0.7)]
+    prompts = [s for s in samples if not s.options][:4]
+    batch = collate([encode(s, processor) for s in prompts], pad_token_id(processor))
+    ids, mask = batch.pop("input_ids"), batch.pop("attention_mask")
+    options = {"max_new_tokens": 6, "temperature": 1.0, "top_k": 20, "seed": 3, "processor": processor}
+    stack = GateStack(model, groups["sgm"])
+    args, static = decode_arguments(model, ids, attention_mask=mask, **options, **batch)
+    tokens, steps = decode_swept(stack.state(ivs), stack.rest, *args, graphdef=stack.graphdef, **static)
+    for k, iv in enumerate(ivs):
+        alone = sgm_jax.generate(sgm_jax.intervene(model, iv), ids, attention_mask=mask, **options, **batch)
+        assert int(steps[k]) == alone.shape[1]
+        np.testing.assert_array_equal(np.asarray(tokens[k])[:, : alone.shape[1]], alone)

@@ -104,7 +104,8 @@ def sweep(
 
     Compiled once per model structure, function code and static values, swept sites, chunk size and argument
     shapes. `interventions` may be a lazy iterable (K settings of a 7B model need not sit in memory at once)
-    when `sites` names every site they touch; `chunk_size` None runs all K as one chunk.
+    when `sites` names every site they touch; `chunk_size` None runs all K as one chunk. A function that loops
+    until a condition of its own (a decoder) is better vmapped inside its loop: `sgm_jax.generate.decode_swept`.
     """
     if chunk_size is not None and chunk_size < 1:
         raise InterventionError(f"chunk_size must be >= 1, got {chunk_size}")

@@ -4,14 +4,15 @@ multiple-choice accuracy and perplexity, each a compiled call vmapped over K gat
 
 Prompts, multiple-choice rows and neutral texts are encoded and batched once, whatever the number of settings.
 `measure(..., vmapped=False)` runs the same settings one at a time through the same compiled functions, each on
-its model from `sgm_jax.intervene`: the one-by-one loop a sweep is compared against, and what it must equal.
+its model from `sgm_jax.intervene`: the one-by-one loop a sweep is compared against, and what it must equal
+(`shared_compile` keeps every setting on the sweep's gates, so the loop compiles once too).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -33,7 +34,7 @@ from sgm_jax.evaluate.likelihood import (
 )
 from sgm_jax.evaluate.mcq import mcq_result, mcq_rows
 from sgm_jax.evaluate.rates import distinct_n, rate_with_interval
-from sgm_jax.generate import decode, decode_arguments
+from sgm_jax.generate import decode, decode_arguments, decode_swept
 from sgm_jax.interventions import GateStack, Intervention, intervene
 from sgm_jax.lengths import check_lengths
 
@@ -47,8 +48,6 @@ METRICS = (
     "answer_perplexity",
     "distinct_2",
 )
-
-Runner = Callable[..., Any]  # run(fn, *args): fn(gated model, *args) for every setting, stacked on axis 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,22 +109,32 @@ class SettingsEvaluator:
         self.neutral_batches = list(scoring_batches(model, neutral_sequences, options.batch_size, pad))
         self.neutral_tokens = sum(int(s["targets"].sum()) for s in neutral_sequences)
 
-    def runner(self, interventions: Sequence[Intervention], *, vmapped: bool = True) -> Runner:
-        """`run(fn, *args)` for these settings: one vmapped call over their gate states (built once, padded to
-        the chunk size), or a loop over each setting's gated model as `sgm_jax.intervene` makes it."""
+    def runner(
+        self, interventions: Sequence[Intervention], *, vmapped: bool = True, shared_compile: bool = False
+    ) -> Vmapped | OneByOne:
+        """How these settings run: all at once over their gate states (built once, padded to the chunk size), or
+        one by one on each setting's gated model: as `sgm_jax.intervene` makes it (a new gate pattern compiles
+        again), or with `shared_compile` on this sweep's gates, identity gates kept."""
         if vmapped:
-            gates = self.stack.padded_state(interventions, self.options.chunk_size)
-            return functools.partial(_vmapped, self.stack, gates, len(interventions))
-        return functools.partial(_one_by_one, [intervene(self.model, iv) for iv in interventions])
+            return Vmapped(
+                self.stack, self.stack.padded_state(interventions, self.options.chunk_size), len(interventions)
+            )
+        gated = self.stack.model if shared_compile else functools.partial(intervene, self.model)
+        return OneByOne([gated(iv) for iv in interventions])
 
     def measure(
-        self, interventions: Sequence[Intervention], *, vmapped: bool = True, keep_answers: bool = False
+        self,
+        interventions: Sequence[Intervention],
+        *,
+        vmapped: bool = True,
+        shared_compile: bool = False,
+        keep_answers: bool = False,
     ) -> list[dict[str, Any]]:
         """Every metric of each setting, in order (at most `chunk_size` settings per vmapped call); with
         `keep_answers`, each setting's answer texts too (under "answers", in the order of the open-ended samples)."""
         if vmapped and len(interventions) > self.options.chunk_size:
             raise OptionError(f"{len(interventions)} settings exceed the chunk size {self.options.chunk_size}")
-        run = self.runner(interventions, vmapped=vmapped)
+        run = self.runner(interventions, vmapped=vmapped, shared_compile=shared_compile)
         answers = self.answers(run, len(interventions))
         mcq = self._logprobs(run, self.mcq_batches, len(interventions)) if self.mcq else None
         neutral = self._logprobs(run, self.neutral_batches, len(interventions)) if self.neutral_batches else None
@@ -141,7 +150,7 @@ class SettingsEvaluator:
                 row["answers"] = texts
         return rows
 
-    def answers(self, run: Runner, count: int) -> list[list[str]]:
+    def answers(self, run: Vmapped | OneByOne, count: int) -> list[list[str]]:
         """`[setting][sample]` answer texts to the open-ended prompts, as `sgm_jax.answer` decodes them."""
         texts = [[""] * len(self.open_ended) for _ in range(count)]
         for rows, batch in self.prompt_batches:
@@ -154,15 +163,14 @@ class SettingsEvaluator:
                 processor=self.processor,
                 **image_inputs(batch),
             )
-            tokens, steps = run(functools.partial(decode, **static), *args)
-            tokens, steps = np.asarray(tokens), np.asarray(steps)
+            tokens, steps = run.decode(args, static)
             for k in range(count):
                 decoded = self.tokenizer.batch_decode(tokens[k, :, : int(steps[k])], skip_special_tokens=True)
                 for i, text in zip(rows, decoded):
                     texts[k][i] = text.strip()
         return texts
 
-    def _logprobs(self, run: Runner, batches, count: int) -> np.ndarray:
+    def _logprobs(self, run: Vmapped | OneByOne, batches, count: int) -> np.ndarray:
         """`[setting, rows]` summed target log-probabilities over scoring batches."""
         total = sum(len(rows) for rows, _ in batches)
         out = np.zeros((count, total))
@@ -174,23 +182,25 @@ class SettingsEvaluator:
         return out
 
     def _answer_perplexity(self, answers: list[list[str]]) -> list[float | None]:
-        """Each setting's answers scored under the model without gates (fluency), all settings in one pass."""
-        rows = [
-            (k, dataclasses.replace(s, response=a))
-            for k, texts in enumerate(answers)
-            for s, a in zip(self.open_ended, texts)
-            if a
-        ]
-        if not rows:
+        """Each setting's answers scored under the model without gates (fluency), all settings in one pass; an
+        answer several settings gave to the same prompt is scored once."""
+        unique: dict[tuple[int, str], int] = {}
+        for texts in answers:
+            for i, text in enumerate(texts):
+                if text:
+                    unique.setdefault((i, text), len(unique))
+        if not unique:
             return [None] * len(answers)
         scored = response_scores(
-            self.model, self.processor, [sample for _, sample in rows], batch_size=self.options.batch_size
+            self.model,
+            self.processor,
+            [dataclasses.replace(self.open_ended[i], response=text) for i, text in unique],
+            batch_size=self.options.batch_size,
         )
-        setting = np.asarray([k for k, _ in rows])
         out = []
-        for k in range(len(answers)):
-            mine = setting == k
-            out.append(Scored(scored.logprob[mine], scored.tokens[mine]).perplexity if mine.any() else None)
+        for texts in answers:
+            rows = [unique[(i, text)] for i, text in enumerate(texts) if text]
+            out.append(Scored(scored.logprob[rows], scored.tokens[rows]).perplexity if rows else None)
         return out
 
     def _metrics(self, answers: list[str], answer_perplexity, mcq_logprob, neutral_logprob) -> dict[str, Any]:
@@ -216,10 +226,30 @@ class SettingsEvaluator:
         return metrics
 
 
-def _vmapped(stack: GateStack, gates, count: int, fn, *args):
-    return jax.tree.map(lambda x: np.asarray(x)[:count], stack.run(gates, fn, *args))
+class Vmapped:
+    """K settings at once: `run(fn, *args)` vmaps `fn(gated model, *args)` over their gate states; `decode` runs the
+    decoding loop once for all of them (`sgm_jax.generate.decode_swept`). Results drop the chunk's padding."""
+
+    def __init__(self, stack: GateStack, gates, count: int):
+        self.stack, self.gates, self.count = stack, gates, count
+
+    def __call__(self, fn, *args):
+        return jax.tree.map(lambda x: np.asarray(x)[: self.count], self.stack.run(self.gates, fn, *args))
+
+    def decode(self, args: tuple, static: dict) -> tuple[np.ndarray, np.ndarray]:
+        out = decode_swept(self.gates, self.stack.rest, *args, graphdef=self.stack.graphdef, **static)
+        return tuple(np.asarray(x)[: self.count] for x in out)
 
 
-def _one_by_one(models: list[nnx.Module], fn, *args):
-    outs = [fn(m, *args) for m in models]
-    return [np.stack([np.asarray(o[i]) for o in outs]) for i in range(len(outs[0]))]
+class OneByOne:
+    """The same, one setting's model after another (each call compiled for its model's structure)."""
+
+    def __init__(self, models: list[nnx.Module]):
+        self.models = models
+
+    def __call__(self, fn, *args):
+        outs = [fn(m, *args) for m in self.models]
+        return [np.stack([np.asarray(o[i]) for o in outs]) for i in range(len(outs[0]))]
+
+    def decode(self, args: tuple, static: dict) -> tuple[np.ndarray, np.ndarray]:
+        return self(functools.partial(decode, **static), *args)
