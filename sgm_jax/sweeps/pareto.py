@@ -9,10 +9,10 @@ import numpy as np
 
 from sgm_jax.atomic import atomic_write
 
-# (x, y, whether a larger y is better) of each panel; x is always the harmful rate, lower is better.
+# (x, y, whether a larger y is better, label, y scale) of each panel; x is always the harmful rate, lower is better.
 PANELS = (
-    ("harmful_rate", "mcq_accuracy", True, "multiple-choice accuracy (reasoning)"),
-    ("harmful_rate", "perplexity", False, "perplexity on neutral text (fluency)"),
+    ("harmful_rate", "mcq_accuracy", True, "multiple-choice accuracy (reasoning)", "linear"),
+    ("harmful_rate", "perplexity", False, "perplexity on neutral text (fluency, log scale)", "log"),
 )
 
 
@@ -44,11 +44,12 @@ def plot_pareto(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, len(PANELS), figsize=(6.5 * len(PANELS), 5), dpi=110)
     methods = sorted({row["method"] for row in rows})
     colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for ax, (x_name, y_name, maximize, y_label) in zip(axes, PANELS):
+    for ax, (x_name, y_name, maximize, y_label, scale) in zip(axes, PANELS):
         x = np.asarray([_num(row.get(x_name)) for row in rows])
         y = np.asarray([_num(row.get(y_name)) for row in rows])
         for method in methods:
@@ -58,10 +59,16 @@ def plot_pareto(
         order = np.flatnonzero(front)[np.argsort(x[front])]
         ax.plot(x[order], y[order], "k-", lw=1.2, label="Pareto front")
         ax.scatter(x[order], y[order], s=40, facecolors="none", edgecolors="k")
-        for i, row in enumerate(rows):
-            if row["key"] in highlights and np.isfinite(x[i]) and np.isfinite(y[i]):
-                ax.scatter([x[i]], [y[i]], s=160, marker="*", color="crimson", zorder=5)
-                ax.annotate(highlights[row["key"]], (x[i], y[i]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        finite = np.isfinite(x) & np.isfinite(y)
+        shown = [i for i, row in enumerate(rows) if row["key"] in highlights and finite[i]]
+        for n, i in enumerate(shown):  # labels alternate above and below, so neighbours stay readable
+            ax.scatter([x[i]], [y[i]], s=160, marker="*", color="crimson", zorder=5)
+            offset = (8, 8) if n % 2 == 0 else (8, -14)
+            ax.annotate(highlights[rows[i]["key"]], (x[i], y[i]), textcoords="offset points", xytext=offset, fontsize=8)
+        ax.set_yscale(scale)
+        if scale == "log":  # plain numbers on the ticks, not powers of ten
+            ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("harmful rate (lower is safer)")
         ax.set_ylabel(y_label)
         ax.grid(alpha=0.3)

@@ -210,7 +210,7 @@ def _flat(row: dict) -> dict[str, Any]:
 def _summary(rows, measured: int, seconds: float, compiles: int, options: SweepOptions, info) -> dict[str, Any]:
     flat = [_flat(r) for r in rows]
     fronts = {}
-    for x_name, y_name, maximize, _ in PANELS:
+    for x_name, y_name, maximize, *_ in PANELS:
         mask = pareto_front(
             [r[x_name] for r in _nan(flat, x_name)], [r[y_name] for r in _nan(flat, y_name)], maximize_y=maximize
         )
