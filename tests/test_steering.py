@@ -1,6 +1,7 @@
 """Concept steering: the elastic-net solver, screening, concept atoms, SAEs, annotation, the residual edits
 (against forward hooks on transformers), their files, and DACO/MOP as defenses."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -42,6 +43,9 @@ def test_fista_reaches_the_elastic_net_optimum(lam, tau):
         reference.fit(atoms.T.astype(np.float64), row.astype(np.float64))
         np.testing.assert_allclose(code, reference.coef_, atol=1e-4)
     assert (codes == 0).any() and (codes != 0).any()  # sparse, not trivial
+    gram = jnp.asarray(atoms @ atoms.T)  # the Gram form iterates on c G - x D^T: the same optimum
+    solve = dict(lam=lam, tau=tau, iters=3000, lipschitz_constant=lipschitz(atoms))
+    np.testing.assert_allclose(np.asarray(elastic_net(atoms, x, gram=gram, **solve)), codes, atol=1e-5)
 
 
 def test_lipschitz_bounds_the_spectral_norm():
@@ -70,6 +74,10 @@ def test_screening_is_exact_when_it_keeps_the_support_and_keeps_what_must_stay()
             np.testing.assert_allclose(s, f, atol=1e-5)
     everything = np.asarray(screened_elastic_net(atoms, x, size=len(atoms), keep=keep, **solve))
     np.testing.assert_allclose(everything, full, atol=1e-5)
+    gram = jnp.asarray(atoms @ atoms.T)  # each row's block of the Gram matrix instead of its copy of the atoms
+    np.testing.assert_allclose(
+        np.asarray(screened_elastic_net(atoms, x, size=30, keep=keep, gram=gram, **solve)), screened, atol=1e-5
+    )
 
 
 def test_concept_atoms_are_normalised_differences_of_means():

@@ -25,6 +25,8 @@ from sgm_jax.models.site import Steering
 from sgm_jax.steering.edit import ResidualEdit
 from sgm_jax.steering.fista import elastic_net, lipschitz, screened_elastic_net
 
+GRAM_BYTES = 1 << 28  # the largest atoms x atoms matrix an edit keeps (256 MB: 8k atoms)
+
 
 @dataclasses.dataclass(frozen=True)
 class SparseCodingSettings:
@@ -71,6 +73,11 @@ class SparseCodingEdit(ResidualEdit):
         self.undesirable = Steering(jnp.asarray(undesirable, jnp.float32))
         self.desirable = Steering(jnp.asarray(desirable, jnp.float32))
         self.lipschitz = Steering(lipschitz(jnp.asarray(atoms)))
+        # Gram-form iterations cost (atoms coded)^2 a row against 2 x atoms x width directly: kept when cheaper,
+        # and when the [m, m] matrix stays small (a screened dictionary of 15k atoms would need 0.9 GB of it).
+        coded, m = self.screen or atoms.shape[0], atoms.shape[0]
+        cheaper = coded < 2 * self.width and m * m * 4 <= GRAM_BYTES
+        self.gram = Steering(jnp.asarray(atoms @ atoms.T)) if cheaper else None
 
     def codes(self, x: jax.Array) -> jax.Array:
         """The elastic-net codes `[..., m]` of `x` (each row scaled to unit norm, codes scaled back)."""
@@ -78,7 +85,8 @@ class SparseCodingEdit(ResidualEdit):
         atoms = self.atoms[...]
         norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
         unit = x / jnp.maximum(norm, 1e-12)
-        solve = dict(lam=s.lam, tau=s.tau, iters=s.iters, lipschitz_constant=self.lipschitz[...])
+        gram = None if self.gram is None else self.gram[...]
+        solve = dict(lam=s.lam, tau=s.tau, iters=s.iters, lipschitz_constant=self.lipschitz[...], gram=gram)
         if self.screen:
             keep = (self.undesirable[...] + self.desirable[...]) > 0
             codes = screened_elastic_net(atoms, unit, size=self.screen, keep=keep, **solve)
