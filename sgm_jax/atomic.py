@@ -82,3 +82,27 @@ def jsonl_appender(path: str, header: dict[str, Any], *, write: bool = True) -> 
             os.fsync(f.fileno())
 
         yield append
+
+
+def read_jsonl_log(path: str, damaged: Callable[[], Exception]) -> tuple[Any, list[Any]]:
+    """`(header, rows)` of a file `jsonl_appender` writes; `(None, [])` when there is none. A torn last row (a
+    killed run) is skipped; an empty file or a torn header alone (a full disk at the first write) is removed;
+    a damaged header above rows raises `damaged()`."""
+    if not os.path.exists(path):
+        return None, []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError:
+        if any(line.strip() for line in lines[1:]):
+            raise damaged() from None
+        os.remove(path)
+        return None, []
+    rows = []
+    for line in lines[1:]:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return header, rows

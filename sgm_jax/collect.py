@@ -89,7 +89,9 @@ def collect_to_store(
         if store is not None and not store.complete:
             store.finalize(plan)
     distributed.barrier()  # the store is whole before any process reads it
-    return ResponseStore(out_dir) if os.path.exists(os.path.join(out_dir, "manifest.json")) else None
+    if store is not None or not os.path.exists(os.path.join(out_dir, "manifest.json")):
+        return store
+    return ResponseStore(out_dir)
 
 
 def _todo(store: ResponseStore, plan: list[list[int]]) -> list[int]:

@@ -154,14 +154,15 @@ def all_gather_bytes(payload: bytes) -> list[bytes]:
     return [gathered[i, : int(n)].tobytes() for i, n in enumerate(sizes)]
 
 
-def all_gather_json(value: Any) -> list[Any]:
-    """Every process's JSON-able `value`, in process order."""
-    return [json.loads(b) for b in all_gather_bytes(json.dumps(value).encode())]
-
-
 def broadcast_json(value: Any) -> Any:
-    """Process 0's JSON-able `value`, on every process."""
-    return all_gather_json(value if workers().writer else None)[0]
+    """Process 0's JSON-able `value`, on every process (on one, `value` itself)."""
+    if workers().count == 1:
+        return value
+    return json.loads(all_gather_bytes(json.dumps(value if workers().writer else None).encode())[0])
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
 
 
 def encode_arrays(arrays: dict[str, np.ndarray]) -> bytes:
@@ -185,14 +186,19 @@ def barrier() -> None:
 def rounds(
     items: Sequence[T],
     work: Callable[[T], R],
-    encode: Callable[[R], bytes],
-    decode: Callable[[bytes], R],
+    encode: Callable[[R], bytes] = _json,
+    decode: Callable[[bytes], R] = json.loads,
 ) -> Iterator[list[tuple[int, R]]]:
     """Deal `items` round-robin over the processes and yield, round after round, every process's results as
     `(position in items, result)` pairs, in order of position: each process computes one item a round, then
-    the round's results are gathered to all. On one process, a round is one item."""
+    the round's results (as `encode` writes them, JSON by default) are gathered to all. On one process, a round
+    is one item, handed on as it is."""
     group = workers()
     count = group.count
+    if count == 1:
+        for position, item in enumerate(items):
+            yield [(position, work(item))]
+        return
     for start in range(0, len(items), count):
         mine = start + group.index
         payload = encode(work(items[mine])) if mine < len(items) else b""

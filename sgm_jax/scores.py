@@ -40,8 +40,8 @@ def score_store(store: ResponseStore, *, mesh=None, progress: bool = True) -> di
             mine = auroc(responses[:, bounds[group.index] : bounds[group.index + 1]], labels, mesh=mesh)
         except NonFiniteError as err:
             raise StoreError(
-                f"store {store.directory}, site {site!r}: {err} (rows are samples in store order; columns "
-                f"count from neuron {bounds[group.index]})"
+                f"store {store.directory}, site {site!r}: {err} (rows are samples in store order"
+                + (f"; columns count from neuron {bounds[group.index]})" if group.index else ")")
             ) from None
         parts = distributed.all_gather_bytes(mine.tobytes())
         scores[site] = np.concatenate([np.frombuffer(p, np.float32) for p in parts])

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 import sgm_jax
+from sgm_jax import distributed
 from sgm_jax.data.synthetic import Composition, write_dataset
+from sgm_jax.errors import OptionError
 
 ORGANISM = str(files("sgm_jax") / "organism")
 JOB = str(Path(__file__).with_name("multihost_job.py"))
@@ -133,3 +135,16 @@ def test_a_process_lost_mid_job_leaves_a_store_the_rerun_completes(data, single,
     for done, _, err in _job(tmp_path, collect, 2):
         assert done.returncode == 0, err[-2000:]
     assert _store_files(tmp_path) == _store_files(single)
+
+
+def test_a_job_needs_all_three_options(monkeypatch):
+    for name in ("SGM_JAX_COORDINATOR", "SGM_JAX_NUM_PROCESSES", "SGM_JAX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(OptionError, match="needs all three of --coordinator"):
+        distributed.initialize("127.0.0.1:1", None, None)
+    with pytest.raises(OptionError, match=r"--process-id must lie in \[0, 2\)"):
+        distributed.initialize("127.0.0.1:1", 2, 5)
+    monkeypatch.setenv("SGM_JAX_NUM_PROCESSES", "two")
+    with pytest.raises(OptionError, match="SGM_JAX_NUM_PROCESSES='two' is not a whole number"):
+        distributed.initialize()
+    assert distributed.cluster() == distributed.Cluster(0, 1)  # nothing was joined

@@ -201,6 +201,18 @@ def test_pareto_front():
     assert pareto_front(harmful, ppl, maximize_y=False).tolist() == [True, True, True, True, True, False]
 
 
+def test_a_sweep_without_its_inputs_is_one_line(tmp_path, capsys):
+    for argv, message in (
+        (["--out", str(tmp_path / "a")], "a sweep needs --model, --scores, --data (or --demo"),
+        (["--demo", "--model", ORGANISM, "--out", str(tmp_path / "b")], "--demo sweeps the bundled organism"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(["sweep", *argv])
+        assert stopped.value.code == 1
+        assert f"sgm-jax sweep: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_sweep_from_the_command_line(setup, tmp_path, capsys):
     root, paths, _, samples, *_ = setup
     out, data = tmp_path / "sweep", str(root / "data" / "prompts.jsonl")

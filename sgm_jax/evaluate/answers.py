@@ -21,7 +21,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from sgm_jax import distributed
-from sgm_jax.atomic import jsonl_appender
+from sgm_jax.atomic import jsonl_appender, read_jsonl_log
 from sgm_jax.data.encode import SquareImages, render
 from sgm_jax.data.samples import Sample
 from sgm_jax.defenses import Defense, answer_batch, by_stage
@@ -41,32 +41,18 @@ def answer_key(sample: Sample, processor) -> str:
 
 def _read_cache(path: str, settings: dict) -> dict[str, tuple[str | None, str]]:
     """`{sample id: (answer key, answer)}`; the last line for an id wins."""
-    if not os.path.exists(path):
+    header, rows = read_jsonl_log(
+        path, lambda: CacheError(f"answer cache {path}: its first line (the settings) is damaged; remove the file")
+    )
+    if header is None:
         return {}
-    answers = {}
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    try:
-        header = json.loads(lines[0])
-    except json.JSONDecodeError:
-        if any(line.strip() for line in lines[1:]):
-            raise CacheError(
-                f"answer cache {path}: its first line (the settings) is damaged; remove the file"
-            ) from None
-        os.remove(path)  # empty or a torn header only (a full disk at the first write): nothing to keep
-        return {}
-    if header.get("settings") != settings:
+    if not isinstance(header, dict) or header.get("settings") != settings:
+        found = header.get("settings") if isinstance(header, dict) else header
         raise CacheError(
-            f"answer cache {path} was made with other settings ({header.get('settings')}), "
-            f"not {settings}; remove it or use another output directory"
+            f"answer cache {path} was made with other settings ({found}), not {settings}; remove it or use "
+            "another output directory"
         )
-    for line in lines[1:]:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the torn last line of a killed run
-        answers[row["id"]] = (row.get("key"), row["answer"])
-    return answers
+    return {row["id"]: (row.get("key"), row["answer"]) for row in rows}
 
 
 def generate_answers(
@@ -123,10 +109,9 @@ def generate_answers(
         )
         return {"texts": texts, "seconds": (time.perf_counter() - start) / len(batch)}
 
-    encode = lambda result: json.dumps(result).encode()
     with jsonl_appender(cache_path, {"settings": settings}, write=writer) as append:
         bar = tqdm(total=len(batches), desc="generate", unit="batch", disable=not progress)
-        for results in distributed.rounds(batches, answered, encode, json.loads):
+        for results in distributed.rounds(batches, answered):
             for position, result in results:
                 rows = [
                     {"id": sample.id, "key": keys[sample.id], "answer": text, "seconds": result["seconds"]}

@@ -46,7 +46,10 @@ class GateStack:
             model, Intervention({s: np.ones(w, np.float32) for s, w in self.widths.items()}), keep_identity=True
         )
         self.graphdef, gates, self.rest = nnx.split(frame, Gate, ...)
-        self._flat = list(nnx.to_flat_state(gates))
+        # Each gate variable with its value on the host, read once: the base every setting's alphas multiply.
+        self._flat = [
+            (path, variable, np.asarray(variable[...], np.float32)) for path, variable in nnx.to_flat_state(gates)
+        ]
         self._site_at = {refs[s].path + (GATE_ATTRS[refs[s].end],): s for s in sites}
 
     def check(self, iv: Intervention) -> None:
@@ -67,8 +70,7 @@ class GateStack:
     def state(self, interventions: Sequence[Intervention]) -> nnx.State:
         """Gate state with a leading axis of `len(interventions)`: the model's gate times each one's alphas."""
         leaves = []
-        for path, variable in self._flat:
-            base = np.asarray(variable[...], np.float32)
+        for path, variable, base in self._flat:
             site = self._site_at.get(tuple(path))
             rows = [base * iv.alphas[site] if site in iv.alphas else base for iv in interventions]
             leaves.append((path, variable.replace(jnp.asarray(np.stack(rows)))))

@@ -83,7 +83,6 @@ class SettingsEvaluator:
     ):
         self.model, self.processor, self.judge, self.options = model, processor, judge, options
         self.stack = GateStack(model, sites)
-        self.sites = list(sites)
         open_ended = [s for s in samples if not s.options]
         unlabelled = [s.id for s in open_ended if s.label is None]
         if unlabelled:
@@ -95,10 +94,19 @@ class SettingsEvaluator:
         pad = pad_token_id(processor)
         prompts = [encode(dataclasses.replace(s, response=None), processor) for s in open_ended]
         check_lengths(model, open_ended, [len(e["input_ids"]) for e in prompts], new_tokens=options.max_new_tokens)
-        self.prompt_batches = [
-            (rows, collate([prompts[i] for i in rows], pad))
-            for rows in plan_batches([len(e["input_ids"]) for e in prompts], options.batch_size)
-        ]
+        self.prompt_batches = []  # (rows, decode's arguments): padded and checked once, whatever the settings
+        for rows in plan_batches([len(e["input_ids"]) for e in prompts], options.batch_size):
+            batch = collate([prompts[i] for i in rows], pad)
+            arguments = decode_arguments(
+                model,
+                batch.pop("input_ids"),
+                attention_mask=batch.pop("attention_mask"),
+                max_new_tokens=options.max_new_tokens,
+                seed=options.seed,
+                processor=processor,
+                **batch,
+            )
+            self.prompt_batches.append((rows, arguments))
         choice = [s for s in samples if s.options]
         self.mcq = mcq_rows(choice) if choice else None
         mcq_sequences = [encode_response(s, processor) for s in self.mcq.samples] if self.mcq else []
@@ -153,16 +161,7 @@ class SettingsEvaluator:
     def answers(self, run: Vmapped | OneByOne, count: int) -> list[list[str]]:
         """`[setting][sample]` answer texts to the open-ended prompts, as `sgm_jax.answer` decodes them."""
         texts = [[""] * len(self.open_ended) for _ in range(count)]
-        for rows, batch in self.prompt_batches:
-            args, static = decode_arguments(
-                self.model,
-                batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                max_new_tokens=self.options.max_new_tokens,
-                seed=self.options.seed,
-                processor=self.processor,
-                **image_inputs(batch),
-            )
+        for rows, (args, static) in self.prompt_batches:
             tokens, steps = run.decode(args, static)
             for k in range(count):
                 decoded = self.tokenizer.batch_decode(tokens[k, :, : int(steps[k])], skip_special_tokens=True)

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sgm_jax import distributed
-from sgm_jax.atomic import atomic_write, jsonl_appender, write_json
+from sgm_jax.atomic import atomic_write, jsonl_appender, read_jsonl_log, write_json
 from sgm_jax.compiles import count_compiles
 from sgm_jax.data.samples import Sample, dataset_hash
 from sgm_jax.errors import OptionError, SgmJaxError
@@ -137,7 +137,7 @@ def run_sweep(
         started = time.perf_counter()
         bar = tqdm(total=len(settings), initial=len(done), desc="sweep", unit="setting", disable=not progress)
         with count_compiles() as compiles, jsonl_appender(path, {"identity": identity}, write=group.writer) as append:
-            for results in distributed.rounds(chunks, measure, _encode, _decode):
+            for results in distributed.rounds(chunks, measure):
                 for _, rows in results:
                     append(rows)
                     done.update({row["key"]: row for row in rows})
@@ -166,41 +166,21 @@ def _scores_digest(scores: Mapping[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _encode(rows) -> bytes:
-    return json.dumps(rows).encode()
-
-
-def _decode(payload: bytes):
-    return json.loads(payload)
-
-
 def _read_rows(path: str, identity: dict) -> dict[str, dict]:
     """The rows already measured, by key (a torn last line is ignored); refuses another sweep's folder."""
-    if not os.path.exists(path):
+    header, lines = read_jsonl_log(
+        path, lambda: SweepError(f"sweep results {path}: its first line (what they were measured with) is damaged")
+    )
+    if header is None:
         return {}
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    try:
-        header = json.loads(lines[0])["identity"]
-    except (ValueError, KeyError, TypeError):
-        if any(line.strip() for line in lines[1:]):
-            raise SweepError(f"sweep results {path}: its first line is damaged; remove the file") from None
-        os.remove(path)
-        return {}
-    if header != json.loads(json.dumps(identity)):
-        changed = sorted(k for k in identity if header.get(k) != identity[k])
+    found = header.get("identity", {}) if isinstance(header, dict) else {}
+    if found != json.loads(json.dumps(identity)):
+        changed = sorted(k for k in identity if found.get(k) != identity[k])
         raise SweepError(
             f"sweep folder {os.path.dirname(path)} holds rows measured with other {', '.join(changed)}; "
             "use another --out (or remove it)"
         )
-    rows = {}
-    for line in lines[1:]:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        rows[row["key"]] = row
-    return rows
+    return {row["key"]: row for row in lines}
 
 
 def _flat(row: dict) -> dict[str, Any]:
