@@ -193,12 +193,9 @@ def qwen_processor_class(version: str):
     return type(stock.__name__, (stock,), {"__init__": __init__})
 
 
-def save_qwen_processor(directory: str, version: str):
-    """A BPE tokenizer with Qwen's special tokens, a PIL Qwen2-VL image processor and a Qwen chat template.
-
-    Saved beside the model, with config.json's special ids (nested or flat) pointed at the tokenizer's and a
-    generation_config.json that stops at `<|im_end|>`. Returns the processor.
-    """
+def qwen_tokenizer() -> PreTrainedTokenizerFast:
+    """A BPE tokenizer with Qwen's special tokens at the hub's places above the ordinary ones (`SPECIAL_TOKENS`),
+    `<|im_end|>` its EOS and `<|endoftext|>` its pad."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -227,6 +224,17 @@ def save_qwen_processor(directory: str, version: str):
     tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     assert ids == SPECIAL_TOKENS, ids
+    return tokenizer
+
+
+def save_qwen_processor(directory: str, version: str):
+    """`qwen_tokenizer`, a PIL Qwen2-VL image processor and a Qwen chat template.
+
+    Saved beside the model, with config.json's special ids (nested or flat) pointed at the tokenizer's and a
+    generation_config.json that stops at `<|im_end|>`. Returns the processor.
+    """
+    tokenizer = qwen_tokenizer()
+    ids = SPECIAL_TOKENS
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=2, temporal_patch_size=2, merge_size=2, min_pixels=16, max_pixels=1024
     )

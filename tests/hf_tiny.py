@@ -129,7 +129,7 @@ def save_tiny(directory, seed: int, *, processor: bool = False, **config) -> str
     """`save_llava` of `llava_config(**config)` into `directory`, with `save_processor` beside it if asked."""
     directory = save_llava(str(directory), llava_config(**config), seed=seed)
     if processor:
-        save_processor(directory)
+        save_processor(directory, strategy=config.get("strategy", "default"))
     return directory
 
 
@@ -260,8 +260,9 @@ def point_image_token(directory: str, tokenizer) -> None:
         json.dump(config, f)
 
 
-def save_processor(directory: str) -> None:
-    """`tiny_tokenizer`, a CLIP image processor and a LLaVA chat template, saved beside the model.
+def save_processor(directory: str, strategy: str = "default") -> None:
+    """`tiny_tokenizer`, a CLIP image processor and a LLaVA chat template, saved beside the model; `strategy` is
+    the config's `vision_feature_select_strategy` (with "full", an image's tokens include the CLS feature).
 
     The config's `image_token_index` is pointed at the tokenizer's `<image>` id.
     """
@@ -276,7 +277,7 @@ def save_processor(directory: str) -> None:
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=7,
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy=strategy,
         image_token="<image>",
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
