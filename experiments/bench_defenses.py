@@ -29,7 +29,7 @@ import torch
 
 import sgm_jax
 from bench_generate import hook_intervention, random_intervention
-from sgm_jax.batching import image_inputs, model_batch
+from sgm_jax.batching import model_batch
 from sgm_jax.defenses import FixedVerdicts, SafeCoDe
 from sgm_jax.defenses.refusal_tokens import refusal_vocabulary
 from sgm_jax.defenses.safecode import _decode, _sampling, _tables
@@ -50,14 +50,14 @@ def safecode_call(model, batch, tables, settings: SafeCoDe, new_tokens: int, ste
         "safe": _sampling(0.0, 1.0),
         "unsafe": _sampling(0.0, 1.0),
     }
-    rows = batch["input_ids"].shape[0] // 2
+    rows = batch.input_ids.shape[0] // 2
 
     def run():
         out, _ = _decode(
             model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            image_inputs(batch),
+            batch.input_ids,
+            batch.attention_mask,
+            batch.inputs,
             tables,
             np.zeros(rows, bool),
             np.zeros(0, np.int32),

@@ -80,13 +80,12 @@ def one_k(k: int, chunk: int, directory: str, loop: bool) -> dict:
     import jax.numpy as jnp
 
     import sgm_jax
-    from sgm_jax.batching import image_inputs
     from sgm_jax.compiles import count_compiles
 
     model, _, scores, batch, lexicon, _ = organism_inputs(directory)
     ivs = settings(scores, k)
     sites = [s for s in scores]
-    ids, mask, images = batch["input_ids"], batch["attention_mask"], image_inputs(batch)
+    ids, mask, images = batch.input_ids, batch.attention_mask, batch.inputs
 
     def lexicon_logprob(m, ids, mask, images):
         logits = m.forward(ids, attention_mask=mask, **images)["logits"][:, -1].astype(jnp.float32)

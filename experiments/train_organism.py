@@ -37,7 +37,7 @@ import optax
 from flax import nnx
 
 import sgm_jax
-from sgm_jax.batching import collate, image_inputs, left_pad
+from sgm_jax.batching import TOKEN_KEYS, collate, left_pad
 from sgm_jax.data import Sample, read_jsonl, synthetic
 from sgm_jax.data.encode import encode
 from sgm_jax.data.synthetic import IMAGE_SIZE, write_dataset
@@ -310,9 +310,8 @@ def training_set(
 
 def answer_loss(model, batch: dict[str, jax.Array]) -> jax.Array:
     """Mean cross-entropy of the target tokens, each predicted from the tokens before it."""
-    logits = model.forward(batch["input_ids"], attention_mask=batch["attention_mask"], **image_inputs(batch))["logits"][
-        :, :-1
-    ]
+    images = {key: value for key, value in batch.items() if key not in TOKEN_KEYS}  # LLaVA: raw is prepared
+    logits = model.forward(batch["input_ids"], attention_mask=batch["attention_mask"], **images)["logits"][:, :-1]
     nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["input_ids"][:, 1:])
     mask = batch["targets"][:, 1:].astype(jnp.float32)
     return (nll * mask).sum() / mask.sum()

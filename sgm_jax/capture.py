@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sgm_jax.batching import TOKEN_KEYS, image_inputs, model_batch
+from sgm_jax.batching import ModelBatch, model_batch
 from sgm_jax.errors import InputError
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.compiled import compiled
@@ -115,29 +115,29 @@ def _per_image(values: jax.Array, segments: tuple[jax.Array, ...], count: int, p
     return _pool(values, jnp.ones(values.shape[:2], bool), pooling)
 
 
-def pooled_responses(model: nnx.Module, inputs: Mapping[str, jax.Array], spec: CaptureSpec) -> dict[str, jax.Array]:
-    """Traceable: run `model.forward` recording `spec.refs` and pool each site to `[batch, width]`.
+def pooled_responses(
+    model: nnx.Module, batch: ModelBatch, image_rows: jax.Array | None, spec: CaptureSpec
+) -> dict[str, jax.Array]:
+    """Traceable: run `model.forward` on `batch` recording `spec.refs` and pool each site to `[batch, width]`.
 
-    `inputs` holds `input_ids`, `attention_mask` and the prepared image inputs, plus `image_rows`
-    (the batch row of each image slot, -1 for a padding slot) when there are images.
+    `image_rows` is the batch row of each image slot (-1 for a padding slot), or None when there are no images.
     """
     _record(model, spec.refs)
-    images = {name: value for name, value in inputs.items() if name not in (*TOKEN_KEYS, "image_rows")}
     outputs, sown = nnx.capture(model.forward, nnx.Intermediate)(
-        inputs["input_ids"], attention_mask=inputs["attention_mask"], **images
+        batch.input_ids, attention_mask=batch.attention_mask, **batch.inputs
     )
     sown = {tuple(path): value.get_value()[0] for path, value in nnx.to_flat_state(sown)}
     segments = tuple(outputs.get("image_segments", ()))
 
-    valid = token_selection(inputs["input_ids"], inputs["attention_mask"], spec.tokens, model.image_token_id)
+    valid = token_selection(batch.input_ids, batch.attention_mask, spec.tokens, model.image_token_id)
     out = {}
     for ref in spec.refs:
         values = sown[ref.path + (ref.end,)]
         if not ref.image_domain:
             out[ref.name] = _pool(values, valid, spec.pooling)
             continue
-        per_image = _per_image(values, segments, inputs["image_rows"].shape[0], spec.pooling)
-        rows = inputs["image_rows"][None, :] == jnp.arange(valid.shape[0])[:, None]
+        per_image = _per_image(values, segments, image_rows.shape[0], spec.pooling)
+        rows = image_rows[None, :] == jnp.arange(valid.shape[0])[:, None]
         out[ref.name] = _pool(jnp.broadcast_to(per_image, rows.shape + per_image.shape[-1:]), rows, spec.pooling)
     return out
 
@@ -145,37 +145,42 @@ def pooled_responses(model: nnx.Module, inputs: Mapping[str, jax.Array], spec: C
 _pooled_compiled = compiled(pooled_responses, static_argnames=("spec",))
 
 
-def prepare_batch(batch: Mapping[str, Any], model: CausalLM, spec: CaptureSpec) -> dict[str, np.ndarray]:
-    """Check a batch and pad it to its bucket: tokens on the left, images to one slot per row at least (so the
-    image-domain pooling has a static shape), each image's batch row in `image_rows` (-1 for a padding slot)."""
-    prepared = model_batch(model, batch)
-    images = image_inputs(prepared)
-    if images:
-        rows, image_rows = len(prepared["input_ids"]), model.image_rows(prepared["input_ids"], images)
+def prepare_batch(
+    batch: Mapping[str, Any] | ModelBatch, model: CausalLM, spec: CaptureSpec
+) -> tuple[ModelBatch, np.ndarray | None]:
+    """A checked batch (a raw one is prepared, a `ModelBatch` taken as it is) with its images padded to one slot
+    per row at least (so the image-domain pooling has a static shape), and each image slot's batch row (-1 for a
+    padding slot; None for a batch without image inputs)."""
+    prepared, image_rows = model_batch(model, batch), None
+    if prepared.inputs:
+        rows, image_rows = len(prepared.input_ids), model.image_rows(prepared.input_ids, prepared.inputs)
         slots = max(rows, -(-len(image_rows) // rows) * rows)
-        prepared = {**prepared, **model.pad_images(images, slots)}
-        prepared["image_rows"] = np.concatenate([image_rows, -np.ones(slots - len(image_rows), np.int32)])
-    _check_pool_targets(prepared, spec, model.image_token_id)
-    return prepared
+        prepared = prepared.replace(inputs={**prepared.inputs, **model.pad_images(prepared.inputs, slots)})
+        image_rows = np.concatenate([image_rows, -np.ones(slots - len(image_rows), np.int32)])
+    _check_pool_targets(prepared, image_rows, spec, model.image_token_id)
+    return prepared, image_rows
 
 
-def _check_pool_targets(prepared: dict[str, np.ndarray], spec: CaptureSpec, image_token: int | None) -> None:
+def _check_pool_targets(
+    prepared: ModelBatch, image_rows: np.ndarray | None, spec: CaptureSpec, image_token: int | None
+) -> None:
     """Every row must have something to pool: real tokens of the asked type, and an image for image-domain sites."""
-    valid = token_selection(prepared["input_ids"], prepared["attention_mask"], spec.tokens, image_token)
+    valid = token_selection(prepared.input_ids, prepared.attention_mask, spec.tokens, image_token)
     empty = np.flatnonzero(~valid.any(1))
     if len(empty):
         raise InputError(f"batch rows {empty.tolist()} have no {spec.tokens!r} tokens to pool")
     if spec.image_domain:
         image_refs = [r.name for r in spec.refs if r.image_domain]
-        rows = prepared.get("image_rows", np.zeros(0, np.int32))
+        rows = np.zeros(0, np.int32) if image_rows is None else image_rows
         missing = sorted(set(range(valid.shape[0])) - set(rows.tolist()))
         if missing:
             raise InputError(f"batch rows {missing} have no image, but sites {image_refs[:3]} pool over images")
 
 
-def pooled_batch(model: CausalLM, batch: Mapping[str, Any], spec: CaptureSpec) -> dict[str, np.ndarray]:
-    """Pooled responses of one batch as host arrays `{site: [rows, width]}`."""
-    out = _pooled_compiled(model, prepare_batch(batch, model, spec), spec=spec)
+def pooled_batch(model: CausalLM, batch: Mapping[str, Any] | ModelBatch, spec: CaptureSpec) -> dict[str, np.ndarray]:
+    """Pooled responses of one batch (raw or prepared) as host arrays `{site: [rows, width]}`."""
+    prepared, image_rows = prepare_batch(batch, model, spec)
+    out = _pooled_compiled(model, prepared, image_rows, spec=spec)
     return {name: np.asarray(value) for name, value in out.items()}
 
 
@@ -190,12 +195,11 @@ def collect_responses(
     return {ref.name: np.concatenate([c[ref.name] for c in chunks]) for ref in spec.refs}
 
 
-def token_responses(model: nnx.Module, inputs: Mapping[str, jax.Array], refs: tuple[SiteRef, ...]):
+def token_responses(model: nnx.Module, batch: ModelBatch, refs: tuple[SiteRef, ...]):
     """Traceable: the activations `{site: [batch, seq, width]}` of token-domain sites at every position."""
     _record(model, refs)
-    images = {name: value for name, value in inputs.items() if name not in (*TOKEN_KEYS, "image_rows")}
     _, sown = nnx.capture(model.forward, nnx.Intermediate)(
-        inputs["input_ids"], attention_mask=inputs["attention_mask"], **images
+        batch.input_ids, attention_mask=batch.attention_mask, **batch.inputs
     )
     sown = {tuple(path): value.get_value()[0] for path, value in nnx.to_flat_state(sown)}
     return {ref.name: sown[ref.path + (ref.end,)].astype(jnp.float32) for ref in refs}
@@ -204,12 +208,14 @@ def token_responses(model: nnx.Module, inputs: Mapping[str, jax.Array], refs: tu
 _token_compiled = compiled(token_responses, static_argnames=("refs",))
 
 
-def token_batch(model: CausalLM, batch: Mapping[str, Any], refs: tuple[SiteRef, ...]) -> dict[str, np.ndarray]:
+def token_batch(
+    model: CausalLM, batch: Mapping[str, Any] | ModelBatch, refs: tuple[SiteRef, ...]
+) -> dict[str, np.ndarray]:
     """One batch's activations at every real token, `{site: [tokens, width]}` (rows in order, padding dropped)."""
     image_refs = [ref.name for ref in refs if ref.image_domain]
     if image_refs:
         raise InputError(f"sites {image_refs[:3]} see images, not tokens: per-token capture reads decoder sites")
     prepared = model_batch(model, batch)
     out = _token_compiled(model, prepared, refs=refs)
-    valid = np.asarray(prepared["attention_mask"]) > 0
+    valid = np.asarray(prepared.attention_mask) > 0
     return {name: np.asarray(value)[valid] for name, value in out.items()}

@@ -36,5 +36,5 @@ def prompt_features(
     out = np.zeros((len(samples), refs[site].width), np.float32)
     for rows in plan_batches([len(e["input_ids"]) for e in encoded], batch_size):
         batch = model_batch(model, collate([encoded[i] for i in rows], pad), pad)
-        out[rows] = pooled_batch(model, batch, spec)[site]
+        out[rows] = pooled_batch(model, batch, spec)[site]  # taken as prepared
     return out

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sgm_jax.batching import image_inputs, model_batch
+from sgm_jax.batching import model_batch
 from sgm_jax.errors import InputError
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.compiled import compiled
@@ -100,9 +100,9 @@ def decode_arguments(
         "top_p": np.float32(top_p),
     }
     args = (
-        batch["input_ids"],
-        batch["attention_mask"],
-        image_inputs(batch),
+        batch.input_ids,
+        batch.attention_mask,
+        batch.inputs,
         np.asarray(eos, np.int32),
         np.int32(pad),
         jax.random.key(seed),

@@ -37,7 +37,7 @@ def test_one_canonical_image_size_gives_one_grid_and_is_part_of_the_store(checkp
     assert grids == [[[1, 8, 8]]] * 3 and len({encode(s, processor)["pixel_values"].shape for s in samples}) > 1
     batch = collate([encode(s, square) for s in samples], processor.tokenizer.pad_token_id)
     prepared = model_batch(model, batch)
-    assert prepared["image_segments"].shape[1] == 64 and prepared["window_segments"].shape[1] == 16
+    assert prepared.inputs["image_segments"].shape[1] == 64 and prepared.inputs["window_segments"].shape[1] == 16
 
     store = str(tmp_path / "store")
     args = ["collect", "--model", directory, "--data", data, "--out", store, "--quiet", "--image-size"]

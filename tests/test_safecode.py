@@ -11,7 +11,7 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 import sgm_jax
-from sgm_jax.batching import collate, image_inputs, model_batch
+from sgm_jax.batching import collate, model_batch
 from sgm_jax.data import read_jsonl
 from sgm_jax.data.encode import encode, render
 from sgm_jax.data.images import load_rgb
@@ -61,14 +61,14 @@ def _separate_logits(model, processor, sample, image):
     encoded = encode(dataclasses.replace(sample, response=None), processor, image=image)
     pad = processor.tokenizer.pad_token_id
     batch = model_batch(model, collate([encoded], pad), pad)
-    return np.asarray(prepared_logits(model, batch["input_ids"], batch["attention_mask"], image_inputs(batch))[0, -1])
+    return np.asarray(prepared_logits(model, batch)[0, -1])
 
 
 def test_two_views_share_one_batch_and_equal_two_separate_forwards(organism, samples):
     model, processor = organism
     settings = SafeCoDe(FixedVerdicts(True))
     batch = two_view_batch(model, processor, samples, settings)
-    logits = np.asarray(prepared_logits(model, batch["input_ids"], batch["attention_mask"], image_inputs(batch))[:, -1])
+    logits = np.asarray(prepared_logits(model, batch)[:, -1])
     n = len(samples)
     for i, s in enumerate(samples):
         real = _separate_logits(model, processor, s, load_rgb(s.image))

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from sgm_jax.batching import bucket_rows, collate, image_inputs, model_batch, pad_token_id
+from sgm_jax.batching import ModelBatch, bucket_rows, collate, model_batch, pad_token_id
 from sgm_jax.data.encode import encode
 from sgm_jax.data.images import load_rgb
 from sgm_jax.data.samples import Sample
@@ -107,7 +107,7 @@ def noised_image(image: Image.Image, std: float, seed: int, sample_id: str) -> I
     return Image.fromarray(np.round(noisy * 255.0).astype(np.uint8))
 
 
-def two_view_batch(model, processor, samples: Sequence[Sample], settings: SafeCoDe) -> dict[str, np.ndarray]:
+def two_view_batch(model, processor, samples: Sequence[Sample], settings: SafeCoDe) -> ModelBatch:
     """Rows `[real..., noised...]`: the same prompts, the second half with the noised image (a text-only
     sample repeats its own row, so its contrast is `(1 - alpha) z`)."""
     prompts = [dataclasses.replace(s, response=None) for s in samples]
@@ -147,7 +147,7 @@ def safecode_tokens(
     if max_new_tokens is not None:
         buffer = min(buffer, int(max_new_tokens))
     prompts = [dataclasses.replace(s, response=None) for s in samples]
-    check_lengths(model, prompts, [int(m.sum()) for m in batch["attention_mask"][:n]], new_tokens=buffer)
+    check_lengths(model, prompts, [int(m.sum()) for m in batch.attention_mask[:n]], new_tokens=buffer)
     eos, pad = special_ids(model, processor, None, None)
     vocab = refusal_vocabulary(getattr(processor, "tokenizer", processor), _vocab(processor))
     if unsafe.any() and not vocab.phrases:
@@ -167,9 +167,9 @@ def safecode_tokens(
     }
     out, lengths = _decode(
         model,
-        batch["input_ids"],
-        batch["attention_mask"],
-        image_inputs(batch),
+        batch.input_ids,
+        batch.attention_mask,
+        batch.inputs,
         tables,
         unsafe,
         np.asarray(eos, np.int32),

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgm_jax import distributed
-from sgm_jax.batching import collate, image_inputs, model_batch, pad_token_id, plan_batches
+from sgm_jax.batching import ModelBatch, collate, model_batch, pad_token_id, plan_batches
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
 from sgm_jax.errors import InputError
@@ -24,12 +24,12 @@ from sgm_jax.models.compiled import compiled
 
 
 @compiled
-def target_logprobs(model: CausalLM, input_ids, attention_mask, targets, images):
+def target_logprobs(model: CausalLM, batch: ModelBatch):
     """Summed log-probability of each row's target tokens `[batch]`, and how many there were."""
-    logits = model.forward(input_ids, attention_mask=attention_mask, **images)["logits"][:, :-1].astype(jnp.float32)
+    logits = batch.forward(model)["logits"][:, :-1].astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
-    token_logp = jnp.take_along_axis(logp, input_ids[:, 1:, None], axis=-1)[..., 0]
-    mask = targets[:, 1:]
+    token_logp = jnp.take_along_axis(logp, batch.input_ids[:, 1:, None], axis=-1)[..., 0]
+    mask = batch.targets[:, 1:]
     return jnp.where(mask, token_logp, 0.0).sum(-1), mask.sum(-1)
 
 
@@ -65,9 +65,7 @@ def score_sequences(
 
     def score(item) -> dict[str, np.ndarray]:
         _, batch = item
-        lp, count = target_logprobs(
-            model, batch["input_ids"], batch["attention_mask"], batch["targets"], image_inputs(batch)
-        )
+        lp, count = target_logprobs(model, batch)
         return {"logprob": np.asarray(lp, np.float64), "tokens": np.asarray(count, np.int64)}
 
     for results in distributed.rounds(batches, score, distributed.encode_arrays, distributed.decode_arrays):

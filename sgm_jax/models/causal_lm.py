@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from sgm_jax.batching import ModelBatch
 from sgm_jax.errors import InputError
 from sgm_jax.kv_cache import KVCache
 from sgm_jax.models.compiled import compiled
@@ -113,13 +114,13 @@ class CausalLM(nnx.Module):
         ids = np.asarray(input_ids)
         self.check_inputs(ids, images)
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
-        return prepared_logits(self, ids, mask, self.prepare_inputs(ids, mask, images))
+        return prepared_logits(self, ModelBatch(ids, mask, self.prepare_inputs(ids, mask, images)))
 
 
 @compiled
-def prepared_logits(model: CausalLM, input_ids, attention_mask, inputs) -> jax.Array:
+def prepared_logits(model: CausalLM, batch: ModelBatch) -> jax.Array:
     """Logits of a batch already checked and prepared (`sgm_jax.batching.model_batch`)."""
-    return model.forward(input_ids, attention_mask=attention_mask, **inputs)["logits"]
+    return batch.forward(model)["logits"]
 
 
 @functools.cache

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sgm_jax.batching import collate, image_inputs, pad_token_id, plan_batches
+from sgm_jax.batching import collate, pad_token_id, plan_batches
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import DatasetError, Sample
 from sgm_jax.errors import OptionError
@@ -174,9 +174,7 @@ class SettingsEvaluator:
         total = sum(len(rows) for rows, _ in batches)
         out = np.zeros((count, total))
         for rows, batch in batches:
-            lp, _ = run(
-                target_logprobs, batch["input_ids"], batch["attention_mask"], batch["targets"], image_inputs(batch)
-            )
+            lp, _ = run(target_logprobs, batch)
             out[:, rows] = np.asarray(lp)
         return out
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sgm_jax.batching import collate, image_inputs, model_batch, pad_token_id
+from sgm_jax.batching import collate, model_batch, pad_token_id
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
 from sgm_jax.errors import OptionError
@@ -71,9 +71,7 @@ class SelfJudge(Judge):
                 for i, (q, a, image) in enumerate(items[start : start + self.batch_size])
             ]
             batch = model_batch(self.model, collate(encoded, pad), pad)  # bucketed lengths: a few compiles
-            logits = prepared_logits(self.model, batch["input_ids"], batch["attention_mask"], image_inputs(batch))[
-                :, -1
-            ]
+            logits = prepared_logits(self.model, batch)[:, -1]
             log_probs = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), np.float64)
             unsafe = np.logaddexp.reduce(log_probs[:, self.unsafe_ids], axis=-1)
             safe = np.logaddexp.reduce(log_probs[:, self.safe_ids], axis=-1)
