@@ -30,10 +30,15 @@ def _mesh(text: str | None):
     return make_mesh(data, fsdp, tensor)
 
 
-def _load(args):
+def _load(args, *, text: bool = True):
+    """The --model checkpoint as `(model, processor)`; with `text` (every command but `sites`), one without
+    tokenizer files is refused before it loads."""
     import sgm_jax
     from sgm_jax.data.encode import SquareImages
+    from sgm_jax.loading import require_tokenizer
 
+    if text:
+        require_tokenizer(args.model)
     model, processor = sgm_jax.load_model(args.model, dtype=args.dtype, mesh=_mesh(args.mesh))
     if getattr(args, "image_size", None) is not None and processor is not None:
         processor = SquareImages(processor, args.image_size)
@@ -114,7 +119,7 @@ def cmd_score(args) -> None:
 def cmd_sites(args) -> None:
     from sgm_jax.sites import list_sites, resolve
 
-    model, _ = _load(args)
+    model, _ = _load(args, text=False)
     names = [r.name for r in resolve(model, args.pattern)] if args.pattern else list(list_sites(model))
     widths = list_sites(model)
     for name in names:
@@ -134,8 +139,6 @@ def cmd_generate(args) -> None:
         load_rgb(args.image)
     intervention = _interventions(args)
     model, processor = _load(args)
-    if processor is None:
-        raise OptionError(f"{args.model} has no tokenizer/processor files, so the prompt cannot be encoded")
     if intervention is not None:
         model = sgm_jax.intervene(model, intervention)
     sample = Sample(id="prompt", prompt=args.prompt, image=args.image, origin="--prompt")

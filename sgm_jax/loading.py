@@ -52,20 +52,32 @@ def read_config(directory: str) -> dict[str, Any]:
 
 
 def load_processor(directory: str, model_class: type[CausalLM] | None = None):
-    """The directory's processor (images + text) or tokenizer, or None for a bare checkpoint.
+    """The directory's processor (images + text) or tokenizer, or None where it has no tokenizer files.
 
-    A family may name its own processor class (`CausalLM.processor_class`) where `AutoProcessor` would need
-    more than the family uses (Qwen2-VL's video processor, which needs torchvision).
+    Without a tokenizer there is no processor at all (transformers cannot build one), so a checkpoint whose folder
+    holds only image-processor files still loads for what needs no text (its sites); `require_tokenizer` refuses
+    it where text is encoded. A family may name its own processor class (`CausalLM.processor_class`) where
+    `AutoProcessor` would need more than the family uses (Qwen2-VL's video processor, which needs torchvision).
     """
     from transformers import AutoProcessor, AutoTokenizer
 
     names = set(os.listdir(directory))
+    if not names.intersection(_TOKENIZER_FILES):
+        return None
     if names.intersection(_PROCESSOR_FILES):
         cls = (model_class and model_class.processor_class()) or AutoProcessor
         return cls.from_pretrained(directory, trust_remote_code=False)
-    if names.intersection(_TOKENIZER_FILES):
-        return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
-    return None
+    return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+
+
+def require_tokenizer(path: str) -> None:
+    """Refuse, before anything loads, a checkpoint without tokenizer files (for what encodes text), naming the
+    files looked for and where."""
+    directory = resolve_checkpoint(path)
+    if not set(os.listdir(directory)).intersection(_TOKENIZER_FILES):
+        raise MissingFileError(
+            f"{directory}: no tokenizer files (looked for {', '.join(_TOKENIZER_FILES)}), so text cannot be encoded"
+        )
 
 
 def build_model(config: dict[str, Any], *, dtype="float32", rngs: nnx.Rngs | None = None):

@@ -242,13 +242,31 @@ def test_a_damaged_checkpoint_is_named(checkpoint_copy, tmp_path, capsys, damage
     assert str(checkpoint_copy) in line and re.search(pattern, line), line
 
 
+NO_TOKENIZER = (
+    "no tokenizer files (looked for tokenizer.json, tokenizer_config.json, tokenizer.model), so text cannot be encoded"
+)
+
+
 def test_a_checkpoint_without_a_tokenizer_is_named(tmp_path, capsys):
     bare = hf_tiny.save_tiny(tmp_path / "bare", seed=1)
     data = hf_tiny.write_dataset(str(tmp_path / "data"), 3)
     capsys.readouterr()
     line = _one_line(_fails(capsys, _collect(bare, data, tmp_path / "s")), "collect")
-    assert "no tokenizer/processor files" in line
+    assert line.endswith(f"{bare}: {NO_TOKENIZER}")
     assert not (tmp_path / "s").exists()
+
+
+def test_a_checkpoint_with_processor_files_but_no_tokenizer(checkpoint_copy, capsys):
+    """It loads without a processor and lists its sites (they need no text); what encodes text names the files."""
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (checkpoint_copy / name).unlink()
+    assert (checkpoint_copy / "processor_config.json").exists()
+    assert sgm_jax.load_model(str(checkpoint_copy))[1] is None
+    capsys.readouterr()
+    cli.main(["sites", "--model", str(checkpoint_copy), "model.language_model.layers.0.mlp.up_proj"])
+    assert capsys.readouterr().out.startswith("model.language_model.layers.0.mlp.up_proj\t")
+    line = _one_line(_fails(capsys, ["generate", "--model", str(checkpoint_copy), "--prompt", "hi"]), "generate")
+    assert line.endswith(f"{checkpoint_copy}: {NO_TOKENIZER}")
 
 
 def test_a_prompt_longer_than_the_model_positions_is_named(tmp_path, capsys):
