@@ -783,7 +783,8 @@ def main(argv: list[str] | None = None) -> None:
     previous = signal.getsignal(signal.SIGINT)
 
     def interrupted(signum, frame):
-        # Remembered, because a KeyboardInterrupt raised inside jax's dispatch can reach us as another error.
+        # Remembered, because the KeyboardInterrupt may never reach us as one: jax's dispatch can turn it into
+        # another error, and a library's `except` (a thread pool, a progress bar) can swallow it.
         interrupts.append(signum)
         raise KeyboardInterrupt
 
@@ -792,6 +793,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _join(args)
         args.func(args)
+        if interrupts:
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         _exit_interrupted(args.command)
     except Exception as error:

@@ -88,6 +88,23 @@ def test_an_interrupt_turned_into_another_error_still_exits_130(tmp_path, capsys
     assert err.strip() == "sgm-jax score: interrupted; rerun the same command to resume"
 
 
+def test_an_interrupt_swallowed_by_the_work_still_exits_130(tmp_path, capsys, monkeypatch):
+    """A SIGINT whose KeyboardInterrupt a library catches (a thread pool, a progress bar), the work then returning
+    as if it had finished: the command still ends with 130 and the resume hint, not 0."""
+    import os
+    import signal
+
+    def interrupt_swallowed(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+
+    monkeypatch.setattr(cli, "cmd_score", interrupt_swallowed)
+    err = _fails(capsys, ["score", "--store", str(tmp_path), "--out", str(tmp_path / "s")], code=130)
+    assert err.strip() == "sgm-jax score: interrupted; rerun the same command to resume"
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
