@@ -1,4 +1,5 @@
-"""The whole command-line pipeline on a tiny LLaVA-NeXT checkpoint: collect, score, intervention, generate, evaluate."""
+"""LLaVA-NeXT samples of different tile counts batch as its processor pads them and give each row's own logits.
+Every command on every family: test_family_commands.py."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,6 @@ from PIL import Image
 import hf_next
 import hf_tiny
 import sgm_jax
-from cli_pipeline import run_pipeline
 from sgm_jax.batching import collate
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
@@ -43,10 +43,3 @@ def test_samples_of_different_tile_counts_batch_as_the_processor_pads_them(check
         alone = np.asarray(model(e["input_ids"][None], **{k: v for k, v in e.items() if k != "input_ids"}))
         n = e["input_ids"].shape[0]
         np.testing.assert_allclose(together[row, -n:], alone[0], atol=1e-4, rtol=0)
-
-
-def test_collect_score_intervention_evaluate_and_generate(checkpoint, tmp_path, capsys):
-    directory, data = checkpoint
-    vision, projector = "model.vision_tower.encoder.layers.1.mlp.fc1", "model.multi_modal_projector"
-    encoded = run_pipeline(directory, data, tmp_path, capsys, {vision: 48, projector: 32})
-    assert set(encoded) == {"input_ids", "pixel_values", "image_sizes"}

@@ -1,11 +1,11 @@
-"""The whole command-line pipeline on a tiny Qwen2.5-VL checkpoint: collect, score, intervention, generate, evaluate."""
+"""Qwen2.5-VL from the command line: one canonical image size gives every image one grid (one compile for a
+sweep), and the size is part of the store's identity. Every command on every family: test_family_commands.py."""
 
 import pytest
 
 import hf_qwen
 import hf_tiny
 import sgm_jax
-from cli_pipeline import run_pipeline
 from sgm_jax import cli
 from sgm_jax.batching import collate, model_batch
 from sgm_jax.data import read_jsonl
@@ -19,13 +19,6 @@ def checkpoint(tmp_path_factory):
     directory = hf_qwen.save_qwen(str(root / "ckpt"), hf_qwen.qwen_config("2.5"), seed=11)
     hf_qwen.save_qwen_processor(directory, "2.5")
     return directory, hf_tiny.write_dataset(str(root / "data"), 20, seed=3)
-
-
-def test_collect_score_intervention_evaluate_and_generate(checkpoint, tmp_path, capsys):
-    directory, data = checkpoint
-    vision, merger = "model.visual.blocks.1.mlp.up_proj", "model.visual.merger"
-    encoded = run_pipeline(directory, data, tmp_path, capsys, {vision: 48, merger: 64})
-    assert set(encoded) == {"input_ids", "pixel_values", "image_grid_thw"}
 
 
 def test_one_canonical_image_size_gives_one_grid_and_is_part_of_the_store(checkpoint, tmp_path, capsys):
