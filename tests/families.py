@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
-import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from flax import nnx
-from safetensors import safe_open
-from safetensors.torch import save_file
 from transformers import (
     InternVLForConditionalGeneration,
     LlamaForCausalLM,
@@ -85,6 +80,12 @@ def site_module(model: nnx.Module, path: str) -> nnx.Module:
     )
 
 
+@nnx.jit
+def _captured_forward(model, input_ids, attention_mask, inputs):
+    """`model.forward` with what its sites record (one compiled program: op by op, a forward compiles each op)."""
+    return nnx.capture(model.forward, nnx.Intermediate)(input_ids, attention_mask=attention_mask, **inputs)
+
+
 def our_activations(case: FamilyCase, model, batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """sgm_jax's activations for a processor batch, cropped to the batch's own length (the bucket pads on the
     left), in the suite's common dict (see the module docstring)."""
@@ -93,9 +94,7 @@ def our_activations(case: FamilyCase, model, batch: Mapping[str, np.ndarray]) ->
     if projector is not None:
         projector.record = frozenset({OUT})
     try:
-        out, sown = nnx.capture(model.forward, nnx.Intermediate)(
-            prepared.input_ids, attention_mask=prepared.attention_mask, **prepared.inputs
-        )
+        out, sown = _captured_forward(model, prepared.input_ids, prepared.attention_mask, prepared.inputs)
     finally:
         if projector is not None:
             projector.record = frozenset()
@@ -226,13 +225,6 @@ def _qwen_pool(model, batch, site, value):
     return np.stack([value[a:b].mean(0) for a, b in zip(edges[:-1], edges[1:])])
 
 
-def _qwen_state_dict(key: str) -> str:
-    """`save_pretrained`'s Qwen-VL keys (`model.layers.`, `visual.`) as the names in memory."""
-    if key.startswith("visual."):
-        return "model." + key
-    return "model.language_model." + key.removeprefix("model.") if key.startswith("model.") else key
-
-
 def _save_internvl(directory: str, seed: int, **config) -> str:
     return hf_internvl.save_internvl(directory, hf_internvl.internvl_config(**config), seed)
 
@@ -338,13 +330,6 @@ def _hub_clip(key: str) -> str:
     return key.replace("vision_tower.", "vision_tower.vision_model.", 1)
 
 
-def _state_dict(key: str) -> str:
-    """`save_pretrained`'s `language_model.model.` / `language_model.lm_head.` keys as the names in memory."""
-    if key.startswith("language_model.lm_head."):
-        return key.removeprefix("language_model.")
-    return "model." + key.replace("language_model.model.", "language_model.", 1)
-
-
 def _drop(batch: dict, key: str) -> dict:
     return {k: v for k, v in batch.items() if k != key}
 
@@ -385,7 +370,8 @@ class FamilyCase:
     extra_gates: tuple[str, ...] = ()
     """Sites gated (beside two decoder sites and the image sites) in the generate and export checks."""
     layouts: dict[str, Callable[[str], str]] = dataclasses.field(default_factory=dict)
-    """Key rewrites of the saved checkpoint into the other layouts its checkpoints are found in."""
+    """Key rewrites of the saved checkpoint (`save_pretrained`'s layout) into the other layouts the family's
+    checkpoints are found in besides transformers' `state_dict()` names (the hub's, where it differs)."""
     refused_configs: tuple[tuple[Edit, str], ...] = ()
     """config.json edits sgm_jax must refuse (UnsupportedConfigError), with the message naming them."""
     bad_inputs: tuple[tuple[BadInput, str], ...] = ()
@@ -478,7 +464,6 @@ def _qwen_case(name: str, version: str, vision_mlp: str, width: int) -> FamilyCa
         align=_qwen_align,
         pool_images=_qwen_pool,
         extra_gates=(f"model.visual.blocks.0.mlp.{vision_mlp}", "model.visual.merger.mlp.0"),
-        layouts={"state_dict": _qwen_state_dict},
         refused_configs=QWEN_REFUSALS,
         bad_inputs=QWEN_BAD_INPUTS,
         reset_reference=_qwen_reset,
@@ -508,7 +493,7 @@ FAMILIES: dict[str, FamilyCase] = {
             align=_llava_align,
             pool_images=_llava_pool,
             extra_gates=("model.multi_modal_projector.linear_1", "model.vision_tower.encoder.layers.0.self_attn"),
-            layouts={"hub": _hub_clip, "state_dict": _state_dict},
+            layouts={"hub": _hub_clip},
             refused_configs=LLAVA_CONFIG_REFUSALS,
             bad_inputs=(
                 (
@@ -533,7 +518,7 @@ FAMILIES: dict[str, FamilyCase] = {
             align=_next_align,
             pool_images=_next_pool,
             extra_gates=("model.multi_modal_projector.linear_1",),
-            layouts={"hub": _hub_clip, "state_dict": _state_dict},
+            layouts={"hub": _hub_clip},
             refused_configs=(
                 (lambda c: c.update(vision_feature_select_strategy="full"), "vision_feature_select_strategy='full'"),
                 (lambda c: c.update(image_grid_pinpoints=[[28, 50]]), "image_grid_pinpoints"),
@@ -567,7 +552,6 @@ FAMILIES: dict[str, FamilyCase] = {
             align=_internvl_align,
             pool_images=_internvl_pool,
             extra_gates=("model.vision_tower.encoder.layer.0.attention", "model.multi_modal_projector.linear_1"),
-            layouts={"state_dict": _state_dict},
             refused_configs=(
                 (lambda c: c.update(vision_feature_select_strategy="full"), "vision_feature_select_strategy='full'"),
                 (lambda c: c.update(downsample_ratio=0.3), "downsample_ratio=0.3"),
@@ -610,7 +594,6 @@ FAMILIES: dict[str, FamilyCase] = {
                 "model.language_model.layers.3.cross_attn.o_proj",
                 "model.vision_model.transformer.layers.1.mlp.fc1",
             ),
-            layouts={"state_dict": _state_dict},
             refused_configs=(
                 (lambda c: c["vision_config"].update(vision_output_dim=64), "vision_output_dim=64"),
                 (lambda c: c["text_config"]["rope_parameters"].update(rope_type="yarn"), "rope_type='yarn'"),
@@ -660,29 +643,11 @@ FAMILIES: dict[str, FamilyCase] = {
             bad_inputs=TEXT_BAD_INPUTS,
             refused_configs=(
                 (lambda c: c.update(use_sliding_window=True), "use_sliding_window=True"),
-                (lambda c: c["rope_parameters"].update(rope_type="yarn"), "rope_type='yarn'"),
+                (lambda c: c["rope_parameters"].update(rope_type="yarn", factor=2.0), "rope_type='yarn'"),
+                (lambda c: c.update(head_dim=16), "head_dim=16 differs"),
             ),
         ),
     )
 }
 IMAGE_FAMILIES: list[str] = [name for name, case in FAMILIES.items() if case.images]
 TEXT_FAMILIES: list[str] = [name for name, case in FAMILIES.items() if not case.images]
-
-
-def shard_checkpoint(directory: str, out: str, parts: int = 3) -> str:
-    """Copy a single-file checkpoint as `parts` safetensors shards with an index, as `save_pretrained` writes a
-    large model."""
-    os.makedirs(out, exist_ok=True)
-    with safe_open(os.path.join(directory, "model.safetensors"), "pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    names, weight_map = sorted(tensors), {}
-    for i, chunk in enumerate(np.array_split(np.arange(len(names)), parts)):
-        file = f"model-{i + 1:05d}-of-{parts:05d}.safetensors"
-        save_file({names[j]: tensors[names[j]].contiguous() for j in chunk}, os.path.join(out, file), {"format": "pt"})
-        weight_map.update({names[j]: file for j in chunk})
-    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {}, "weight_map": weight_map}, f)
-    for name in os.listdir(directory):  # config, processor and tokenizer files
-        if not name.startswith("model.safetensors"):
-            shutil.copy(os.path.join(directory, name), out)
-    return out

@@ -1,8 +1,7 @@
-"""Tiny random InternVL checkpoints and processors built in process, and transformers' intermediates for them."""
+"""Tiny random InternVL checkpoints and processors built in process (the `internvl` row of families.py)."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from transformers import (
     GotOcr2ImageProcessorPil,
@@ -99,34 +98,3 @@ def save_internvl(directory: str, config: InternVLConfig | None = None, seed: in
     model.save_pretrained(directory)
     internvl_processor().save_pretrained(directory)
     return directory
-
-
-def internvl_batch(processor, rows, *, seed: int = 0, **kwargs) -> dict[str, np.ndarray]:
-    """Left-padded chat prompts, each row `(text, [(h, w), ...])` with random RGB images of those sizes first:
-    `input_ids`, `attention_mask` and, with images, `pixel_values` `[tiles, 3, 28, 28]`, as numpy."""
-    texts, per_row = hf_tiny.chat_rows(processor, rows, seed)
-    images = [image for row in per_row for image in row]
-    out = processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="np", **kwargs)
-    return {k: np.asarray(v) for k, v in out.items()}
-
-
-def load_internvl_reference(directory: str):
-    return hf_tiny.load_reference(directory, InternVLForConditionalGeneration)
-
-
-def internvl_reference(hf, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """transformers' logits and decoder hidden states at the positions `generate` gives left-padded rows, the
-    tower's hidden states and last state per tile, and the projector's output per tile."""
-    inputs = {k: torch.tensor(v) for k, v in batch.items()}
-    out = {}
-    with torch.no_grad():
-        if "pixel_values" in batch:
-            vision = hf.model.vision_tower(pixel_values=inputs["pixel_values"], output_hidden_states=True)
-            out["vision_hidden_states"] = [h.numpy() for h in vision.hidden_states]
-            out["vision_last"] = vision.last_hidden_state.numpy()
-            out["projector"] = hf.model.get_image_features(inputs["pixel_values"]).pooler_output.numpy()
-        position_ids = torch.tensor(hf_tiny.generate_positions(batch["attention_mask"]))
-        result = hf(**inputs, position_ids=position_ids, output_hidden_states=True)
-    out["logits"] = result.logits.numpy()
-    out["hidden_states"] = [h.numpy() for h in result.hidden_states]
-    return out

@@ -1,9 +1,8 @@
-"""Tiny random Llama-3.2-Vision (Mllama) checkpoints and processors built in process, and transformers'
-intermediates for them."""
+"""Tiny random Llama-3.2-Vision (Mllama) checkpoints and processors built in process (the `mllama` row of
+families.py)."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor
 
@@ -68,49 +67,3 @@ def save_mllama(directory: str, config: MllamaConfig | None = None, seed: int = 
     model.save_pretrained(directory)
     mllama_processor().save_pretrained(directory)
     return directory
-
-
-def mllama_batch(processor, rows, *, seed: int = 0) -> dict[str, np.ndarray]:
-    """Left-padded chat prompts, each row `(text, [(h, w), ...])` with random RGB images of those sizes first."""
-    texts, images = hf_tiny.chat_rows(processor, rows, seed)
-    out = processor(
-        text=texts, images=images if any(images) else None, padding=True, padding_side="left", return_tensors="np"
-    )
-    return {k: np.asarray(v) for k, v in out.items()}
-
-
-def load_mllama_reference(directory: str):
-    return hf_tiny.load_reference(directory, MllamaForConditionalGeneration)
-
-
-def mllama_reference(hf, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """transformers' logits and decoder hidden states at the positions `generate` gives left-padded rows, and with
-    images the vision model's output features `[B, images, tiles, positions, vision_output_dim]`, the hidden states
-    of its local and global transformers (hooks on every layer) and the projector's output."""
-    inputs = {k: torch.tensor(v) for k, v in batch.items()}
-    out, handles = {}, []
-    if "pixel_values" in batch:
-        vision = hf.model.vision_model
-        layers = list(vision.transformer.layers) + list(vision.global_transformer.layers)
-        seen = []
-        handles = [layer.register_forward_hook(lambda m, a, y: seen.append(y.detach().numpy())) for layer in layers]
-        handles.append(
-            hf.model.multi_modal_projector.register_forward_hook(
-                lambda m, a, y: out.__setitem__("projector", y.detach().numpy())
-            )
-        )
-        out["vision_layers"] = seen
-    with torch.no_grad():
-        if "pixel_values" in batch:
-            features = hf.model.vision_model(
-                inputs["pixel_values"], inputs["aspect_ratio_ids"], inputs["aspect_ratio_mask"]
-            ).last_hidden_state
-            out["vision_features"] = features.numpy()
-            del out["vision_layers"][:]
-        position_ids = torch.tensor(hf_tiny.generate_positions(batch["attention_mask"]))
-        result = hf(**inputs, position_ids=position_ids, output_hidden_states=True)
-    for handle in handles:
-        handle.remove()
-    out["logits"] = result.logits.numpy()
-    out["hidden_states"] = [h.numpy() for h in result.hidden_states]
-    return out

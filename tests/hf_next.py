@@ -1,8 +1,7 @@
-"""Tiny random LLaVA-NeXT checkpoints and processors built in process, and transformers' intermediates for them."""
+"""Tiny random LLaVA-NeXT checkpoints and processors built in process (the `llava-next` row of families.py)."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from transformers import (
     CLIPVisionConfig,
@@ -80,43 +79,3 @@ def next_processor() -> LlavaNextProcessor:
         num_additional_image_tokens=1,
         chat_template=hf_tiny.CHAT_TEMPLATE,
     )
-
-
-def next_batch(processor, rows, *, seed: int = 0) -> dict[str, np.ndarray]:
-    """Left-padded chat prompts, each row `(text, [(h, w), ...])` with random RGB images of those sizes first:
-    the processor's `input_ids`, `attention_mask` and, when any row has an image, `pixel_values`
-    `[images, tiles, 3, 28, 28]` and `image_sizes`, as numpy."""
-    texts, per_row = hf_tiny.chat_rows(processor, rows, seed)
-    images = [image for row in per_row for image in row]
-    out = processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="np")
-    return {k: np.asarray(v) for k, v in out.items()}
-
-
-def load_next_reference(directory: str):
-    return hf_tiny.load_reference(directory, LlavaNextForConditionalGeneration)
-
-
-def next_reference(hf, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """transformers' logits, decoder hidden states, vision hidden states (real tiles of every image, in order) and
-    the projector's output per real tile, for a `next_batch` at the positions `generate` gives its rows."""
-    captured = {}
-    handle = hf.model.multi_modal_projector.register_forward_hook(
-        lambda m, args, out: captured.__setitem__("projector", out.detach().numpy())
-    )
-    inputs = {k: torch.tensor(v) for k, v in batch.items()}
-    mask = batch["attention_mask"]
-    with torch.no_grad():
-        vision = {}
-        if "pixel_values" in batch:
-            features = hf.model.get_image_features(
-                inputs["pixel_values"], inputs["image_sizes"], output_hidden_states=True
-            )
-            vision = {"vision_hidden_states": [h.numpy() for h in features.hidden_states]}
-        out = hf(**inputs, position_ids=torch.tensor(hf_tiny.generate_positions(mask)), output_hidden_states=True)
-    handle.remove()
-    return {
-        "logits": out.logits.numpy(),
-        "hidden_states": [h.numpy() for h in out.hidden_states],
-        **vision,
-        **captured,
-    }

@@ -1,4 +1,4 @@
-"""Tiny random Qwen2-VL and Qwen2.5-VL checkpoints and processors built in process, and their transformers references.
+"""Tiny random Qwen2-VL and Qwen2.5-VL checkpoints and processors built in process, and transformers' M-RoPE positions.
 
 Images only: transformers 5.24 constructs and loads a stock `Qwen2VLProcessor`/`Qwen2_5_VLProcessor` only with its
 video processor, which needs torchvision; `qwen_processor_class` gives the same processor without that slot.
@@ -13,7 +13,6 @@ import string
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from transformers import (
     AutoConfig,
     GenerationConfig,
@@ -27,7 +26,7 @@ from transformers import (
     Qwen2VLProcessor,
 )
 
-from hf_tiny import chat_rows, load_reference, randomize
+from hf_tiny import randomize
 
 # Qwen's special tokens sit above the ordinary BPE tokens as on the hub (ids 0-189 here), in a vocab of 200.
 VOCAB = 200
@@ -106,15 +105,10 @@ def qwen_config(version: str, *, kv_heads=2, tie=False, text_layers=2, vision_de
     raise ValueError(f"unknown Qwen-VL version {version!r}: expected '2' or '2.5'")
 
 
-def save_qwen(directory: str, config, seed: int = 0, *, layout="save_pretrained", max_shard_size=None) -> str:
-    """A randomized model of `config` written into `directory` in one of two key layouts.
-
-    "save_pretrained": transformers 5.24's `save_pretrained` writes the hub layout, `model.embed_tokens.*`,
-    `model.layers.N.*`, `model.norm.*`, `visual.*` and `lm_head.weight` (left out when tied), in shards with an
-    index when `max_shard_size` (e.g. "20KB") is below the model's size. "state_dict": the names in memory,
-    `model.language_model.*`, `model.visual.*` and `lm_head.weight` (left out when tied), in one model.safetensors
-    beside config.json (which then has no `architectures` or `dtype`).
-    """
+def save_qwen(directory: str, config, seed: int = 0) -> str:
+    """A randomized model of `config` written by transformers' `save_pretrained` into `directory`: the hub layout,
+    `model.embed_tokens.*`, `model.layers.N.*`, `model.norm.*`, `visual.*` and `lm_head.weight` (left out when
+    tied)."""
     torch.manual_seed(seed)
     model = MODELS["2" if isinstance(config, Qwen2VLConfig) else "2.5"](config)
     randomize(model, seed)
@@ -123,19 +117,7 @@ def save_qwen(directory: str, config, seed: int = 0, *, layout="save_pretrained"
     ln_q = model.model.visual.merger.ln_q.weight
     with torch.no_grad():
         ln_q.copy_(1.0 + 0.2 * torch.randn(ln_q.shape, generator=torch.Generator().manual_seed(seed + 1)))
-    if layout == "save_pretrained":
-        model.save_pretrained(directory, **({} if max_shard_size is None else {"max_shard_size": max_shard_size}))
-    elif layout == "state_dict":
-        os.makedirs(directory, exist_ok=True)
-        tensors = {
-            k: v.contiguous()
-            for k, v in model.state_dict().items()
-            if not (config.tie_word_embeddings and k == "lm_head.weight")
-        }
-        save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
-        config.save_pretrained(directory)
-    else:
-        raise ValueError(f"unknown layout {layout!r}: expected 'save_pretrained' or 'state_dict'")
+    model.save_pretrained(directory)
     return directory
 
 
@@ -262,76 +244,17 @@ def save_qwen_processor(directory: str, version: str):
     return processor
 
 
-def load_qwen_processor(directory: str, version: str):
-    """The processor `save_qwen_processor` wrote, read back without torchvision."""
-    return qwen_processor_class(version).from_pretrained(directory)
-
-
-def qwen_batch(processor, rows, *, seed: int = 0) -> dict[str, np.ndarray]:
-    """Left-padded chat prompts, each row `(text, [(h, w), ...])` with random RGB images of those sizes first.
-
-    The processor's own output as numpy: `input_ids`, `attention_mask` and `mm_token_type_ids` `[B, L]`, and when
-    any row has an image, `pixel_values` `[N, 3*2*2*2]` (all images' patches, in row order) and `image_grid_thw`
-    `[images, 3]`.
-    """
-    texts, images = chat_rows(processor, rows, seed)
-    out = processor(
-        text=texts,
-        images=images if any(images) else None,
-        padding=True,
-        padding_side="left",
-        return_tensors="np",
+def qwen_positions(hf, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The M-RoPE positions `[3, B, L]` that reach transformers' rotary embedding in a plain forward of `batch`
+    (`get_rope_index`: mask-aware, pads at 0), and each row's delta `[B]`."""
+    seen = {}
+    handle = hf.model.language_model.rotary_emb.register_forward_pre_hook(
+        lambda m, args: seen.__setitem__("positions", args[1].numpy())
     )
-    return {k: np.asarray(v) for k, v in out.items()}
-
-
-def load_qwen_reference(directory: str, version: str):
-    """transformers' model of `directory` in fp32 with eager attention, in eval mode."""
-    return load_reference(directory, MODELS[version])
-
-
-def qwen_reference_activations(hf, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """transformers' intermediates for a `qwen_batch`, with the M-RoPE positions HF's plain forward builds itself.
-
-    Keys: each `model.visual.blocks.N` output and `model.visual.merger` (+ `.mlp.0`) output as the hooks see them;
-    for Qwen2.5 these are in window-permuted order (merged units reordered by `window_index`, 4 patch rows per
-    unit; the merger's output is un-permuted only after the hook), so `window_index` is given too. `image_features`
-    are the merged features in `<|image_pad|>` order; `positions` `[3, B, L]` are what reached the rotary embedding
-    (`get_rope_index`: mask-aware, pads at 0; a batch with no image gets `arange(L)` instead), `rope_deltas` `[B, 1]`.
-    `hidden_states` `[layers + 1, B, L, H]`: the input embeddings, each layer's output but the last, and the final
-    normed state; then `logits`. Vision keys are absent for a batch without images.
-    """
-    modules = dict(hf.named_modules())
-    names = [f"model.visual.blocks.{i}" for i in range(len(hf.model.visual.blocks))]
-    names += ["model.visual.merger", "model.visual.merger.mlp.0"]
-    out: dict[str, np.ndarray] = {}
-    handles = [
-        modules[name].register_forward_hook(lambda m, args, y, name=name: out.__setitem__(name, y.numpy()))
-        for name in names
-    ]
-    handles.append(
-        modules["model.language_model.rotary_emb"].register_forward_pre_hook(
-            lambda m, args: out.__setitem__("positions", args[1].numpy())
-        )
-    )
-    hf.model.rope_deltas = None  # HF keeps the last forward's deltas on the model; report this one's only
+    hf.model.rope_deltas = None  # transformers keeps the last forward's deltas on the model; report this one's only
     try:
         with torch.no_grad():
-            ref = hf(**{k: torch.tensor(v) for k, v in batch.items()}, output_hidden_states=True)
+            hf(**{k: torch.tensor(v) for k, v in batch.items()})
     finally:
-        for handle in handles:
-            handle.remove()
-    if ref.image_outputs is not None:
-        out["image_features"] = torch.cat(ref.image_outputs.pooler_output).numpy()
-    if hf.model.rope_deltas is not None:
-        out["rope_deltas"] = hf.model.rope_deltas.numpy()
-    if isinstance(hf, Qwen2_5_VLForConditionalGeneration) and "image_grid_thw" in batch:
-        from transformers.vision_utils import get_vision_window_index
-
-        vision = hf.config.vision_config
-        out["window_index"] = get_vision_window_index(
-            torch.tensor(batch["image_grid_thw"]), vision.spatial_merge_size, vision.window_size, vision.patch_size
-        )[0].numpy()
-    out["hidden_states"] = np.stack([h.numpy() for h in ref.hidden_states])
-    out["logits"] = ref.logits.numpy()
-    return out
+        handle.remove()
+    return seen["positions"], hf.model.rope_deltas.numpy()[:, 0]
