@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessorPil,
@@ -21,28 +19,11 @@ SIZES = {"wide": (30, 50), "tall": (61, 20), "square": (40, 40)}
 
 
 def next_config(*, tie=False, kv_heads=4, feature_layer=-2, text_layers=2) -> LlavaNextConfig:
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        image_size=28,
-        patch_size=7,
-        projection_dim=16,
-    )
-    text = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=56,
-        num_hidden_layers=text_layers,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        vocab_size=100,
-        rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-    )
+    """LLaVA-1.5's tiny CLIP tower and Llama (`hf_tiny.llava_config`) with tiles of `PINPOINTS`."""
+    base = hf_tiny.llava_config(kv_heads=kv_heads, text_layers=text_layers)
     return LlavaNextConfig(
-        vision_config=vision,
-        text_config=text,
+        vision_config=base.vision_config,
+        text_config=base.text_config,
         image_token_index=hf_tiny.tiny_tokenizer().convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=PINPOINTS,
         vision_feature_layer=feature_layer,

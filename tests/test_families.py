@@ -40,6 +40,7 @@ from sgm_jax.models.config import UnsupportedConfigError
 from sgm_jax.sites import list_sites, resolve, site_refs
 
 TOL = 1e-4
+SPREAD_BY = "family"  # conftest.py: the two workers share this file a checkpoint at a time
 # Every family's default checkpoint first, then the other variants: a family's default has the same index in
 # each list, so pytest runs all of a family's tests on one built checkpoint.
 DEFAULTS = [(name, case.default) for name, case in FAMILIES.items()]
