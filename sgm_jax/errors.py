@@ -36,6 +36,11 @@ class MissingFileError(SgmJaxError, FileNotFoundError):
     """A file or folder the user named that is not there."""
 
 
+class MissingPackageError(SgmJaxError, ImportError):
+    """A package that only an optional feature needs (not a dependency of sgm-jax) is not installed; the message
+    says how to install it."""
+
+
 def user_message(error: BaseException) -> str | None:
     """The message to show for `error` (one line, or a first line and one line per listed problem), or None when
     it is not a user's mistake but a bug (show a traceback).

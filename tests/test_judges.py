@@ -15,6 +15,7 @@ from PIL import Image
 import hf_tiny
 from sgm_jax.data.samples import Sample
 from sgm_jax.defenses import EndpointVerdicts
+from sgm_jax.errors import user_message
 from sgm_jax.evaluate.judges import (
     ChatJudge,
     JudgeError,
@@ -241,8 +242,10 @@ def test_classifier_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="has no \\*.safetensors weights; sgm_jax loads no pickle"):
         make_judge(f"classifier:{bare}")
     monkeypatch.setattr("transformers.utils.is_torch_available", lambda: False)
-    with pytest.raises(ImportError, match="the classifier judge needs PyTorch: pip install torch"):
+    with pytest.raises(ImportError, match="the classifier judge needs PyTorch: pip install torch") as missing:
         make_judge(f"classifier:{bare}")
+    # torch is no dependency of sgm-jax: its absence is the user's to fix, told in one line, not a bug.
+    assert user_message(missing.value) == "the classifier judge needs PyTorch: pip install torch"
 
 
 # --- a chat guard behind a stub OpenAI-compatible server ------------------------------------------------------

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sgm_jax.errors import MissingFileError, OptionError
+from sgm_jax.errors import MissingFileError, MissingPackageError, OptionError
 from sgm_jax.evaluate.judges.base import Item, Judge, Verdict, check_items
 
 _HARMFUL = re.compile(r"toxic|harm|unsafe|offensive")
@@ -50,7 +50,7 @@ def _require_torch() -> None:
     from transformers.utils import is_torch_available
 
     if not is_torch_available():
-        raise ImportError("the classifier judge needs PyTorch: pip install torch")
+        raise MissingPackageError("the classifier judge needs PyTorch: pip install torch")
 
 
 class ClassifierJudge(Judge):
