@@ -11,6 +11,7 @@ import traceback
 
 from sgm_jax import distributed
 from sgm_jax.capture import POOLINGS, TOKENS
+from sgm_jax.cli_data import add_data_options, image_options, read_samples
 from sgm_jax.defenses.factory import DEFENSES, VERDICTS
 from sgm_jax.distributed import ProcessError
 from sgm_jax.errors import OptionError, user_message
@@ -71,15 +72,9 @@ def _interventions(args):
 
 def cmd_collect(args) -> None:
     from sgm_jax.collect import collect_to_store
-    from sgm_jax.data import read_jsonl
     from sgm_jax.sites import default_sites
 
-    samples = read_jsonl(
-        args.data,
-        split=args.split,
-        skip_missing_images=args.skip_missing,
-        allow_outside_images=args.allow_outside_images,
-    )
+    samples = read_samples(args)
     model, processor = _load(args)
     sites = args.sites or default_sites(model)
     store = collect_to_store(
@@ -181,17 +176,12 @@ def cmd_intervention(args) -> None:
 
 
 def _load_samples(args):
-    from sgm_jax.data import DatasetError
+    """--data as every command reads it, then the --mcq items, then the first --limit."""
     from sgm_jax.data.readers import read_dataset
 
-    images = {"skip_missing_images": args.skip_missing, "allow_outside_images": args.allow_outside_images}
-    samples = read_dataset(args.data, args.format, **images)
-    if args.split:
-        samples = [s for s in samples if s.split == args.split]
-        if not samples:
-            raise DatasetError(f"{args.data}: no samples in split {args.split!r}")
+    samples = read_samples(args)
     if args.mcq:
-        samples += read_dataset(args.mcq, None, **images)
+        samples += read_dataset(args.mcq, None, **image_options(args))
     return samples[: args.limit] if args.limit else samples
 
 
@@ -314,15 +304,9 @@ def cmd_compare(args) -> None:
 
 
 def cmd_prober(args) -> None:
-    from sgm_jax.data import read_jsonl
     from sgm_jax.defenses import train_prober
 
-    samples = read_jsonl(
-        args.data,
-        split=args.split,
-        skip_missing_images=args.skip_missing,
-        allow_outside_images=args.allow_outside_images,
-    )
+    samples = read_samples(args)
     model, processor = _load(args)
     prober = train_prober(
         model, processor, samples, site=args.site, pooling=args.pooling, steps=args.steps, threshold=args.threshold
@@ -415,20 +399,6 @@ def _sampling_options(p, seed_help: str) -> None:
     p.add_argument("--seed", type=int, default=0, help=seed_help)
 
 
-def _image_file_options(p) -> None:
-    p.add_argument(
-        "--skip-missing",
-        action="store_true",
-        help="skip (and count) samples whose image file is missing instead of stopping",
-    )
-    p.add_argument(
-        "--allow-outside-images",
-        action="store_true",
-        help="let image paths (absolute, '../' or symbolic links) lead outside the dataset's folder; by "
-        "default such a path is refused",
-    )
-
-
 def _output_options(p, out_help: str, quiet_help: str, default: str | None = None) -> None:
     """--out (required unless it has a default) and --quiet, for the commands that show progress."""
     p.add_argument("--out", required=default is None, default=default, help=out_help)
@@ -438,18 +408,7 @@ def _output_options(p, out_help: str, quiet_help: str, default: str | None = Non
 def _data_options(p, *, required: bool = True) -> None:
     """The evaluation data and its judge: what evaluate, compare and sweep read (--data is optional where a
     command has a built-in set, as sweep's --demo)."""
-    p.add_argument(
-        "--data",
-        required=required,
-        help="the evaluation set: native JSONL, an MM-SafetyBench root, an SGM release sheet, a "
-        "JailBreakV CSV or an MCQ file (see --format)",
-    )
-    p.add_argument(
-        "--format",
-        choices=["native", "mmsafetybench", "sgm-sheet", "jailbreakv", "mcq"],
-        help="the format of --data (default: detected from the file)",
-    )
-    p.add_argument("--split", help="only the samples of this split (default: all)")
+    add_data_options(p, "the evaluation set", required=required)
     p.add_argument("--mcq", help="an extra file of multiple-choice items (options + answer) for reasoning accuracy")
     p.add_argument("--neutral", help="a text file of neutral sentences, one per line, for perplexity")
     p.add_argument(
@@ -459,7 +418,6 @@ def _data_options(p, *, required: bool = True) -> None:
         "SGM_JAX_JUDGE_BASE_URL, SGM_JAX_JUDGE_MODEL and SGM_JAX_JUDGE_API_KEY",
     )
     p.add_argument("--limit", type=whole(1), help="only the first N samples (a quick look)")
-    _image_file_options(p)
     _image_size_option(p)
 
 
@@ -536,13 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "collect",
         help="record pooled neuron responses on a labelled dataset",
-        description="Run the model over a native JSONL dataset and store each site's pooled "
+        description="Run the model over a labelled dataset and store each site's pooled "
         "activation per sample. An interrupted run resumes where it stopped when the "
         "same command is run again.",
     )
     _model_options(p)
-    p.add_argument("--data", required=True, help="dataset in the native JSONL format (see sgm_jax/data/samples.py)")
-    p.add_argument("--split", help="only the samples whose 'split' field equals this (default: all)")
+    add_data_options(p, "the labelled samples")
     p.add_argument(
         "--sites",
         nargs="+",
@@ -564,7 +521,6 @@ def build_parser() -> argparse.ArgumentParser:
         "tokens (default: all); vision-tower and projector sites always pool over their image",
     )
     p.add_argument("--batch-size", type=whole(1), default=8, help="samples per forward pass (default: 8)")
-    _image_file_options(p)
     _image_size_option(p)
     _output_options(p, "store directory (created, or resumed if it exists)", "no progress bar")
     _distributed_options(p)
@@ -706,15 +662,13 @@ def build_parser() -> argparse.ArgumentParser:
         "as a safetensors file for SafeCoDe's verdicts and the prober gate.",
     )
     _model_options(p)
-    p.add_argument("--data", required=True, help="labelled prompts in the native JSONL format (the train split)")
-    p.add_argument("--split", help="only the samples whose 'split' field equals this (default: all)")
+    add_data_options(p, "the labelled prompts (the train split)")
     p.add_argument("--site", required=True, help="the site to probe, e.g. model.language_model.layers.2.mlp.down_proj")
     p.add_argument("--pooling", choices=POOLINGS, default="last", help="pooling over prompt tokens (default: last)")
     p.add_argument("--steps", type=whole(1), default=300, help="full-batch Adam steps (default: 300)")
     p.add_argument(
         "--threshold", type=real(0, 1), default=0.5, help="probability at which a prompt is flagged (default: 0.5)"
     )
-    _image_file_options(p)
     p.add_argument("--out", required=True, help="output prober file (.safetensors)")
     p.set_defaults(func=cmd_prober)
 
@@ -743,11 +697,11 @@ def build_parser() -> argparse.ArgumentParser:
             "the intervention's strength (default: 1)",
         )
 
-    cli_steering.add_commands(sub, steered_model_options, _image_file_options, _load_gated)
+    cli_steering.add_commands(sub, steered_model_options, _load_gated)
 
     from sgm_jax import cli_experts
 
-    cli_experts.add_commands(sub, _model_options, _image_file_options, _distributed_options, _load)
+    cli_experts.add_commands(sub, _model_options, _distributed_options, _load)
 
     from sgm_jax import cli_sweep
 

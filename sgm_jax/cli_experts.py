@@ -6,6 +6,7 @@ import argparse
 import os
 
 from sgm_jax.attribution import CLASSES, IMAGE_ABLATIONS, NEUTRAL_PROMPT, attribute, check_samples, write_outputs
+from sgm_jax.cli_data import add_data_options, read_samples
 from sgm_jax.options import real, whole
 
 
@@ -16,14 +17,7 @@ def _prompt(text: str) -> str:
 
 
 def cmd_experts(args, load) -> None:
-    from sgm_jax.data import read_jsonl
-
-    samples = read_jsonl(
-        args.data,
-        split=args.split,
-        skip_missing_images=args.skip_missing,
-        allow_outside_images=args.allow_outside_images,
-    )
+    samples = read_samples(args)
     check_samples(samples)
     model, processor = load(args)
     attribution = attribute(
@@ -56,7 +50,7 @@ def cmd_experts(args, load) -> None:
     )
 
 
-def add_commands(sub, model_options, image_file_options, distributed_options, load) -> None:
+def add_commands(sub, model_options, distributed_options, load) -> None:
     """Register `experts` on the `sgm-jax` subparsers; `load(args)` loads the model as the other commands do,
     `distributed_options(p)` adds the options of a job over several processes."""
     p = sub.add_parser(
@@ -69,8 +63,7 @@ def add_commands(sub, model_options, image_file_options, distributed_options, lo
         "(cut --tau). Writes experts.md, experts.json, experts.png and experts.safetensors.",
     )
     model_options(p)
-    p.add_argument("--data", required=True, help="labelled samples, each with an image, in the native JSONL format")
-    p.add_argument("--split", help="only the samples whose 'split' field equals this (default: all)")
+    add_data_options(p, "labelled samples, each with an image")
     p.add_argument(
         "--sites",
         action="extend",
@@ -111,7 +104,6 @@ def add_commands(sub, model_options, image_file_options, distributed_options, lo
         "--top", type=whole(0), default=10, help="experts listed with the samples that activate them most (default: 10)"
     )
     p.add_argument("--batch-size", type=whole(1), default=8, help="samples per forward pass (default: 8)")
-    image_file_options(p)
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     distributed_options(p)

@@ -6,12 +6,12 @@ import json
 import os
 
 from sgm_jax.capture import POOLINGS, TOKENS
+from sgm_jax.cli_data import add_data_options, read_samples
 from sgm_jax.errors import OptionError
 from sgm_jax.options import real, whole
 
 
 def cmd_dictionary(args, load) -> None:
-    from sgm_jax.data import read_jsonl
     from sgm_jax.steering.dictionary import build_dictionary, read_concepts, write_concepts
     from sgm_jax.steering.stimuli import read_scores, select_stimuli
 
@@ -26,7 +26,7 @@ def cmd_dictionary(args, load) -> None:
             labels = json.load(f)
         concepts = select_stimuli(read_scores(args.scores), labels, positives=args.positives, negatives=args.negatives)
         write_concepts(os.path.splitext(args.out)[0] + ".concepts.json", concepts)
-    stimuli = read_jsonl(args.stimuli, allow_outside_images=args.allow_outside_images)
+    stimuli = read_samples(args, "stimuli")
     model, processor = load(args)
     dictionary = build_dictionary(
         model,
@@ -47,20 +47,17 @@ def cmd_dictionary(args, load) -> None:
 
 
 def cmd_sae_train(args, load) -> None:
-    from sgm_jax.data import read_jsonl
     from sgm_jax.steering.dictionary import load_dictionary
     from sgm_jax.steering.sae import SAEConfig
     from sgm_jax.steering.sae_training import TrainSettings, train_sae
     from sgm_jax.steering.tokens import collect_tokens
 
+    samples = read_samples(args)
     model, processor = load(args)
     dictionary = None if args.dictionary is None else load_dictionary(args.dictionary, model=model)
     site = args.site or (dictionary.site if dictionary is not None else None)
     if site is None:
         raise OptionError("name the site with --site (or give --dictionary, whose site is used)")
-    samples = []
-    for path in args.data:
-        samples += read_jsonl(path, split=args.split, allow_outside_images=args.allow_outside_images)
     work = args.work or os.path.splitext(args.out)[0] + ".work"
     store = collect_tokens(
         model,
@@ -107,7 +104,7 @@ def cmd_sae_annotate(args, load) -> None:
     )
 
 
-def add_commands(sub, model_options, image_file_options, load) -> None:
+def add_commands(sub, model_options, load) -> None:
     """Register the commands on the `sgm-jax` subparsers; `load(args)` loads the model as the other commands do."""
     p = sub.add_parser(
         "dictionary",
@@ -118,7 +115,7 @@ def add_commands(sub, model_options, image_file_options, load) -> None:
         "similarities by DACO's geometric score (--scores, --labels).",
     )
     model_options(p)
-    p.add_argument("--stimuli", required=True, help="the stimuli in the native JSONL format (prompt = caption)")
+    add_data_options(p, "the stimuli, each prompt its caption", flag="--stimuli")
     p.add_argument("--concepts", help='a concepts file: {"concepts": [{name, label, group, positives, negatives}]}')
     p.add_argument("--scores", help="a CSV of concept,stimulus,image_similarity,text_similarity (in (0, 1])")
     p.add_argument("--labels", help="with --scores: JSON {concept: undesirable | desirable | benign}")
@@ -128,7 +125,6 @@ def add_commands(sub, model_options, image_file_options, load) -> None:
     p.add_argument("--pooling", choices=POOLINGS, default="mean", help="pooling over tokens (default: mean)")
     p.add_argument("--tokens", choices=TOKENS, default="all", help="which tokens are pooled (default: all)")
     p.add_argument("--batch-size", type=whole(1), default=16, help="stimuli per batch (default: 16)")
-    image_file_options(p)
     p.add_argument("--out", required=True, help="output dictionary file (.safetensors)")
     p.set_defaults(func=lambda args: cmd_dictionary(args, load))
 
@@ -143,13 +139,9 @@ def add_commands(sub, model_options, image_file_options, load) -> None:
         "random atoms), checkpointed with orbax: rerun the same command to resume.",
     )
     model_options(p)
-    p.add_argument(
-        "--data",
-        required=True,
-        action="append",
-        help="native JSONL (prompts with responses, stimuli); repeat for several",
+    add_data_options(
+        p, "samples whose tokens are read (prompts with responses, stimuli); repeat for several", repeat=True
     )
-    p.add_argument("--split", help="only the samples of this split (default: all)")
     p.add_argument("--site", help="the site (default: the dictionary's)")
     p.add_argument("--dictionary", help="initialise the first atoms from this dictionary (DACO); default random")
     p.add_argument("--kind", choices=["topk", "l1"], default="topk", help="sparsity (default: topk)")
@@ -164,7 +156,6 @@ def add_commands(sub, model_options, image_file_options, load) -> None:
     p.add_argument("--log-every", type=whole(1), default=50, help="steps between logged losses (default: 50)")
     p.add_argument("--collect-batch-size", type=whole(1), default=16, help="samples per capture batch (16)")
     p.add_argument("--work", help="token store and checkpoints folder (default: OUT without .safetensors + .work)")
-    image_file_options(p)
     p.add_argument("--out", required=True, help="output SAE file (.safetensors)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=lambda args: cmd_sae_train(args, load))

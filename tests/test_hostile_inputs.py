@@ -179,8 +179,11 @@ def test_an_unreadable_or_empty_dataset_file_is_one_line(tmp_path, capsys, conte
 
 
 def test_a_folder_given_as_the_dataset_is_named(tmp_path, capsys):
-    line = _one_line(_fails(capsys, _collect(tmp_path / "m", tmp_path, tmp_path / "s")), "collect")
-    assert line.endswith(f"{tmp_path}: a folder, not a JSONL file")
+    message = _message(_fails(capsys, _collect(tmp_path / "m", tmp_path, tmp_path / "s")), "collect")
+    first = message.splitlines()[0]
+    assert first.endswith(
+        f"{tmp_path}: a folder, but not an MM-SafetyBench data root (no processed_questions/); the formats are:"
+    )
 
 
 def test_a_split_with_no_samples_is_named(dataset, tmp_path, capsys):

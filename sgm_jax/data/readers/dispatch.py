@@ -49,15 +49,23 @@ def detect_format(path: str) -> str:
             f"{path}: cannot tell the dataset format from a file named so (expected a folder or "
             f"one of {list(TABLE_SUFFIXES)}); the formats are:\n{_formats_list()}"
         )
-    names = set(columns(path))
-    if not names:
-        raise DatasetError(f"{path}: empty file")
+    jsonl = path.lower().endswith(".jsonl")
+    try:
+        names = set(columns(path))
+    except DatasetError:
+        if not jsonl:
+            raise
+        names = set()
     if "jailbreak_query" in names:
         return "jailbreakv"
     if {"question", "A", "B", "answer"} <= names:
         return "mcq"
-    if path.lower().endswith(".jsonl") and {"id", "prompt"} <= names:
-        return "native"
+    if jsonl:
+        # Native unless its first row is another format's: the native reader then names every problem of every
+        # line (a first row missing its prompt, an empty file, bad JSON), where a guess could only name the columns.
+        return "sgm-sheet" if {"name", "prompt"} <= names and "id" not in names else "native"
+    if not names:
+        raise DatasetError(f"{path}: empty file")
     if {"name", "prompt"} <= names:
         return "sgm-sheet"
     raise DatasetError(
@@ -66,8 +74,9 @@ def detect_format(path: str) -> str:
     )
 
 
-def read_dataset(path: str, format: str | None = None, **options: Any) -> list[Sample]:
-    """Samples from `path` in `format` (one of FORMATS, or told from the file); `options` go to that format's reader."""
+def read_dataset(path: str, format: str | None = None, *, split: str | None = None, **options: Any) -> list[Sample]:
+    """Samples from `path` in `format` (one of FORMATS, or told from the file), only those of `split` if given
+    (none is an error); `options` go to that format's reader."""
     if format is None:
         format = detect_format(path)
     if format not in READERS:
@@ -77,4 +86,12 @@ def read_dataset(path: str, format: str | None = None, **options: Any) -> list[S
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise DatasetError(f"{path}: the {format} reader has no options {unknown} (it takes {accepted})")
-    return reader(path, **options)
+    if "split" in accepted:  # the native reader selects the split itself, opening no other split's images
+        return reader(path, split=split, **options)
+    samples = reader(path, **options)
+    if split is None:
+        return samples
+    kept = [s for s in samples if s.split == split]
+    if not kept:
+        raise DatasetError(f"{path}: no samples in split {split!r}")
+    return kept
