@@ -303,19 +303,7 @@ def _save_llama(directory: str, seed: int, **config) -> str:
 
 
 def _save_qwen2(directory: str, seed: int, *, tie: bool = False) -> str:
-    config = Qwen2Config(
-        vocab_size=hf_qwen.VOCAB,
-        hidden_size=32,
-        intermediate_size=56,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=tie,
-        bos_token_id=hf_qwen.ENDOFTEXT,
-        eos_token_id=hf_qwen.IM_END,
-        pad_token_id=hf_qwen.ENDOFTEXT,
-    )
+    config = Qwen2Config(**hf_qwen.qwen_text_config(), tie_word_embeddings=tie)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
     hf_tiny.randomize(model, seed)
@@ -644,7 +632,7 @@ FAMILIES: dict[str, FamilyCase] = {
             refused_configs=(
                 (lambda c: c.update(use_sliding_window=True), "use_sliding_window=True"),
                 (lambda c: c["rope_parameters"].update(rope_type="yarn", factor=2.0), "rope_type='yarn'"),
-                (lambda c: c.update(head_dim=16), "head_dim=16 differs"),
+                (lambda c: c.update(head_dim=32), "head_dim=32 differs"),
             ),
         ),
     )

@@ -62,9 +62,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def qwen_config(version: str, *, kv_heads=2, tie=False, text_layers=2, vision_depth=None):
-    """The tiny config of families.md §7: head_dim 16, M-RoPE sections [2, 3, 3], special ids inside the vocab."""
-    text = dict(
+def qwen_text_config(*, kv_heads=2, text_layers=2) -> dict:
+    """The tiny Qwen2 decoder's config fields (plain Qwen2's too): head_dim 16, special ids inside the vocab."""
+    return dict(
         vocab_size=VOCAB,
         hidden_size=64,
         intermediate_size=128,
@@ -73,11 +73,17 @@ def qwen_config(version: str, *, kv_heads=2, tie=False, text_layers=2, vision_de
         num_key_value_heads=kv_heads,
         rms_norm_eps=1e-6,
         use_sliding_window=False,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
         bos_token_id=ENDOFTEXT,
         eos_token_id=IM_END,
         pad_token_id=ENDOFTEXT,
     )
+
+
+def qwen_config(version: str, *, kv_heads=2, tie=False, text_layers=2, vision_depth=None):
+    """The tiny config of families.md §7: `qwen_text_config` with M-RoPE sections [2, 3, 3]."""
+    text = qwen_text_config(kv_heads=kv_heads, text_layers=text_layers)
+    text["rope_parameters"]["mrope_section"] = [2, 3, 3]
     patches = dict(patch_size=2, temporal_patch_size=2, spatial_merge_size=2)
     ids = dict(
         image_token_id=IMAGE_TOKEN,
