@@ -154,10 +154,40 @@ class RMSNorm(Site):
     def folder(self, end: str) -> Fold | None:
         return (lambda alpha: scale_axis(self.scale, alpha, 0)) if end == OUT else None
 
-    def forward(self, x: jax.Array) -> jax.Array:
+    def normalize(self, x: jax.Array) -> jax.Array:
+        """`x / rms(x)` in float32, before any scale."""
         h = x.astype(jnp.float32)
-        h = h * jax.lax.rsqrt(jnp.mean(jnp.square(h), axis=-1, keepdims=True) + self.eps)
-        return self.scale[...] * h.astype(x.dtype)
+        return h * jax.lax.rsqrt(jnp.mean(jnp.square(h), axis=-1, keepdims=True) + self.eps)
+
+    def forward(self, x: jax.Array) -> jax.Array:
+        return self.scale[...] * self.normalize(x).astype(x.dtype)
+
+
+class OffsetRMSNorm(RMSNorm):
+    """RMSNorm scaled by `1 + w` (Gemma's, `w` initialised to zero), scaled in float32 and then cast.
+
+    A subclass, not a flag on `RMSNorm`: the parameter, its HF name and the widths are the same, but the
+    order of operations and the fold both differ, and a flag would branch in each of them.
+    """
+
+    def __init__(self, features: int, *, eps: float, dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = param(rngs, (features,), dtype, ("norm",), init="zeros")
+
+    def folder(self, end: str) -> Fold | None:
+        """`alpha * (1 + w)` is `1 + w'` for `w' = alpha * (1 + w) - 1`, computed in float32; alpha 0 gives
+        `w' = -1` exactly, so a silenced neuron stays exactly 0."""
+        if end != OUT:
+            return None
+
+        def fold(alpha):
+            w = self.scale[...].astype(jnp.float32)
+            self.scale.set_value((alpha * (1.0 + w) - 1.0).astype(self.scale.dtype))
+
+        return fold
+
+    def forward(self, x: jax.Array) -> jax.Array:
+        return (self.normalize(x) * (1.0 + self.scale[...].astype(jnp.float32))).astype(x.dtype)
 
 
 def scatter_image_features(embeds: jax.Array, input_ids: jax.Array, features: jax.Array, image_token: int) -> jax.Array:
