@@ -47,6 +47,7 @@ from sgm_jax.atomic import atomic_write, write_json
 from sgm_jax.auroc import NonFiniteError, auroc
 from sgm_jax.batching import collate, pad_token_id, plan_batches
 from sgm_jax.capture import CaptureSpec, pooled_batch
+from sgm_jax.choices import IMAGE_ABLATIONS, NEUTRAL_PROMPT
 from sgm_jax.convert import CheckpointError
 from sgm_jax.data.encode import encode
 from sgm_jax.data.images import load_rgb
@@ -61,8 +62,6 @@ CLASSES = ("visual", "textual", "cross-modal", "either")
 VISUAL, TEXTUAL, CROSS_MODAL, EITHER = range(len(CLASSES))  # class codes; NOT_EXPERT for the other neurons
 NOT_EXPERT = -1
 VIEWS = ("all", "image", "text", "no_image", "no_text")
-IMAGE_ABLATIONS = ("blank", "noise")
-NEUTRAL_PROMPT = "Describe the image."
 _GREY, _NOISE_SIGMA = 128, 64.0  # the content-free image: mid-grey, or noise around it (8-bit pixel values)
 _SHOWN = 5
 

@@ -19,13 +19,11 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.batching import ModelBatch, model_batch
+from sgm_jax.choices import POOLINGS, TOKENS
 from sgm_jax.errors import InputError
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.compiled import compiled
 from sgm_jax.sites import SiteRef, resolve
-
-POOLINGS = ("mean", "max", "last")
-TOKENS = ("all", "text", "image")
 
 
 @dataclasses.dataclass(frozen=True)

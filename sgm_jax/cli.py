@@ -1,4 +1,8 @@
-"""The `sgm-jax` command: collect pooled responses, score experts, list sites, generate with interventions."""
+"""The `sgm-jax` command: collect pooled responses, score experts, list sites, generate with interventions.
+
+Building the parser loads no jax (its choices come from `sgm_jax.choices`): each command imports its work when it
+runs, so `--help` and a usage mistake answer at once.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,9 @@ import sys
 import threading
 import traceback
 
-from sgm_jax import distributed
-from sgm_jax.capture import POOLINGS, TOKENS
+from sgm_jax.choices import DEFENSES, DTYPE_NAMES, POOLINGS, TOKENS, VERDICTS
 from sgm_jax.cli_data import add_data_options, image_options, read_samples
-from sgm_jax.defenses.factory import DEFENSES, VERDICTS
-from sgm_jax.distributed import ProcessError
 from sgm_jax.errors import OptionError, user_message
-from sgm_jax.loading import DTYPES
 from sgm_jax.options import OneLineParser, real, whole
 
 
@@ -351,12 +351,16 @@ def _distributed_options(p) -> None:
 
 
 def _is_writer() -> bool:
+    from sgm_jax import distributed
+
     return distributed.cluster().writer
 
 
 def _join(args) -> None:
     """Join the job the --coordinator options (or the environment, or a TPU pod slice) describe."""
     if hasattr(args, "coordinator"):
+        from sgm_jax import distributed
+
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
 
@@ -372,7 +376,7 @@ def _model_options(p, required: bool = True) -> None:
         "(nothing is downloaded)",
     )
     p.add_argument(
-        "--dtype", choices=sorted(DTYPES), default="float32", help="parameter and compute dtype (default: float32)"
+        "--dtype", choices=sorted(DTYPE_NAMES), default="float32", help="parameter and compute dtype (default: float32)"
     )
     _mesh_option(p, "shard the model over a device mesh of these sizes, e.g. 1,4,2 (default: one device)")
 
@@ -766,7 +770,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         else:
             print(f"sgm-jax {args.command}: error: " + message.replace("\n", "\n  "), file=sys.stderr)
-        if isinstance(error, ProcessError):
+        distributed = sys.modules.get("sgm_jax.distributed")  # only a loaded one raises ProcessError
+        if distributed is not None and isinstance(error, distributed.ProcessError):
             distributed.abandon(1)
         raise SystemExit(1) from None
     finally:

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
-from sgm_jax.data.readers.dispatch import FORMATS, read_dataset
-from sgm_jax.data.samples import Sample
+from typing import TYPE_CHECKING
+
+from sgm_jax.choices import FORMATS
+
+if TYPE_CHECKING:
+    from sgm_jax.data.samples import Sample
 
 
 def add_data_options(p, help: str, *, flag: str = "--data", required: bool = True, repeat: bool = False) -> None:
@@ -39,6 +43,8 @@ def image_options(args) -> dict[str, bool]:
 def read_samples(args, dest: str = "data") -> list[Sample]:
     """The samples of the file (or each file) in `args.<dest>`, read as `add_data_options`' options say; every file
     is checked whole before any work starts."""
+    from sgm_jax.data.readers.dispatch import read_dataset
+
     paths = getattr(args, dest)
     samples = []
     for path in [paths] if isinstance(paths, str) else paths:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from sgm_jax.attribution import CLASSES, IMAGE_ABLATIONS, NEUTRAL_PROMPT, attribute, check_samples, write_outputs
+from sgm_jax.choices import IMAGE_ABLATIONS, NEUTRAL_PROMPT
 from sgm_jax.cli_data import add_data_options, read_samples
 from sgm_jax.options import real, whole
 
@@ -17,6 +17,8 @@ def _prompt(text: str) -> str:
 
 
 def cmd_experts(args, load) -> None:
+    from sgm_jax.attribution import CLASSES, attribute, check_samples, write_outputs
+
     samples = read_samples(args)
     check_samples(samples)
     model, processor = load(args)

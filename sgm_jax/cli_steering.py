@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from sgm_jax.capture import POOLINGS, TOKENS
+from sgm_jax.choices import POOLINGS, TOKENS
 from sgm_jax.cli_data import add_data_options, read_samples
 from sgm_jax.errors import OptionError
 from sgm_jax.options import real, whole

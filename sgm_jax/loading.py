@@ -11,13 +11,14 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from sgm_jax import sharding
+from sgm_jax.choices import DTYPE_NAMES
 from sgm_jax.convert import CheckpointError, load_into
 from sgm_jax.errors import MissingFileError
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.config import UnsupportedConfigError
 from sgm_jax.models.registry import family
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {name: getattr(jnp, name) for name in DTYPE_NAMES}
 
 _PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")

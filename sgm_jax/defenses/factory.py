@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from sgm_jax.choices import DEFENSES, VERDICTS
 from sgm_jax.defenses.base import Defense
 from sgm_jax.defenses.daco import DACO, MOP
 from sgm_jax.defenses.ecso import ECSO
@@ -16,9 +17,6 @@ from sgm_jax.steering.annotate import load_annotation
 from sgm_jax.steering.dictionary import load_dictionary
 from sgm_jax.steering.sae import load_sae
 from sgm_jax.steering.sparse_coding import SparseCodingSettings
-
-DEFENSES = ("safecode", "shield", "adashield", "ecso", "prober-gate", "mop", "daco")
-VERDICTS = ("probe", "self", "endpoint", "unsafe", "safe")
 
 
 @dataclasses.dataclass

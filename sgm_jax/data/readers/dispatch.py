@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from sgm_jax.choices import FORMATS
 from sgm_jax.data.readers import jailbreakv, mcq, mmsafetybench, sgm_sheet
 from sgm_jax.data.readers.native import read_jsonl
 from sgm_jax.data.readers.table import TABLE_SUFFIXES, columns
@@ -18,14 +19,6 @@ READERS: dict[str, Callable[..., list[Sample]]] = {
     "sgm-sheet": sgm_sheet.read_sgm_sheet,
     "jailbreakv": jailbreakv.read_jailbreakv,
     "mcq": mcq.read_mcq,
-}
-
-FORMATS = {
-    "native": "the project's JSONL (MM-TOXIC-QA style): id, prompt, image, label, ...",
-    "mmsafetybench": "an MM-SafetyBench data root with processed_questions/ and imgs/",
-    "sgm-sheet": "the SGM release's .xlsx/.csv sheet: name, prompt, output, label",
-    "jailbreakv": "JailBreakV-28K's CSV: id, jailbreak_query, redteam_query, format, policy, image_path",
-    "mcq": "multiple-choice VQA (MMBench-like): question, A, B, C, D, answer, image",
 }
 
 
