@@ -284,8 +284,11 @@ def save_processor(directory: str, strategy: str = "default") -> None:
     ).save_pretrained(directory)
 
 
-def write_dataset(directory: str, n: int, seed: int = 0, name: str = "data.jsonl") -> str:
-    """A labelled native-JSONL dataset with PNG images: toxic rows get a bright image and a 'bad' response."""
+def write_dataset(directory: str, n: int, seed: int = 0, name: str = "data.jsonl", *, uniform: bool = False) -> str:
+    """A labelled native-JSONL dataset with PNG images: toxic rows get a bright image and a 'bad' response.
+
+    Prompts and image sizes vary (several length buckets and image grids) unless `uniform`, where every row has
+    the same prompt and image size, so each command compiles its programs once."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -293,14 +296,15 @@ def write_dataset(directory: str, n: int, seed: int = 0, name: str = "data.jsonl
     rows = []
     for i in range(n):
         label = int(i % 3 == 0)
-        pixels = rng.integers(0, 256 if label else 128, (20 + i % 7, 24, 3), dtype=np.uint8)
+        height, repeats = (24, 0) if uniform else (20 + i % 7, i % 4)
+        pixels = rng.integers(0, 256 if label else 128, (height, 24, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(os.path.join(directory, "images", f"{i}.png"))
         words = "that is a bad word" if label else "a red square above a blue circle"
         rows.append(
             {
                 "id": f"s{i}",
                 "image": f"images/{i}.png",
-                "prompt": "describe the picture please" + " please" * (i % 4),
+                "prompt": "describe the picture please" + " please" * repeats,
                 "response": words,
                 "label": label,
                 "category": "c" + str(i % 2),

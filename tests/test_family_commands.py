@@ -37,7 +37,6 @@ from sgm_jax.store import ResponseStore
 PROMPT = "describe the picture please"
 DECODER_SITES = "model.language_model.layers.*.mlp.up_proj"
 PROBER_SITE = "model.language_model.layers.1.mlp.down_proj"
-STEER_SITE = "model.language_model.layers.0"  # a self-attention layer in every family (Mllama's 1 is cross)
 SPREAD_BY = "row"  # the rows run on both workers, a family at a time (conftest.py)
 SAMPLES = 20  # hf_tiny.write_dataset: every third toxic, every fifth in the test split
 
@@ -66,6 +65,13 @@ class Row:
     @property
     def model(self):
         return sgm_jax.load_model(self.directory)
+
+    @property
+    def steer_site(self) -> str:
+        """The last decoder layer: the image has reached the text there in every family (Mllama's cross-attention
+        layers come before it; at its first layer, before them, every sample of one prompt reads the same)."""
+        model, _ = self.model
+        return f"model.language_model.layers.{len(model.model.language_model.layers) - 1}"
 
     def store(self) -> str:
         sites = [DECODER_SITES, *FAMILIES[self.family].image_sites]
@@ -98,7 +104,7 @@ class Row:
 
     def dictionary(self) -> str:
         command = ["dictionary", "--model", self.directory, "--stimuli", self.data, "--concepts", self.concepts()]
-        return self.made("dictionary.safetensors", command + ["--site", STEER_SITE, "--out", "{out}"])
+        return self.made("dictionary.safetensors", command + ["--site", self.steer_site, "--out", "{out}"])
 
     def sae(self) -> str:
         command = ["sae", "train", "--model", self.directory, "--data", self.data, "--dictionary", self.dictionary()]
@@ -123,7 +129,8 @@ class Row:
 def row(request, tmp_path_factory) -> Row:
     root = tmp_path_factory.mktemp(request.param)
     directory = FAMILIES[request.param].save(str(root / "checkpoint"), 11)
-    return Row(request.param, directory, hf_tiny.write_dataset(str(root / "data"), SAMPLES, seed=3), str(root))
+    data = hf_tiny.write_dataset(str(root / "data"), SAMPLES, seed=3, uniform=True)  # one shape: compiled once
+    return Row(request.param, directory, data, str(root))
 
 
 def test_collect(row, capsys):
@@ -160,13 +167,14 @@ def test_intervention(row):
 def test_generate(row, tmp_path, capsys):
     image = str(tmp_path / "image.png")
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (61, 20, 3), dtype=np.uint8)).save(image)
+    iv = row.intervention()  # made first: what making it prints is not the reply
     capsys.readouterr()
     command = ["generate", "--model", row.directory, "--prompt", PROMPT, "--image", image]
-    cli.main(command + ["--intervention", row.intervention(), "--max-new-tokens", "4"])
+    cli.main(command + ["--intervention", iv, "--max-new-tokens", "4"])
     printed = capsys.readouterr().out.strip()
     model, processor = row.model
     encoded = encode(Sample(id="x", prompt=PROMPT, image=image), processor)
-    gated = sgm_jax.intervene(model, sgm_jax.load_intervention(row.intervention()))
+    gated = sgm_jax.intervene(model, sgm_jax.load_intervention(iv))
     images = {k: v[None] if k == "input_ids" else v for k, v in encoded.items()}
     tokens = sgm_jax.generate(gated, images.pop("input_ids"), max_new_tokens=4, **images)
     assert printed == processor.tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
@@ -248,13 +256,13 @@ def test_sweep(row, tmp_path):
 
 def test_dictionary(row):
     dictionary = load_dictionary(row.dictionary())
-    assert dictionary.concepts == ("toxic", "calm") and dictionary.site == STEER_SITE
+    assert dictionary.concepts == ("toxic", "calm") and dictionary.site == row.steer_site
     np.testing.assert_allclose(np.linalg.norm(dictionary.atoms, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(dictionary.atoms[0], -dictionary.atoms[1], atol=1e-5)  # converse concepts
 
 
 def test_sae_train_and_annotate(row):
-    sae = load_sae(row.sae(), site=STEER_SITE)
+    sae = load_sae(row.sae(), site=row.steer_site)
     history = sae.metadata["history"]
     assert sae.metadata["init"] == "dictionary" and history[-1]["loss"] < history[0]["loss"]
     annotation = load_annotation(row.annotation(), sae=sae)
