@@ -134,9 +134,6 @@ class LlavaMultiModalProjector(ImageDomain, Site):
         self.act = Activation(spec.projector_hidden_act, d)
         self.linear_2 = Linear(d, d, use_bias=bias, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
 
-    def site_widths(self) -> tuple[int, int]:
-        return self.linear_1.kernel.shape[0], self.linear_2.kernel.shape[1]
-
     def forward(self, x: jax.Array) -> jax.Array:
         return self.linear_2(self.act(self.linear_1(x)))
 

@@ -54,7 +54,8 @@ class ImageDomain:
 
 
 class Site(nnx.Module):
-    """Base of every module that is a neuron site; subclasses define `forward(x, *args)` and `site_widths`.
+    """Base of every module that is a neuron site; subclasses define `forward(x, *args)`, and `site_widths`
+    unless their declared Linears give it.
 
     Composite sites say how their gates fold into weights (export): the output is that of the child Linear
     `output_linear`, the input feeds the child Linears `input_linears`, and the output of an activation child
@@ -71,8 +72,14 @@ class Site(nnx.Module):
     activation_feeds: ClassVar[str | None] = None
 
     def site_widths(self) -> tuple[int | None, int]:
-        """`(input width, output width)` of the neurons this site exposes; input None when it has no `:in` site."""
-        raise NotImplementedError
+        """`(input width, output width)` of the neurons this site exposes; input None when it has no `:in` site.
+
+        By default read off the Linears the gates fold into (what `input_linears` take in, what `output_linear`
+        gives out), so a site's widths and its folds cannot disagree; a site that declares fewer says its own.
+        """
+        if not (self.output_linear and self.input_linears):
+            raise NotImplementedError(f"{type(self).__name__} lacks output_linear or input_linears: define site_widths")
+        return child(self, self.input_linears[0]).site_widths()[0], child(self, self.output_linear).site_widths()[1]
 
     def folder(self, end: str) -> Fold | None:
         """How to fold a gate at `end` (OUT or IN) into this module's weights; None when no exact fold exists."""
