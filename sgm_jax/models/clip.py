@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sgm_jax.errors import InputError
+from sgm_jax.models.attention import attend
 from sgm_jax.models.config import check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, LayerNorm, Linear, param
 from sgm_jax.models.site import OUT, Fold, ImageDomain, Site, scale_axis
@@ -124,9 +125,7 @@ class CLIPAttention(Site):
         q, k, v = (
             proj(x).reshape(b, t, self.num_heads, self.head_dim) for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
-        scores = jnp.einsum("bqnh,bknh->bnqk", q, k) * (self.head_dim**-0.5)
-        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-        return self.out_proj(jnp.einsum("bnqk,bknh->bqnh", probs, v).reshape(b, t, d))
+        return self.out_proj(attend(q, k, v, scale=self.head_dim**-0.5).reshape(b, t, d))
 
 
 class CLIPMLP(Site):

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.errors import InputError
+from sgm_jax.models.attention import attend
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.clip import CLIPMLP
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
@@ -305,9 +306,7 @@ class InternVisionAttention(Site):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (y.reshape(b, t, self.num_heads, self.head_dim) for y in (q, k, v))
-        scores = jnp.einsum("bqnh,bknh->bnqk", q, k) * (self.head_dim**-0.5)
-        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-        return self.projection_layer(jnp.einsum("bnqk,bknh->bqnh", probs, v).reshape(b, t, d))
+        return self.projection_layer(attend(q, k, v, scale=self.head_dim**-0.5).reshape(b, t, d))
 
 
 class InternVisionLayer(Site):

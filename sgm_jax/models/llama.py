@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.kv_cache import KVCache, LayerCache
+from sgm_jax.models.attention import attend
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, Embedding, Linear, RMSNorm
@@ -211,18 +212,13 @@ class LlamaAttention(Site):
     ) -> jax.Array:
         """With `cache`, the new keys and values are appended to it and the queries attend over all its slots."""
         b, t, _ = x.shape
-        groups = self.num_heads // self.num_kv_heads
         q = _rotate(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
         k = _rotate(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         if cache is not None:
             k, v = cache.append(k, v)
-        q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
-        scores = jnp.einsum("bqkgh,bskh->bkgqs", q, k) * (self.head_dim**-0.5)
-        scores = jnp.where(mask[:, :, None], scores, jnp.finfo(scores.dtype).min)
-        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgqs,bskh->bqkgh", probs, v).reshape(b, t, self.num_heads * self.head_dim)
-        return self.o_proj(out)
+        out = attend(q, k, v, mask=mask, scale=self.head_dim**-0.5)
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
 
 
 class LlamaMLP(Site):

@@ -21,6 +21,7 @@ from flax import nnx
 
 from sgm_jax.errors import InputError
 from sgm_jax.kv_cache import KVCache, LayerCache
+from sgm_jax.models.attention import attend
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.clip import CLIPMLP, PatchEmbedding
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
@@ -309,9 +310,7 @@ class MllamaVisionAttention(Site):
     def forward(self, x: jax.Array, bias: jax.Array) -> jax.Array:
         b, t, d = x.shape
         q, k, v = (p(x).reshape(b, t, self.num_heads, self.head_dim) for p in (self.q_proj, self.k_proj, self.v_proj))
-        scores = jnp.einsum("bqnh,bknh->bnqk", q, k) * (self.head_dim**-0.5) + bias
-        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-        return self.o_proj(jnp.einsum("bnqk,bknh->bqnh", probs, v).reshape(b, t, d))
+        return self.o_proj(attend(q, k, v, bias=bias, scale=self.head_dim**-0.5).reshape(b, t, d))
 
 
 class MllamaVisionEncoderLayer(Site):
@@ -440,13 +439,9 @@ class MllamaTextCrossAttention(Site):
         """`bias` `[batch, query, vision tokens]`: 0 where allowed, the dtype's min elsewhere (rows with nothing
         allowed are all 0: they attend uniformly)."""
         b, t, _ = x.shape
-        groups = self.num_heads // self.num_kv_heads
         q = self.q_norm(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim))
-        q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
-        scores = jnp.einsum("bqkgh,bskh->bkgqs", q, keys) * (self.head_dim**-0.5) + bias[:, None, None]
-        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(values.dtype)
-        out = jnp.einsum("bkgqs,bskh->bqkgh", probs, values).reshape(b, t, self.num_heads * self.head_dim)
-        return self.o_proj(out)
+        out = attend(q, keys, values, bias=bias[:, None], scale=self.head_dim**-0.5)
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
 
 
 class MllamaCrossAttentionDecoderLayer(Site):

@@ -23,6 +23,7 @@ from flax import nnx
 from sgm_jax.batching import bucket_length
 from sgm_jax.errors import InputError
 from sgm_jax.kv_cache import KVCache
+from sgm_jax.models.attention import attend
 from sgm_jax.models.causal_lm import CausalLM, images_only
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import (
@@ -266,12 +267,8 @@ class VisionAttention(Site):
         q, k, v = _rotate(qkv[:, 0], cos, sin), _rotate(qkv[:, 1], cos, sin), qkv[:, 2]
         blocks, size = segments.shape
         q, k, v = (t.reshape(blocks, size, heads, hd) for t in (q, k, v))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (hd**-0.5)
         same = (segments[:, :, None] == segments[:, None, :])[:, None]
-        scores = jnp.where(same, scores, jnp.finfo(scores.dtype).min)
-        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(n, heads * hd)
-        return self.proj(out)
+        return self.proj(attend(q, k, v, mask=same, scale=hd**-0.5).reshape(n, heads * hd))
 
 
 class VisionMlp(Site):
