@@ -117,9 +117,6 @@ class CLIPAttention(Site):
         self.v_proj = Linear(d, d, use_bias=True, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
         self.out_proj = Linear(d, d, use_bias=True, axes=("heads", "embed"), dtype=dtype, rngs=rngs)
 
-    def site_widths(self) -> tuple[int, int]:
-        return self.out_proj.site_widths()
-
     def forward(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
         q, k, v = (
@@ -136,9 +133,6 @@ class CLIPMLP(Site):
         self.fc1 = Linear(d, f, use_bias=True, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.fc2 = Linear(f, d, use_bias=True, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
         self.activation_fn = Activation(spec.hidden_act, spec.intermediate_size)
-
-    def site_widths(self) -> tuple[int, int]:
-        return self.fc2.kernel.shape[1], self.fc2.kernel.shape[1]
 
     def forward(self, x: jax.Array) -> jax.Array:
         return self.fc2(self.activation_fn(self.fc1(x)))

@@ -297,9 +297,6 @@ class InternVisionAttention(Site):
         self.q_norm = RMSNorm(d, eps=_QK_NORM_EPS, dtype=dtype, rngs=rngs) if qk else None
         self.k_norm = RMSNorm(d, eps=_QK_NORM_EPS, dtype=dtype, rngs=rngs) if qk else None
 
-    def site_widths(self) -> tuple[int, int]:
-        return self.projection_layer.site_widths()
-
     def forward(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)

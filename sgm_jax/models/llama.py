@@ -204,9 +204,6 @@ class LlamaAttention(Site):
         self.v_proj = Linear(d, kv, use_bias=bias, axes=("embed", "kv_heads"), **layer)
         self.o_proj = Linear(q, d, use_bias=spec.o_proj_bias, axes=("heads", "embed"), **layer)
 
-    def site_widths(self) -> tuple[int, int]:
-        return self.o_proj.kernel.shape[1], self.o_proj.kernel.shape[1]
-
     def forward(
         self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, cache: LayerCache | None = None
     ) -> jax.Array:
@@ -231,9 +228,6 @@ class LlamaMLP(Site):
         self.up_proj = Linear(d, f, use_bias=bias, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.down_proj = Linear(f, d, use_bias=bias, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
         self.act_fn = Activation(act, f)
-
-    def site_widths(self) -> tuple[int, int]:
-        return self.down_proj.kernel.shape[1], self.down_proj.kernel.shape[1]
 
     def forward(self, x: jax.Array) -> jax.Array:
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))

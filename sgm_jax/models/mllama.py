@@ -304,9 +304,6 @@ class MllamaVisionAttention(Site):
         self.v_proj = Linear(d, d, use_bias=False, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
         self.o_proj = Linear(d, d, use_bias=False, axes=("heads", "embed"), dtype=dtype, rngs=rngs)
 
-    def site_widths(self) -> tuple[int, int]:
-        return self.o_proj.site_widths()
-
     def forward(self, x: jax.Array, bias: jax.Array) -> jax.Array:
         b, t, d = x.shape
         q, k, v = (p(x).reshape(b, t, self.num_heads, self.head_dim) for p in (self.q_proj, self.k_proj, self.v_proj))
@@ -425,9 +422,6 @@ class MllamaTextCrossAttention(Site):
         self.o_proj = Linear(q, d, use_bias=False, axes=("heads", "embed"), **layer)
         self.q_norm = RMSNorm(spec.head_dim, eps=spec.rms_norm_eps, **layer)
         self.k_norm = RMSNorm(spec.head_dim, eps=spec.rms_norm_eps, **layer)
-
-    def site_widths(self) -> tuple[int, int]:
-        return self.o_proj.kernel.shape[1], self.o_proj.kernel.shape[1]
 
     def keys_values(self, states: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Normed keys and values `[batch, vision tokens, kv_heads, head_dim]` of the projected features."""

@@ -258,9 +258,6 @@ class VisionAttention(Site):
         self.qkv = Linear(d, 3 * d, use_bias=True, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
         self.proj = Linear(d, d, use_bias=True, axes=("heads", "embed"), dtype=dtype, rngs=rngs)
 
-    def site_widths(self) -> tuple[int, int]:
-        return self.proj.kernel.shape[1], self.proj.kernel.shape[1]
-
     def forward(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segments: jax.Array) -> jax.Array:
         n, heads, hd = x.shape[0], self.num_heads, self.head_dim
         qkv = self.qkv(x).reshape(n, 3, heads, hd)
@@ -281,9 +278,6 @@ class VisionMlp(Site):
         self.fc1 = Linear(d, f, use_bias=True, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.act = Activation(spec.hidden_act, f)
         self.fc2 = Linear(f, d, use_bias=True, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
-
-    def site_widths(self) -> tuple[int, int]:
-        return self.fc1.kernel.shape[0], self.fc2.kernel.shape[1]
 
     def forward(self, x: jax.Array) -> jax.Array:
         return self.fc2(self.act(self.fc1(x)))
