@@ -1,5 +1,6 @@
-"""Attention benchmark: the einsum-softmax block the ports copied (HF's eager attention) vs
-`sgm_jax.models.attention.attend`, which is `jax.nn.dot_product_attention(implementation="xla")`.
+"""Attention benchmark: the einsum-softmax form the ports copied (HF's eager attention) vs
+`sgm_jax.models.attention.attend`, which is `jax.nn.dot_product_attention(implementation="xla")` for many
+queries and the einsum form for a one-query decode step (where it measured faster).
 
 Both sides jitted, same random inputs, timed in turns (medians), in float32 and bfloat16, on
 decoder-like shapes (batch 4, 8 query heads over 2 key/value heads, head dim 64: a causal prefill
@@ -20,23 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgm_jax.models.attention import attend
+from sgm_jax.models.attention import attend, einsum_attend
 from timing import interleaved_medians
-
-
-def einsum_attend(q, k, v, *, scale, mask=None, bias=None):
-    """The einsum form: grouped scores in the inputs' dtype, softmax in float32, probabilities cast back."""
-    b, t, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
-    q = q.reshape(b, t, kv_heads, heads // kv_heads, head_dim)
-    scores = (jnp.einsum("bqkgh,bskh->bkgqs", q, k) * scale).reshape(b, heads, t, -1)
-    if bias is not None:
-        scores = scores + bias
-    if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgqs,bskh->bqkgh", probs.reshape(b, kv_heads, heads // kv_heads, t, -1), v)
-    return out.reshape(b, t, heads, head_dim)
 
 
 def _causal(b: int, t: int, s: int) -> np.ndarray:
