@@ -1,23 +1,13 @@
-"""Test-wide environment: 8 host CPU devices for the sharding tests, quick compiles kept for the whole run, no
-network for Hugging Face, and how the two workers share the suite."""
+"""Test-wide environment: 8 host CPU devices for the sharding tests, quick compiles, no network for Hugging Face,
+and how the two workers share the suite."""
 
 import os
-import shutil
-import tempfile
 
 # The suite's models are tiny, so its time goes to compiling, not running: LLVM's optimisation passes halve the
 # compile time and buy nothing here (XLA's own graph passes still run; no fast-math, so results stay IEEE-exact).
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 )
-# One persistent compilation cache for the whole run, its workers and the processes they start (commands, the
-# notebooks' kernels, the demo, multi-process jobs): a program the organism's tests compiled once is read back
-# wherever it is needed again, instead of compiled again after each module releases its programs.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="sgm-jax-test-programs-")
-    os.environ["SGM_JAX_TEST_PROGRAMS_OWNER"] = str(os.getpid())
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -46,9 +36,3 @@ def pytest_collection_modifyitems(items):
         if spread and callspec is not None and spread in callspec.params:
             group += f"[{callspec.params[spread]}]"
         item.add_marker(pytest.mark.xdist_group(group))
-
-
-def pytest_sessionfinish(session):
-    """The run's compilation cache goes with the process that made it (the controller, not a worker)."""
-    if os.environ.get("SGM_JAX_TEST_PROGRAMS_OWNER") == str(os.getpid()):
-        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
