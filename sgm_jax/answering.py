@@ -38,8 +38,7 @@ def plain_answers(
     encoded = [encode(s, processor) for s in prompts]
     check_lengths(model, prompts, [len(e["input_ids"]) for e in encoded], new_tokens=max_new_tokens)
     n = len(encoded)
-    encoded += [encoded[-1]] * (max(rows or bucket_rows(n), n) - n)  # repeated rows, answered and dropped
-    inputs = collate(encoded, pad_token_id(processor))
+    inputs = collate(encoded, pad_token_id(processor), rows or bucket_rows(n))
     tokens = generate(
         model,
         inputs.pop("input_ids"),

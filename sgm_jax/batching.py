@@ -57,13 +57,16 @@ def pad_token_id(processor) -> int:
     return getattr(getattr(processor, "tokenizer", processor), "pad_token_id", None) or 0
 
 
-def collate(encoded: Sequence[Mapping[str, np.ndarray]], pad_id: int = 0) -> dict[str, np.ndarray]:
+def collate(encoded: Sequence[Mapping[str, np.ndarray]], pad_id: int = 0, rows: int = 0) -> dict[str, np.ndarray]:
     """Left-pad encoded samples into one batch as long as its longest row.
 
     Each sample has `input_ids` `[T]` and optionally other per-token arrays (`targets`) and image inputs
     (`pixel_values` `[images, ...]`); the batch gets an `attention_mask` and the images of all rows in order,
     zero-padded on their other axes to the largest (as a processor pads LLaVA-NeXT's tiles across images).
+    With `rows`, a shorter batch is filled to that many rows by repeating its last sample (computed, then
+    dropped by the caller): a run's short last batch reuses its full batches' compiled programs.
     """
+    encoded = list(encoded) + [encoded[-1]] * (rows - len(encoded))
     length = max(len(e["input_ids"]) for e in encoded)
     batch = {
         "input_ids": np.full((len(encoded), length), pad_id, np.int32),

@@ -5,8 +5,10 @@ identically on the prompt and on every new token), in one jitted function of the
 model's split state, so new alpha values never recompile. The cache is built fresh
 by each call from the gated model's own prefill and never outlives it, so no step
 can read keys or values that were computed without the intervention. Prompts are
-left-padded to a bucketed length so a research
-loop over many prompts compiles a handful of shapes (`sgm_jax.batching`).
+left-padded to a bucketed length (`sgm_jax.batching`) and the number of new tokens is a
+traced limit inside a bucketed buffer (`token_buffer`), so a research loop over many
+prompts, or a defense that generates a 4-token check, a caption and an answer, compiles a
+handful of shapes.
 """
 
 from __future__ import annotations
@@ -108,7 +110,14 @@ def decode_arguments(
         jax.random.key(seed),
         sampling,
     )
-    return args, {"max_new_tokens": int(max_new_tokens), "greedy": temperature == 0}
+    args += (np.int32(max_new_tokens),)
+    return args, {"buffer": token_buffer(max_new_tokens), "greedy": temperature == 0}
+
+
+def token_buffer(max_new_tokens: int) -> int:
+    """The compiled room for new tokens: the next power of two, at least 32. The count itself is traced, so
+    every count up to the buffer shares one program; the cost is cache slots that stay masked."""
+    return max(32, 1 << (int(max_new_tokens) - 1).bit_length())
 
 
 def _prompt(input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
@@ -183,13 +192,13 @@ def next_token(logits: jax.Array, key: jax.Array, sampling: dict[str, jax.Array]
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@compiled(static_argnames=("max_new_tokens", "greedy"))
+@compiled(static_argnames=("buffer", "greedy"))
 def decode(
-    model: CausalLM, input_ids, attention_mask, images, eos, pad, key, sampling, *, max_new_tokens: int, greedy: bool
+    model: CausalLM, input_ids, attention_mask, images, eos, pad, key, sampling, limit, *, buffer: int, greedy: bool
 ):
-    """New tokens `[batch, max_new_tokens]` (pad after each row's EOS) and how many steps ran."""
+    """New tokens `[batch, buffer]` (pad after each row's EOS and after `limit` tokens) and how many steps ran."""
     batch, length = input_ids.shape
-    cache = model.init_cache(batch, length + max_new_tokens)
+    cache = model.init_cache(batch, length + buffer)
     return _decode_loop(
         lambda: model.forward_with_cache(input_ids, cache, attention_mask=attention_mask, last_only=True, **images),
         lambda previous, cache: model.forward_with_cache(previous, cache, last_only=True),
@@ -197,21 +206,22 @@ def decode(
         eos,
         pad,
         key,
-        max_new_tokens,
+        limit,
+        buffer,
     )
 
 
-@compiled(static_argnames=("graphdef", "max_new_tokens", "greedy"))
+@compiled(static_argnames=("graphdef", "buffer", "greedy"))
 def decode_swept(
-    gates, rest, input_ids, attention_mask, images, eos, pad, key, sampling, *, graphdef, max_new_tokens, greedy
+    gates, rest, input_ids, attention_mask, images, eos, pad, key, sampling, limit, *, graphdef, buffer, greedy
 ):
-    """`decode` under K gate states (`sgm_jax.interventions.GateStack`): tokens `[K, batch, max_new_tokens]` and
+    """`decode` under K gate states (`sgm_jax.interventions.GateStack`): tokens `[K, batch, buffer]` and
     each setting's step count `[K]`, what K separate calls give. The loop runs outside the vmap and each pass of
     the model inside it: a vmapped while loop would carry one step counter per setting and turn every cache
     write into a scatter (measured on the organism: 1.5x slower than K calls one by one)."""
     batch, length = input_ids.shape
     model = lambda g: nnx.merge(graphdef, g, rest)
-    cache = jax.vmap(lambda g: model(g).init_cache(batch, length + max_new_tokens))(gates)
+    cache = jax.vmap(lambda g: model(g).init_cache(batch, length + buffer))(gates)
     pick = functools.partial(next_token, sampling=sampling, greedy=greedy)
     tokens, _ = _decode_loop(
         lambda: jax.vmap(
@@ -226,24 +236,27 @@ def decode_swept(
         eos,
         pad,
         key,
-        max_new_tokens,
+        limit,
+        buffer,
     )
-    ended = jnp.isin(tokens, eos)  # a setting's own call stops once each of its rows has ended
-    last = jnp.where(ended.any(-1), jnp.argmax(ended, axis=-1), max_new_tokens - 1).max(-1)
-    return tokens, jnp.minimum(last + 1, max_new_tokens).astype(jnp.int32)
+    # a setting's own call stops once each of its rows has ended (a pad id that is also an EOS id fills the
+    # buffer past `limit`: not an ending)
+    ended = jnp.isin(tokens, eos) & (jnp.arange(buffer) < limit)
+    last = jnp.where(ended.any(-1), jnp.argmax(ended, axis=-1), limit - 1).max(-1)
+    return tokens, jnp.minimum(last + 1, limit).astype(jnp.int32)
 
 
-def _decode_loop(prefill, step, choose, eos, pad, key, max_new_tokens: int):
+def _decode_loop(prefill, step, choose, eos, pad, key, limit, buffer: int):
     """Greedy or sampled decoding after `prefill() -> (logits [..., batch, vocab], cache)`, one token a step
-    with `step(previous [..., batch, 1], cache)`, until `max_new_tokens` or every row's EOS."""
+    with `step(previous [..., batch, 1], cache)`, until `limit` (at most `buffer`) tokens or every row's EOS."""
     finished = lambda token: jnp.isin(token, eos)
     logits, cache = prefill()
     first = choose(logits, jax.random.fold_in(key, 0))
-    tokens = jnp.full(first.shape + (max_new_tokens,), pad, jnp.int32).at[..., 0].set(first)
+    tokens = jnp.full(first.shape + (buffer,), pad, jnp.int32).at[..., 0].set(first)
 
     def running(carry):
         count, _, done, _ = carry
-        return (count < max_new_tokens) & ~jnp.all(done)
+        return (count < limit) & ~jnp.all(done)
 
     def step_once(carry):
         count, tokens, done, cache = carry

@@ -193,6 +193,25 @@ def test_new_alphas_and_sampling_settings_do_not_recompile(models):
     assert not np.array_equal(outs[0], outs[1])
 
 
+def test_token_counts_within_one_buffer_share_a_program_and_prefix(models):
+    """ECSO's 4-token check, its caption and the answer run one compiled program per prompt shape."""
+    model, _ = models
+    ids, mask, pixels = _batch(model, 4)
+    run = lambda n: sgm_jax.generate(
+        model, ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=n, eos_token_id=-1, pad_token_id=0
+    )
+    long = run(24)
+    compiled = decode._cache_size()
+    for n in (4, 17, 32):
+        tokens = run(n)
+        assert tokens.shape == (len(ids), n)
+        shared = min(n, 24)
+        np.testing.assert_array_equal(tokens[:, :shared], long[:, :shared])
+    assert decode._cache_size() == compiled
+    assert run(33).shape == (len(ids), 33)  # past the buffer: a bigger one, compiled once
+    assert decode._cache_size() == compiled + 1
+
+
 def test_bad_inputs_say_what_is_wrong(models):
     model, _ = models
     ids, mask, pixels = _batch(model, 5)

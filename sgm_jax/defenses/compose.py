@@ -44,16 +44,22 @@ def answer_batch(
     max_new_tokens: int,
     temperature: float = 0.0,
     seed: int = 0,
+    rows: int = 0,
 ) -> list[str]:
     """Answers of one batch: `base` is the model without the intervention, `model` the one with it (the same
-    object when there is none); the steering defenses edit `model`."""
+    object when there is none); the steering defenses edit `model`. Every generation pass runs padded to
+    `rows` rows (at least the batch's size): a run's short last batch, and the subsets a defense answers
+    (routed or flagged rows), reuse its full batches' compiled programs."""
     stages = by_stage(defenses)
     if stages["route"] and model is base:
         raise OptionError(f"the {stages['route'][0].name} routes rows to an intervention, but none is given")
     model = steered(model, defenses)
-    options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
-
-    size = len(samples)  # subsets (routed or flagged rows) run padded to the batch's size: its compiled shapes
+    options = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "rows": max(rows, len(samples)),
+    }
 
     def run(target, rows: list[Sample]) -> list[str]:
         def inner(rows: list[Sample]) -> list[str]:
@@ -61,7 +67,7 @@ def answer_batch(
                 rows = [shield.transform(s, processor) for s in rows]
             if stages["decode"]:
                 return stages["decode"][0].answer(base, target, processor, rows, **options)
-            return plain_answers(target, processor, rows, rows=size, **options)
+            return plain_answers(target, processor, rows, **options)
 
         if stages["outer"]:
             return stages["outer"][0].answer(inner, base, target, processor, rows, **options)
@@ -108,6 +114,7 @@ def answer(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             seed=seed,
+            rows=batch_size,
         )
         for i, text in zip(rows, texts):
             answers[i] = text

@@ -3,8 +3,8 @@ the image for the request and answer again from the caption alone, without the i
 
 An outer loop around any inner configuration (SGM gates, shields, SafeCoDe): the first answer and the final
 text-only answer come from the inner configuration, the self-check and the caption from plain greedy decoding
-of the same (gated) model. The flagged rows' passes run at the batch's own size (padded), so they reuse the
-batch's compiled shapes. Prompts: `ecso_prompts.py`.
+of the same (gated) model. Every pass runs at the batch's padded size (`rows`), so it reuses the batch's
+compiled programs. Prompts: `ecso_prompts.py`.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ class ECSO(Defense):
     def describe(self):
         return {"name": self.name, "check_tokens": self.check_tokens, "caption_tokens": self.caption_tokens}
 
-    def answer(self, inner, base, model, processor, samples, *, max_new_tokens, temperature, seed) -> list[str]:
+    def answer(self, inner, base, model, processor, samples, *, max_new_tokens, temperature, seed, rows) -> list[str]:
         answers = list(inner(samples))
         checks = plain_answers(
             model,
             processor,
             [Sample(id=s.id, prompt=CHECK_PROMPT.format(answer=a), image=s.image) for s, a in zip(samples, answers)],
             max_new_tokens=self.check_tokens,
-            rows=len(samples),
+            rows=rows,
         )
         flagged = [i for i, reply in enumerate(checks) if check_says_harmful(reply) and samples[i].image]
         if not flagged:
@@ -49,7 +49,7 @@ class ECSO(Defense):
                 for i in flagged
             ],
             max_new_tokens=self.caption_tokens,
-            rows=len(samples),
+            rows=rows,
         )
         blind = [
             Sample(id=samples[i].id, prompt=ANSWER_PROMPT.format(caption=c, question=samples[i].prompt))

@@ -89,9 +89,11 @@ class SafeCoDe(Defense):
         unsafe = self.unsafe_tokens or UNSAFE_TOKENS.get(model.model_type, UNSAFE_TOKENS_DEFAULT)
         return int(unsafe), int(self.safe_tokens)
 
-    def answer(self, base, model, processor, samples: Sequence[Sample], *, max_new_tokens, seed, **_) -> list[str]:
+    def answer(self, base, model, processor, samples: Sequence[Sample], *, max_new_tokens, seed, rows, **_) -> list[str]:
         unsafe = self.verdicts.flags(base, processor, samples)
-        tokens = safecode_tokens(model, processor, samples, unsafe, self, max_new_tokens=max_new_tokens, seed=seed)
+        tokens = safecode_tokens(
+            model, processor, samples, unsafe, self, max_new_tokens=max_new_tokens, seed=seed, rows=rows
+        )
         tokenizer = getattr(processor, "tokenizer", processor)
         return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in tokens]
 
@@ -130,14 +132,16 @@ def safecode_tokens(
     *,
     max_new_tokens: int | None = None,
     seed: int = 0,
+    rows: int = 0,
 ) -> list[np.ndarray]:
     """The new tokens of each sample under SafeCoDe (numpy, each row trimmed to what was written).
 
     `unsafe` is the verdict per sample. `max_new_tokens`, when given, bounds every answer (guided tokens
-    included) on top of the verdict's budget, so a comparison gives each configuration the same room.
+    included) on top of the verdict's budget, so a comparison gives each configuration the same room. The
+    batch is decoded padded to `rows` rows (default: the next power of two) with repeated rows, then dropped.
     """
     n = len(samples)
-    padded = list(samples) + [samples[-1]] * (bucket_rows(n) - n)  # repeated rows, decoded and dropped
+    padded = list(samples) + [samples[-1]] * ((rows or bucket_rows(n)) - n)
     unsafe = np.resize(np.asarray(unsafe, bool), len(padded))
     unsafe[n:] = unsafe[n - 1]
     batch = two_view_batch(model, processor, padded, settings)

@@ -106,6 +106,7 @@ def generate_answers(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             seed=seed,
+            rows=batch_size,
         )
         return {"texts": texts, "seconds": (time.perf_counter() - start) / len(batch)}
 

@@ -49,9 +49,10 @@ class Scored:
 
 
 def scoring_batches(model: CausalLM, sequences: Sequence[dict[str, np.ndarray]], batch_size: int, pad_id: int):
-    """`(rows, batch)` pairs: the sequences grouped by length into checked model batches."""
+    """`(rows, batch)` pairs: the sequences grouped by length into checked model batches, each `batch_size` rows
+    (the last filled with repeats: results past `len(rows)` are dropped)."""
     for rows in plan_batches([len(s["input_ids"]) for s in sequences], batch_size):
-        yield rows, model_batch(model, collate([sequences[i] for i in rows], pad_id), pad_id)
+        yield rows, model_batch(model, collate([sequences[i] for i in rows], pad_id, batch_size), pad_id)
 
 
 def score_sequences(
@@ -64,9 +65,9 @@ def score_sequences(
     batches = list(scoring_batches(model, sequences, batch_size, pad_id))
 
     def score(item) -> dict[str, np.ndarray]:
-        _, batch = item
+        rows, batch = item
         lp, count = target_logprobs(model, batch)
-        return {"logprob": np.asarray(lp, np.float64), "tokens": np.asarray(count, np.int64)}
+        return {"logprob": np.asarray(lp, np.float64)[: len(rows)], "tokens": np.asarray(count, np.int64)[: len(rows)]}
 
     for results in distributed.rounds(batches, score, distributed.encode_arrays, distributed.decode_arrays):
         for position, scored in results:

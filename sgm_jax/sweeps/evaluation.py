@@ -96,7 +96,7 @@ class SettingsEvaluator:
         check_lengths(model, open_ended, [len(e["input_ids"]) for e in prompts], new_tokens=options.max_new_tokens)
         self.prompt_batches = []  # (rows, decode's arguments): padded and checked once, whatever the settings
         for rows in plan_batches([len(e["input_ids"]) for e in prompts], options.batch_size):
-            batch = collate([prompts[i] for i in rows], pad)
+            batch = collate([prompts[i] for i in rows], pad, options.batch_size)
             arguments = decode_arguments(
                 model,
                 batch.pop("input_ids"),
@@ -164,7 +164,9 @@ class SettingsEvaluator:
         for rows, (args, static) in self.prompt_batches:
             tokens, steps = run.decode(args, static)
             for k in range(count):
-                decoded = self.tokenizer.batch_decode(tokens[k, :, : int(steps[k])], skip_special_tokens=True)
+                decoded = self.tokenizer.batch_decode(
+                    tokens[k, : len(rows), : int(steps[k])], skip_special_tokens=True
+                )
                 for i, text in zip(rows, decoded):
                     texts[k][i] = text.strip()
         return texts
@@ -175,7 +177,7 @@ class SettingsEvaluator:
         out = np.zeros((count, total))
         for rows, batch in batches:
             lp, _ = run(target_logprobs, batch)
-            out[:, rows] = np.asarray(lp)
+            out[:, rows] = np.asarray(lp)[:, : len(rows)]
         return out
 
     def _answer_perplexity(self, answers: list[list[str]]) -> list[float | None]:

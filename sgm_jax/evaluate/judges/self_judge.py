@@ -70,8 +70,9 @@ class SelfJudge(Judge):
                 encode(Sample(id=str(start + i), prompt=fill(self.prompt, q, a), image=image), self.processor)
                 for i, (q, a, image) in enumerate(items[start : start + self.batch_size])
             ]
-            batch = model_batch(self.model, collate(encoded, pad), pad)  # bucketed lengths: a few compiles
-            logits = prepared_logits(self.model, batch)[:, -1]
+            # bucketed lengths and the last batch filled to the batch size: a few compiles
+            batch = model_batch(self.model, collate(encoded, pad, self.batch_size), pad)
+            logits = prepared_logits(self.model, batch)[: len(encoded), -1]
             log_probs = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), np.float64)
             unsafe = np.logaddexp.reduce(log_probs[:, self.unsafe_ids], axis=-1)
             safe = np.logaddexp.reduce(log_probs[:, self.safe_ids], axis=-1)
