@@ -93,6 +93,29 @@ def test_encoding_uses_the_chat_template_and_fills_image_tokens(checkpoint, tmp_
     assert batch["attention_mask"][np.argmin(lengths), 0] == 0  # padding is on the left
 
 
+def test_encodings_are_reused_until_what_they_render_from_changes(checkpoint, tmp_path):
+    from PIL import Image
+
+    _, processor = checkpoint
+    sample = read_jsonl(hf_tiny.write_dataset(str(tmp_path), 1))[0]
+    first = encode(sample, processor)
+    again = encode(sample, processor)
+    assert again is not first and again["pixel_values"] is first["pixel_values"]  # a new dict, the same arrays
+    with pytest.raises(ValueError, match="read-only"):
+        first["input_ids"][0] = 0
+    Image.new("RGB", (40, 30), (255, 255, 255)).save(sample.image)  # the file rewritten: encoded again
+    white = encode(sample, processor)
+    assert not np.array_equal(white["pixel_values"], first["pixel_values"])
+    with_reply = encode(type(sample)(id="other", prompt=sample.prompt, image=sample.image, response="ok"), processor)
+    assert len(with_reply["input_ids"]) != len(white["input_ids"])
+    template = processor.chat_template
+    processor.chat_template = "a new preamble " + template
+    try:
+        assert len(encode(sample, processor)["input_ids"]) != len(white["input_ids"])  # the new template applies
+    finally:
+        processor.chat_template = template
+
+
 def test_written_samples_read_back_identically(tmp_path):
     samples = read_jsonl(hf_tiny.write_dataset(str(tmp_path / "a"), 6))
     samples[1] = type(samples[1])(

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from conftest import optimised_environment
+
 # The whole pipeline on the organism takes about three minutes on 2 CPU cores: CI runs it, `-m "not slow"` skips
 # it.
 pytestmark = pytest.mark.slow
@@ -28,9 +30,8 @@ def demo(tmp_path_factory):
     """The demo as a user runs it: a process of its own, with the compiler's default flags (the suite compiles its
     tiny models without LLVM's optimisation, conftest.py; the demo runs long enough for optimised code to pay)."""
     out = tmp_path_factory.mktemp("demo")
-    flags = os.environ["XLA_FLAGS"].replace("--xla_backend_optimization_level=0", "")
     command = [sys.executable, "-m", "sgm_jax.cli", "demo", "--out", str(out), "--quiet"]
-    subprocess.run(command, check=True, env={**os.environ, "XLA_FLAGS": flags}, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, env=optimised_environment(), stdout=subprocess.DEVNULL)
     return out, json.loads((out / "results.json").read_text())
 
 

@@ -9,6 +9,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from conftest import optimised_environment
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "experiments" / "notebooks"
 NAMES = ("01_sgm_on_the_organism", "02_sweep_and_pareto", "03_real_checkpoint_colab")
 
@@ -48,6 +50,7 @@ def test_the_real_checkpoint_notebook_is_python():
 @pytest.mark.parametrize("name", NAMES[:2])
 def test_organism_notebook_runs(name, tmp_path, monkeypatch):
     monkeypatch.setenv("SGM_NOTEBOOK_WORK", str(tmp_path))
+    monkeypatch.setenv("XLA_FLAGS", optimised_environment()["XLA_FLAGS"])  # the kernel's: it runs long enough
     book = _read(name)
     NotebookClient(book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     last = [cell for cell in book.cells if cell.cell_type == "code"][-1]

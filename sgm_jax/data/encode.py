@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import os
+import weakref
 from typing import Any
 
 import numpy as np
@@ -68,11 +71,65 @@ def render(sample: Sample, processor) -> str:
     )
 
 
+class _EncodedMemo:
+    """Encoded samples by what they render from (processor, prompt, response, system turn, image file and its
+    size and time), least recently used dropped past `max_bytes`. An evaluation encodes the same prompts for
+    every configuration, its answers' likelihoods and its options; on a small model the processor's Python
+    (template, image resizing) costs more than the model. Arrays come back read-only, in a new dict."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.entries: collections.OrderedDict[tuple, tuple[Any, dict[str, np.ndarray], int]] = collections.OrderedDict()
+
+    @staticmethod
+    def key(sample: Sample, processor) -> tuple | None:
+        rendered = (id(processor), getattr(processor, "chat_template", None), sample.prompt, sample.response)
+        if sample.image is None:
+            return (*rendered, sample.system, None)
+        try:
+            stat = os.stat(sample.image)
+        except OSError:
+            return None  # the reader names the missing file
+        return (*rendered, sample.system, os.path.realpath(sample.image), stat.st_mtime_ns, stat.st_size)
+
+    def get(self, key: tuple, processor) -> dict[str, np.ndarray] | None:
+        entry = self.entries.get(key)
+        if entry is None or entry[0]() is not processor:  # an id reused by a newer processor
+            return None
+        self.entries.move_to_end(key)
+        return dict(entry[1])
+
+    def put(self, key: tuple, processor, encoded: dict[str, np.ndarray]) -> None:
+        for value in encoded.values():
+            value.flags.writeable = False
+        size = sum(value.nbytes for value in encoded.values())
+        if key in self.entries:
+            self.bytes -= self.entries.pop(key)[2]
+        self.entries[key] = (weakref.ref(processor), dict(encoded), size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self.bytes -= self.entries.popitem(last=False)[1][2]
+
+
+_MEMO = _EncodedMemo(max_bytes=1 << 30)
+
+
 def encode(sample: Sample, processor, image: Image.Image | None = None) -> dict[str, np.ndarray]:
     """`input_ids` `[tokens]` and, with an image, the processor's image inputs for one sample (`pixel_values`,
-    and whatever else the family's processor returns with it, such as `image_grid_thw`).
+    and whatever else the family's processor returns with it, such as `image_grid_thw`). Read-only arrays.
 
     `image` replaces the sample's image file with a picture in memory (a defense's altered view of it)."""
+    key = None if image is not None else _MEMO.key(sample, processor)
+    cached = None if key is None else _MEMO.get(key, processor)
+    if cached is not None:
+        return cached
+    encoded = _encode(sample, processor, image)
+    if key is not None:
+        _MEMO.put(key, processor, encoded)
+    return encoded
+
+
+def _encode(sample: Sample, processor, image: Image.Image | None) -> dict[str, np.ndarray]:
     text = render(sample, processor)
     if sample.image is None:
         tokenizer = getattr(processor, "tokenizer", processor)

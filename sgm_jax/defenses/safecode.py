@@ -89,7 +89,9 @@ class SafeCoDe(Defense):
         unsafe = self.unsafe_tokens or UNSAFE_TOKENS.get(model.model_type, UNSAFE_TOKENS_DEFAULT)
         return int(unsafe), int(self.safe_tokens)
 
-    def answer(self, base, model, processor, samples: Sequence[Sample], *, max_new_tokens, seed, rows, **_) -> list[str]:
+    def answer(
+        self, base, model, processor, samples: Sequence[Sample], *, max_new_tokens, seed, rows, **_
+    ) -> list[str]:
         unsafe = self.verdicts.flags(base, processor, samples)
         tokens = safecode_tokens(
             model, processor, samples, unsafe, self, max_new_tokens=max_new_tokens, seed=seed, rows=rows

@@ -164,9 +164,7 @@ class SettingsEvaluator:
         for rows, (args, static) in self.prompt_batches:
             tokens, steps = run.decode(args, static)
             for k in range(count):
-                decoded = self.tokenizer.batch_decode(
-                    tokens[k, : len(rows), : int(steps[k])], skip_special_tokens=True
-                )
+                decoded = self.tokenizer.batch_decode(tokens[k, : len(rows), : int(steps[k])], skip_special_tokens=True)
                 for i, text in zip(rows, decoded):
                     texts[k][i] = text.strip()
         return texts
