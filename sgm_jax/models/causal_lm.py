@@ -8,21 +8,41 @@ likelihood and export speak only to this interface.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from sgm_jax.batching import ModelBatch
 from sgm_jax.errors import InputError
-from sgm_jax.kv_cache import KVCache
+from sgm_jax.models.cache import KVCache
 from sgm_jax.models.compiled import compiled
 
 # Tensor-name prefix pairs (from, to), first match wins.
 Layout = tuple[tuple[str, str], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Embedded:
+    """What a family's `embed` gives the decoder: the input embeddings (image features in place), and what the
+    forward reports of the vision side."""
+
+    embeds: jax.Array
+    positions: jax.Array | None = None
+    """Positions where the family computes its own (M-RoPE `[3, batch, seq]`); None: counted from the mask."""
+    rope_deltas: jax.Array | None = None
+    """`[batch]` shift of later positions after a prefill with `positions` (M-RoPE)."""
+    extras: Any = None
+    """The decoder layers' per-call inputs (`sgm_jax.models.decoder.DecoderContext.extras`)."""
+    vision_hidden: list = dataclasses.field(default_factory=list)
+    """The vision tower's hidden states (empty without images)."""
+    segments: tuple = ()
+    """The image of each packed vision row, per image-domain stream that packs rows (empty otherwise)."""
 
 
 class CausalLM(nnx.Module):
@@ -92,19 +112,57 @@ class CausalLM(nnx.Module):
         """The batch row of each image, in the order of the image inputs (host arrays)."""
         return np.zeros(0, np.int32)
 
+    @property
+    def decoder(self) -> nnx.Module:
+        """The language model (`sgm_jax.models.llama.LlamaModel` or a subclass)."""
+        raise NotImplementedError
+
+    def embed(self, input_ids: jax.Array, **inputs) -> Embedded:
+        """Traceable: the decoder's inputs from the tokens and `prepare_inputs`' arrays."""
+        return Embedded(self.decoder.embed_tokens(input_ids))
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """The LM head, or the transposed embedding when the checkpoint ties them (`lm_head` None)."""
+        lm_head = getattr(self, "lm_head", None)
+        return self.decoder.embed_tokens.attend(hidden) if lm_head is None else lm_head(hidden)
+
     def forward(self, input_ids, *, attention_mask=None, **inputs) -> dict[str, Any]:
         """Traceable forward over `prepare_inputs`' arrays: `logits`, and the streams capture reads
-        (`text_stream`, `text_final`, and for packed image rows `image_segments`: the image of each row)."""
-        raise NotImplementedError
+        (`text_stream`, `text_final`, `vision_hidden_states`, and for packed image rows `image_segments`)."""
+        input_ids, attention_mask = _tokens(input_ids, attention_mask)
+        embedded = self.embed(input_ids, **inputs)
+        hidden, stream, _ = self.decoder(
+            embedded.embeds, attention_mask, positions=embedded.positions, extras=embedded.extras
+        )
+        return {
+            "logits": self.logits(hidden),
+            "vision_hidden_states": embedded.vision_hidden,
+            "text_stream": stream,
+            "text_final": hidden,
+            "image_segments": embedded.segments,
+        }
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
-        raise NotImplementedError
+        """An empty cache with room for `max_len` tokens per row."""
+        return self.decoder.init_cache(batch, max_len)
 
     def forward_with_cache(
-        self, input_ids, cache: KVCache, *, attention_mask=None, last_only: bool = False, **images
+        self, input_ids, cache: KVCache, *, attention_mask=None, last_only: bool = False, **inputs
     ) -> tuple[jax.Array, KVCache]:
-        """Traceable: the logits of new tokens run after those in `cache`, and the updated cache."""
-        raise NotImplementedError
+        """Traceable: the logits of new tokens run after those in `cache` (images fill their positions as in
+        `forward`), and the updated cache. With `last_only`, only the last position's logits `[batch, vocab]`
+        (all a decoding step needs)."""
+        input_ids, attention_mask = _tokens(input_ids, attention_mask)
+        embedded = self.embed(input_ids, **inputs)
+        hidden, _, cache = self.decoder(
+            embedded.embeds,
+            attention_mask,
+            positions=embedded.positions,
+            cache=cache,
+            rope_deltas=embedded.rope_deltas,
+            extras=embedded.extras,
+        )
+        return self.logits(hidden[:, -1] if last_only else hidden), cache
 
     def __call__(self, input_ids, *, attention_mask=None, **images) -> jax.Array:
         """Logits; concrete inputs are checked and run through one compiled function of the model."""
@@ -115,6 +173,11 @@ class CausalLM(nnx.Module):
         self.check_inputs(ids, images)
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
         return prepared_logits(self, ModelBatch(ids, mask, self.prepare_inputs(ids, mask, images)))
+
+
+def _tokens(input_ids, attention_mask) -> tuple[jax.Array, jax.Array]:
+    input_ids = jnp.asarray(input_ids)
+    return input_ids, jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
 
 
 @compiled

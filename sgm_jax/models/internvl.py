@@ -21,7 +21,7 @@ from flax import nnx
 
 from sgm_jax.errors import InputError
 from sgm_jax.models.attention import attend
-from sgm_jax.models.causal_lm import CausalLM
+from sgm_jax.models.causal_lm import CausalLM, Embedded
 from sgm_jax.models.clip import CLIPMLP
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, LayerNorm, Linear, RMSNorm, param, scatter_image_features
@@ -484,13 +484,13 @@ class InternVLForConditionalGeneration(LlavaForConditionalGeneration):
         """Tiles are already padded to a bucket; the image count enters no shape."""
         return dict(inputs)
 
-    def input_embeddings(self, input_ids: jax.Array, pixel_values=None, tile_images=None):
-        embeds = self.model.language_model.embed_tokens(input_ids)
+    def embed(self, input_ids: jax.Array, pixel_values=None, tile_images=None) -> Embedded:
+        embeds = self.decoder.embed_tokens(input_ids)
         if pixel_values is None:
-            return embeds, [], ()
+            return Embedded(embeds)
         features, vision_hidden = self.model.image_features(jnp.asarray(pixel_values))
         embeds = scatter_image_features(embeds, input_ids, features, self.image_token_id)
-        return embeds, vision_hidden, (jnp.asarray(tile_images),)
+        return Embedded(embeds, vision_hidden=vision_hidden, segments=(jnp.asarray(tile_images),))
 
 
 @functools.cache

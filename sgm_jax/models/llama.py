@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sgm_jax.kv_cache import KVCache, LayerCache
 from sgm_jax.models.attention import attend
+from sgm_jax.models.cache import KVCache, LayerKV, self_attention_entry
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
+from sgm_jax.models.decoder import CAUSAL, DecoderContext, run_layers
 from sgm_jax.models.layers import ACTIVATIONS, Activation, Embedding, Linear, RMSNorm
 from sgm_jax.models.site import Site
 
@@ -205,17 +206,20 @@ class LlamaAttention(Site):
         self.o_proj = Linear(q, d, use_bias=spec.o_proj_bias, axes=("heads", "embed"), **layer)
 
     def forward(
-        self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, cache: LayerCache | None = None
-    ) -> jax.Array:
-        """With `cache`, the new keys and values are appended to it and the queries attend over all its slots."""
+        self, x: jax.Array, context: DecoderContext, entry: LayerKV | None = None
+    ) -> tuple[jax.Array, LayerKV | None]:
+        """With a cache `entry`, the new keys and values are written into it at `context.write_at` and the
+        queries attend over all its slots; the updated entry comes back."""
         b, t, _ = x.shape
+        cos, sin = context.rope[CAUSAL]
         q = _rotate(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
         k = _rotate(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        if cache is not None:
-            k, v = cache.append(k, v)
-        out = attend(q, k, v, mask=mask, scale=self.head_dim**-0.5)
-        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
+        if entry is not None:
+            entry = entry.write(k, v, context.write_at)
+            k, v = entry.keys, entry.values
+        out = attend(q, k, v, mask=context.masks[CAUSAL], scale=self.head_dim**-0.5)
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), entry
 
 
 class LlamaMLP(Site):
@@ -251,14 +255,15 @@ class LlamaDecoderLayer(Site):
         return self.input_layernorm.site_widths()
 
     def forward(
-        self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, cache: LayerCache | None = None
-    ) -> jax.Array:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache=cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        self, x: jax.Array, context: DecoderContext, entry: LayerKV | None = None
+    ) -> tuple[jax.Array, LayerKV | None]:
+        attended, entry = self.self_attn(self.input_layernorm(x), context, entry)
+        x = x + attended
+        return x + self.mlp(self.post_attention_layernorm(x)), entry
 
 
 class LlamaModel(nnx.Module):
-    """The decoder stack without the LM head (HF `LlamaModel`)."""
+    """The decoder stack without the LM head (HF `LlamaModel`); its one call runs with or without a cache."""
 
     def __init__(self, spec: LlamaSpec, *, dtype, rngs: nnx.Rngs):
         self.spec = spec
@@ -268,31 +273,58 @@ class LlamaModel(nnx.Module):
         self.layers = nnx.List([LlamaDecoderLayer(spec, dtype=dtype, rngs=rngs) for _ in range(spec.num_hidden_layers)])
         self.norm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, dtype=dtype, rngs=rngs)
 
-    def rope(self, positions: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    def rope(self, positions: jax.Array, dtype) -> dict[str, tuple[jax.Array, jax.Array]]:
         spec = self.spec
-        return rope_cos_sin(positions, spec.inv_freq(), dtype, spec.mrope_section)
+        return {CAUSAL: rope_cos_sin(positions, spec.inv_freq(), dtype, spec.mrope_section)}
 
     def __call__(
-        self, inputs_embeds: jax.Array, attention_mask: jax.Array, positions: jax.Array | None = None
-    ) -> tuple[jax.Array, list[jax.Array]]:
-        """Return the final normed hidden state and the residual stream entering each layer (plus the last output).
+        self,
+        inputs_embeds: jax.Array,
+        token_mask: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        cache: KVCache | None = None,
+        rope_deltas: jax.Array | None = None,
+        extras: Any = None,
+    ) -> tuple[jax.Array, list[jax.Array], KVCache | None]:
+        """The final normed hidden state, the residual stream entering each layer (plus the last output), and
+        with `cache` the updated cache, the new tokens written after those in it.
 
-        Positions default to each row's count of real tokens (left padding); M-RoPE models pass `[3, batch, seq]`.
+        `token_mask` `[batch, new]` is 1 for real tokens. Positions count each row's real tokens (left padding),
+        after those in `cache`, unless given (M-RoPE models pass `[3, batch, seq]`); a prefill's `rope_deltas`
+        `[batch]` then shift where later tokens go. `extras` are the family's per-layer inputs (`decoder.py`).
         """
-        positions = positions_from_mask(attention_mask) if positions is None else positions
-        cos, sin = self.rope(positions, inputs_embeds.dtype)
-        mask = causal_padding_mask(attention_mask)
-        h, stream = inputs_embeds, [inputs_embeds]
-        for layer in self.layers:
-            h = layer(h, cos, sin, mask)
-            stream.append(h)
-        return self.norm(h), stream
+        if cache is None:
+            positions = positions_from_mask(token_mask) if positions is None else positions
+            masks, write_at, entries = {CAUSAL: causal_padding_mask(token_mask)}, None, None
+        else:
+            if positions is None:
+                positions = cache.next_position[:, None] + positions_from_mask(token_mask)
+            mask, valid = cached_attention_mask(token_mask, cache)
+            masks, write_at, entries = {CAUSAL: mask}, cache.length, cache.layers
+        context = DecoderContext(self.rope(positions, inputs_embeds.dtype), masks, write_at, extras)
+        h, stream, entries = run_layers(self.layers, inputs_embeds, context, entries)
+        if cache is not None:
+            cache = KVCache(
+                layers=entries,
+                valid=valid,
+                length=cache.length + token_mask.shape[1],
+                next_position=cache.next_position
+                + token_mask.sum(-1, dtype=jnp.int32)
+                + (0 if rope_deltas is None else rope_deltas.astype(jnp.int32)),
+            )
+        return self.norm(h), stream, cache
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
         """An empty cache with room for `max_len` tokens per row, in the compute dtype."""
-        spec = self.spec
         return KVCache.empty(
-            layers=spec.num_hidden_layers,
+            tuple(self.cache_entry(layer, batch, max_len) for layer in self.layers), batch=batch, max_len=max_len
+        )
+
+    def cache_entry(self, layer: nnx.Module, batch: int, max_len: int) -> Any:
+        """A layer's empty cache entry (a family with other layers says what they keep)."""
+        spec = self.spec
+        return self_attention_entry(
             batch=batch,
             max_len=max_len,
             kv_heads=spec.num_key_value_heads,
@@ -300,49 +332,12 @@ class LlamaModel(nnx.Module):
             dtype=self.embed_tokens.embedding.dtype,
         )
 
-    def forward_with_cache(
-        self,
-        inputs_embeds: jax.Array,
-        token_mask: jax.Array,
-        cache: KVCache,
-        positions: jax.Array | None = None,
-        rope_deltas: jax.Array | None = None,
-    ) -> tuple[jax.Array, KVCache]:
-        """Run new tokens after those in `cache`: the final normed hidden state of the new tokens and the new cache.
-
-        `token_mask` `[batch, new]` is 1 for real tokens; their positions continue each row's count, unless
-        `positions` are given (M-RoPE prefill), whose `rope_deltas` `[batch]` then shift where later tokens go.
-        """
-        if positions is None:
-            positions = cache.next_position[:, None] + positions_from_mask(token_mask)
-        cos, sin = self.rope(positions, inputs_embeds.dtype)
-        mask, valid = cached_attention_mask(token_mask, cache)
-        layer_caches = [LayerCache(k, v, cache.length) for k, v in zip(cache.keys, cache.values)]
-        h = inputs_embeds
-        for layer, layer_cache in zip(self.layers, layer_caches):
-            h = layer(h, cos, sin, mask, cache=layer_cache)
-        updated = KVCache(
-            keys=tuple(c.keys for c in layer_caches),
-            values=tuple(c.values for c in layer_caches),
-            valid=valid,
-            length=cache.length + token_mask.shape[1],
-            next_position=cache.next_position
-            + token_mask.sum(-1, dtype=jnp.int32)
-            + (0 if rope_deltas is None else rope_deltas.astype(jnp.int32)),
-        )
-        return self.norm(h), updated
-
 
 def lm_head(spec: LlamaSpec, *, dtype, rngs: nnx.Rngs) -> Linear | None:
     """The LM head `[hidden, vocab]`, or None when the checkpoint ties it to the embeddings."""
     if spec.tie_word_embeddings:
         return None
     return Linear(spec.hidden_size, spec.vocab_size, use_bias=False, axes=("embed", "vocab"), dtype=dtype, rngs=rngs)
-
-
-def output_logits(lm_head: Linear | None, embed_tokens: Embedding, hidden: jax.Array) -> jax.Array:
-    """The LM head, or the transposed embedding when the checkpoint ties them."""
-    return embed_tokens.attend(hidden) if lm_head is None else lm_head(hidden)
 
 
 class LlamaForCausalLM(CausalLM):
@@ -358,30 +353,6 @@ class LlamaForCausalLM(CausalLM):
     def spec(self) -> LlamaSpec:
         return self.model.spec
 
-    def forward(self, input_ids, *, attention_mask=None) -> dict[str, Any]:
-        """Traceable forward: logits and the decoder's residual stream."""
-        input_ids = jnp.asarray(input_ids)
-        attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
-        hidden, stream = self.model(self.model.embed_tokens(input_ids), attention_mask)
-        return {
-            "logits": output_logits(self.lm_head, self.model.embed_tokens, hidden),
-            "text_stream": stream,
-            "text_final": hidden,
-        }
-
-    def init_cache(self, batch: int, max_len: int) -> KVCache:
-        return self.model.init_cache(batch, max_len)
-
-    def forward_with_cache(
-        self, input_ids, cache: KVCache, *, attention_mask=None, last_only: bool = False
-    ) -> tuple[jax.Array, KVCache]:
-        """Traceable: the logits of new tokens run after those in `cache`, and the updated cache.
-
-        With `last_only`, only the last position's logits `[batch, vocab]` (all a decoding step needs).
-        """
-        input_ids = jnp.asarray(input_ids)
-        attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
-        hidden, cache = self.model.forward_with_cache(self.model.embed_tokens(input_ids), attention_mask, cache)
-        if last_only:
-            hidden = hidden[:, -1]
-        return output_logits(self.lm_head, self.model.embed_tokens, hidden), cache
+    @property
+    def decoder(self) -> LlamaModel:
+        return self.model

@@ -12,12 +12,11 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.errors import InputError
-from sgm_jax.kv_cache import KVCache
-from sgm_jax.models.causal_lm import CausalLM
+from sgm_jax.models.causal_lm import CausalLM, Embedded
 from sgm_jax.models.clip import CLIPVisionModel, ClipVisionSpec
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, Linear, scatter_image_features
-from sgm_jax.models.llama import LlamaModel, LlamaSpec, lm_head, output_logits
+from sgm_jax.models.llama import LlamaModel, LlamaSpec, lm_head
 from sgm_jax.models.site import ImageDomain, Site
 
 
@@ -209,46 +208,15 @@ class LlavaForConditionalGeneration(CausalLM):
         per_row = (np.asarray(input_ids) == self.image_token_id).sum(1) // self.tokens_per_image
         return np.repeat(np.arange(len(per_row)), per_row).astype(np.int32)
 
-    def input_embeddings(self, input_ids: jax.Array, pixel_values=None) -> tuple[jax.Array, list[jax.Array], tuple]:
-        """Token embeddings with the image features in the `<image>` positions, the tower's hidden states, and
-        the image of each vision row where rows are not images (`image_segments`; none here)."""
-        embeds = self.model.language_model.embed_tokens(input_ids)
+    @property
+    def decoder(self) -> LlamaModel:
+        return self.model.language_model
+
+    def embed(self, input_ids: jax.Array, pixel_values=None) -> Embedded:
+        """Token embeddings with the image features in the `<image>` positions, and the tower's hidden states."""
+        embeds = self.decoder.embed_tokens(input_ids)
         if pixel_values is None:
-            return embeds, [], ()
+            return Embedded(embeds)
         features, vision_hidden = self.model.image_features(jnp.asarray(pixel_values))
-        return scatter_image_features(embeds, input_ids, features, self.spec.image_token_index), vision_hidden, ()
-
-    def forward(self, input_ids, *, attention_mask=None, **images) -> dict[str, Any]:
-        """Traceable forward: logits, the vision tower's hidden states and the decoder's residual stream."""
-        input_ids = jnp.asarray(input_ids)
-        attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
-        lm = self.model.language_model
-        embeds, vision_hidden, segments = self.input_embeddings(input_ids, **images)
-        hidden, stream = lm(embeds, attention_mask)
-        return {
-            "logits": output_logits(self.lm_head, lm.embed_tokens, hidden),
-            "vision_hidden_states": vision_hidden,
-            "text_stream": stream,
-            "text_final": hidden,
-            "image_segments": segments,
-        }
-
-    def init_cache(self, batch: int, max_len: int) -> KVCache:
-        return self.model.language_model.init_cache(batch, max_len)
-
-    def forward_with_cache(
-        self, input_ids, cache: KVCache, *, attention_mask=None, last_only: bool = False, **images
-    ) -> tuple[jax.Array, KVCache]:
-        """Traceable: the logits of new tokens run after those in `cache`, and the updated cache.
-
-        Images fill the new tokens' `<image>` positions as in `forward`. With `last_only`, only
-        the last position's logits `[batch, vocab]` (all a decoding step needs).
-        """
-        input_ids = jnp.asarray(input_ids)
-        attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
-        lm = self.model.language_model
-        embeds, _, _ = self.input_embeddings(input_ids, **images)
-        hidden, cache = lm.forward_with_cache(embeds, attention_mask, cache)
-        if last_only:
-            hidden = hidden[:, -1]
-        return output_logits(self.lm_head, lm.embed_tokens, hidden), cache
+        embeds = scatter_image_features(embeds, input_ids, features, self.spec.image_token_index)
+        return Embedded(embeds, vision_hidden=vision_hidden)

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.errors import InputError
-from sgm_jax.models.causal_lm import CausalLM
+from sgm_jax.models.causal_lm import CausalLM, Embedded
 from sgm_jax.models.clip import ClipVisionSpec
 from sgm_jax.models.config import UnsupportedConfigError
 from sgm_jax.models.layers import param, scatter_image_features
@@ -228,18 +228,18 @@ class LlavaNextForConditionalGeneration(LlavaForConditionalGeneration):
             padded["image_sizes"] = np.concatenate([inputs["image_sizes"], np.zeros((extra, 2), np.int64)])
         return padded
 
-    def input_embeddings(
+    def embed(
         self, input_ids: jax.Array, pixel_values=None, image_sizes=None, image_feature_index=None, tile_images=None
-    ) -> tuple[jax.Array, list[jax.Array], tuple]:
+    ) -> Embedded:
         """Token embeddings with the packed tile features in the `<image>` positions, the tower's hidden states
-        (rows are tiles) and the image of each tile (`image_segments`)."""
-        embeds = self.model.language_model.embed_tokens(input_ids)
+        (rows are tiles) and the image of each tile (`segments`)."""
+        embeds = self.decoder.embed_tokens(input_ids)
         if pixel_values is None:
-            return embeds, [], ()
+            return Embedded(embeds)
         features, vision_hidden = self.model.image_features(jnp.asarray(pixel_values))
         table = jnp.concatenate(
             [self.model.image_newline[None].astype(features.dtype), features.reshape(-1, features.shape[-1])]
         )
         packed = jnp.take(table, jnp.asarray(image_feature_index), axis=0)
         embeds = scatter_image_features(embeds, input_ids, packed, self.image_token_id)
-        return embeds, vision_hidden, (jnp.asarray(tile_images),)
+        return Embedded(embeds, vision_hidden=vision_hidden, segments=(jnp.asarray(tile_images),))

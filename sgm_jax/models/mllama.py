@@ -5,7 +5,8 @@ The vision model runs every image's `max_num_tiles` tiles jointly (local then ga
 final state concatenated with intermediate layers' states is projected to the text width. Cross-attention layers
 attend from text to those features under `cross_attention_mask`; rows with no image attend uniformly and their
 MLP is zeroed, as transformers does. A batch without images skips the cross layers (a second compiled variant).
-The cross keys (normed) and values are computed once at prefill and cached with the last prompt row's mask.
+The cross keys (normed) and values are computed once at prefill and kept as each cross layer's cache entry,
+with the last prompt row's mask that every decoded token repeats.
 """
 
 from __future__ import annotations
@@ -20,22 +21,18 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.errors import InputError
-from sgm_jax.kv_cache import KVCache, LayerCache
 from sgm_jax.models.attention import attend
-from sgm_jax.models.causal_lm import CausalLM
+from sgm_jax.models.causal_lm import CausalLM, Embedded
 from sgm_jax.models.clip import CLIPMLP, PatchEmbedding
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
+from sgm_jax.models.decoder import DecoderContext
 from sgm_jax.models.layers import ACTIVATIONS, Embedding, LayerNorm, Linear, RMSNorm, param
 from sgm_jax.models.llama import (
     LlamaDecoderLayer,
     LlamaMLP,
     LlamaModel,
     LlamaSpec,
-    cached_attention_mask,
-    causal_padding_mask,
     lm_head,
-    output_logits,
-    positions_from_mask,
     read_llama3_rope,
 )
 from sgm_jax.models.site import ImageDomain, Site
@@ -438,6 +435,28 @@ class MllamaTextCrossAttention(Site):
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
 
 
+@dataclasses.dataclass(frozen=True)
+class MllamaCross:
+    """The images as the cross layers read them in one call: the projected vision tokens `[batch, vision
+    tokens, H]`, the attention bias `[batch, text, vision tokens]` and the row mask `[batch, text]`."""
+
+    states: jax.Array
+    bias: jax.Array
+    row: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class CrossKV:
+    """A cross layer's cache entry: the prompt's normed vision keys and values, and its last row's bias and row
+    mask `[batch, 1, ...]`, which every decoded token repeats."""
+
+    keys: jax.Array
+    values: jax.Array
+    bias: jax.Array
+    row: jax.Array
+
+
 class MllamaCrossAttentionDecoderLayer(Site):
     """`h = x + tanh(g_attn) * cross_attn(norm x)`; `h + tanh(g_mlp) * row * mlp(norm h)`."""
 
@@ -458,36 +477,29 @@ class MllamaCrossAttentionDecoderLayer(Site):
     def site_widths(self) -> tuple[int, int]:
         return self.input_layernorm.site_widths()
 
-    def forward(self, x: jax.Array, keys: jax.Array, values: jax.Array, bias: jax.Array, row: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, context: DecoderContext, entry: CrossKV | None = None):
+        if context.extras is None and entry is None:
+            return x, None  # no image anywhere: transformers skips the layer (and so do its gates)
+        return super().__call__(x, context, entry)
+
+    def forward(
+        self, x: jax.Array, context: DecoderContext, entry: CrossKV | None = None
+    ) -> tuple[jax.Array, CrossKV | None]:
+        """With images in this call, attend to them (a cached call keeps their keys as the entry); without,
+        attend to the entry a cached prefill kept."""
+        cross: MllamaCross | None = context.extras
+        if cross is not None:
+            keys, values = self.cross_attn.keys_values(cross.states)
+            bias, row = cross.bias, cross.row
+            if context.write_at is not None:
+                entry = CrossKV(keys, values, bias[:, -1:], row[:, -1:])
+        else:
+            t = x.shape[1]
+            keys, values = entry.keys, entry.values
+            bias, row = jnp.repeat(entry.bias, t, axis=1), jnp.repeat(entry.row, t, axis=1)
         h = x + jnp.tanh(self.cross_attn_attn_gate[...]) * self.cross_attn(self.input_layernorm(x), keys, values, bias)
         m = self.mlp(self.post_attention_layernorm(h)) * row[..., None].astype(h.dtype)
-        return h + jnp.tanh(self.cross_attn_mlp_gate[...]) * m
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class MllamaCache:
-    """The self-attention layers' `KVCache`, and for each cross layer the prompt's normed vision keys and values
-    (empty without images), with the last prompt row's cross mask that every decoded token repeats."""
-
-    self_attention: KVCache
-    cross_keys: tuple[jax.Array, ...]
-    cross_values: tuple[jax.Array, ...]
-    cross_bias: jax.Array  # [batch, 1, vision tokens]
-    cross_row: jax.Array  # [batch, 1]
-
-    def first_rows(self, n: int) -> MllamaCache:
-        cross = {
-            "cross_keys": tuple(k[:n] for k in self.cross_keys),
-            "cross_values": tuple(v[:n] for v in self.cross_values),
-            "cross_bias": self.cross_bias[:n],
-            "cross_row": self.cross_row[:n],
-        }
-        return MllamaCache(self_attention=self.self_attention.first_rows(n), **cross)
-
-    def forget_last(self, count: jax.Array) -> MllamaCache:
-        """The self-attention cache forgets; the cross-attention state is the prompt's, untouched."""
-        return dataclasses.replace(self, self_attention=self.self_attention.forget_last(count))
+        return h + jnp.tanh(self.cross_attn_mlp_gate[...]) * m, entry
 
 
 class MllamaTextModel(LlamaModel):
@@ -510,60 +522,11 @@ class MllamaTextModel(LlamaModel):
         )
         self.norm = RMSNorm(text.hidden_size, eps=text.rms_norm_eps, dtype=dtype, rngs=rngs)
 
-    def _run(self, h, cos, sin, mask, cross, layer_caches=None):
-        """Every layer in order; cross layers are skipped when `cross` is None (no images anywhere)."""
-        stream, self_index = [h], 0
-        for i, layer in enumerate(self.layers):
-            if i in self.cross_layers:
-                if cross is not None:
-                    keys, values, bias, row = cross[0][i], cross[1][i], cross[2], cross[3]
-                    h = layer(h, keys, values, bias, row)
-            else:
-                cache = None if layer_caches is None else layer_caches[self_index]
-                h = layer(h, cos, sin, mask, cache=cache)
-                self_index += 1
-            stream.append(h)
-        return h, stream
-
-    def cross_inputs(self, states: jax.Array, allowed: jax.Array) -> tuple[dict, dict, jax.Array, jax.Array]:
-        """Per cross layer the keys and values of `states` `[batch, vision tokens, H]`, and the attention bias and
-        row mask of `allowed` `[batch, text, vision tokens]`."""
-        keys, values = {}, {}
-        for i in self.cross_layers:
-            keys[i], values[i] = self.layers[i].cross_attn.keys_values(states)
-        return keys, values, *cross_bias(allowed, states.dtype)
-
-    def __call__(self, inputs_embeds, attention_mask, cross=None):
-        positions = positions_from_mask(attention_mask)
-        cos, sin = self.rope(positions, inputs_embeds.dtype)
-        h, stream = self._run(inputs_embeds, cos, sin, causal_padding_mask(attention_mask), cross)
-        return self.norm(h), stream
-
-    def init_cache(self, batch: int, max_len: int) -> KVCache:
-        spec = self.spec
-        return KVCache.empty(
-            layers=spec.num_hidden_layers - len(self.cross_layers),
-            batch=batch,
-            max_len=max_len,
-            kv_heads=spec.num_key_value_heads,
-            head_dim=spec.head_dim,
-            dtype=self.embed_tokens.embedding.dtype,
-        )
-
-    def forward_with_cache(self, inputs_embeds, token_mask, cache: KVCache, cross=None):
-        positions = cache.next_position[:, None] + positions_from_mask(token_mask)
-        cos, sin = self.rope(positions, inputs_embeds.dtype)
-        mask, valid = cached_attention_mask(token_mask, cache)
-        layer_caches = [LayerCache(k, v, cache.length) for k, v in zip(cache.keys, cache.values)]
-        h, _ = self._run(inputs_embeds, cos, sin, mask, cross, layer_caches)
-        updated = KVCache(
-            keys=tuple(c.keys for c in layer_caches),
-            values=tuple(c.values for c in layer_caches),
-            valid=valid,
-            length=cache.length + token_mask.shape[1],
-            next_position=cache.next_position + token_mask.sum(-1, dtype=jnp.int32),
-        )
-        return self.norm(h), updated
+    def cache_entry(self, layer: nnx.Module, batch: int, max_len: int) -> Any:
+        """A cross layer keeps nothing until a prefill with images gives it their keys."""
+        if isinstance(layer, MllamaCrossAttentionDecoderLayer):
+            return None
+        return super().cache_entry(layer, batch, max_len)
 
 
 def cross_bias(allowed: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
@@ -745,11 +708,18 @@ class MllamaForConditionalGeneration(CausalLM):
             "cross_attention_mask": cross.astype(np.int32),
         }
 
-    def _cross(self, pixel_values, aspect_ratio_ids, aspect_ratio_mask, cross_attention_mask):
-        """Projected vision tokens and the cross inputs, or None without images; also the vision hidden states
+    @property
+    def decoder(self) -> MllamaTextModel:
+        return self.model.language_model
+
+    def embed(
+        self, input_ids, pixel_values=None, aspect_ratio_ids=None, aspect_ratio_mask=None, cross_attention_mask=None
+    ) -> Embedded:
+        """Token embeddings, and with images the cross layers' inputs (`MllamaCross`), the vision hidden states
         and the image segments of the vision rows' positions and of the projector's."""
+        embeds = self.decoder.embed_tokens(input_ids)
         if pixel_values is None:
-            return None, [], ()
+            return Embedded(embeds)
         v = self.spec.vision
         features, hidden = self.model.vision_model(
             jnp.asarray(pixel_values), jnp.asarray(aspect_ratio_ids), jnp.asarray(aspect_ratio_mask)
@@ -767,58 +737,5 @@ class MllamaForConditionalGeneration(CausalLM):
         segments = tuple(
             jnp.where(valid.reshape(b * n, -1), image, -1).reshape(-1) for valid in (vision_valid, projector_valid)
         )
-        return self.model.language_model.cross_inputs(states, allowed), hidden, segments
-
-    def forward(self, input_ids, *, attention_mask=None, **images) -> dict[str, Any]:
-        """Traceable forward: logits, the vision hidden states, the decoder's residual stream, image segments."""
-        input_ids = jnp.asarray(input_ids)
-        attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
-        lm = self.model.language_model
-        cross, vision_hidden, segments = self._cross(**{name: images.get(name) for name in _IMAGE_INPUTS})
-        hidden, stream = lm(lm.embed_tokens(input_ids), attention_mask, cross)
-        return {
-            "logits": output_logits(self.lm_head, lm.embed_tokens, hidden),
-            "vision_hidden_states": vision_hidden,
-            "text_stream": stream,
-            "text_final": hidden,
-            "image_segments": segments,
-        }
-
-    def init_cache(self, batch: int, max_len: int) -> MllamaCache:
-        return MllamaCache(self.model.language_model.init_cache(batch, max_len), (), (), jnp.zeros(()), jnp.zeros(()))
-
-    def forward_with_cache(
-        self, input_ids, cache: MllamaCache, *, attention_mask=None, last_only: bool = False, **images
-    ) -> tuple[jax.Array, MllamaCache]:
-        """Traceable: logits of new tokens after those in `cache`. A prefill with images stores the cross keys and
-        values and the last row's cross mask; later steps reuse them (skipping cross layers if there are none)."""
-        input_ids = jnp.asarray(input_ids)
-        attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
-        lm = self.model.language_model
-        cross, _, _ = self._cross(**{name: images.get(name) for name in _IMAGE_INPUTS})
-        if cross is not None:
-            keys, values, bias, row = cross
-            cache = MllamaCache(
-                cache.self_attention,
-                tuple(keys[i] for i in lm.cross_layers),
-                tuple(values[i] for i in lm.cross_layers),
-                bias[:, -1:],
-                row[:, -1:],
-            )
-        elif cache.cross_keys:
-            keys = dict(zip(lm.cross_layers, cache.cross_keys))
-            values = dict(zip(lm.cross_layers, cache.cross_values))
-            t = input_ids.shape[1]
-            cross = (
-                keys,
-                values,
-                jnp.repeat(cache.cross_bias, t, axis=1),
-                jnp.repeat(cache.cross_row, t, axis=1),
-            )
-        hidden, self_cache = lm.forward_with_cache(
-            lm.embed_tokens(input_ids), attention_mask, cache.self_attention, cross
-        )
-        if last_only:
-            hidden = hidden[:, -1]
-        cache = MllamaCache(self_cache, cache.cross_keys, cache.cross_values, cache.cross_bias, cache.cross_row)
-        return output_logits(self.lm_head, lm.embed_tokens, hidden), cache
+        cross = MllamaCross(states, *cross_bias(allowed, states.dtype))
+        return Embedded(embeds, extras=cross, vision_hidden=hidden, segments=segments)

@@ -22,9 +22,8 @@ from flax import nnx
 
 from sgm_jax.batching import bucket_length
 from sgm_jax.errors import InputError
-from sgm_jax.kv_cache import KVCache
 from sgm_jax.models.attention import attend
-from sgm_jax.models.causal_lm import CausalLM, images_only
+from sgm_jax.models.causal_lm import CausalLM, Embedded, images_only
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import (
     ACTIVATIONS,
@@ -35,7 +34,7 @@ from sgm_jax.models.layers import (
     param,
     scatter_image_features,
 )
-from sgm_jax.models.llama import LlamaMLP, LlamaModel, lm_head, output_logits
+from sgm_jax.models.llama import LlamaMLP, LlamaModel, lm_head
 from sgm_jax.models.qwen2 import Qwen2Spec, qwen2_text_config, qwen2_text_spec
 from sgm_jax.models.site import OUT, Fold, ImageDomain, Site, scale_axis
 
@@ -478,56 +477,25 @@ class Qwen2VLForConditionalGeneration(CausalLM):
 
     # -- traceable ------------------------------------------------------------------------------------
 
-    def _embeddings(self, input_ids, vision: dict[str, Any]) -> tuple[jax.Array, list[jax.Array], tuple]:
-        lm = self.model.language_model
-        embeds = lm.embed_tokens(input_ids)
+    @property
+    def decoder(self) -> LlamaModel:
+        return self.model.language_model
+
+    def embed(self, input_ids, *, position_ids=None, rope_deltas=None, **vision) -> Embedded:
+        """Token embeddings with the merged patch features in the image positions, the M-RoPE positions and
+        deltas `prepare_inputs` computed (a decode step has none: it continues at `n_real + rope_delta`, as
+        transformers' `generate`), the vision blocks' outputs, and the image of each packed patch row and merged
+        row (`segments`)."""
+        embeds = self.decoder.embed_tokens(input_ids)
+        positions = {"positions": position_ids, "rope_deltas": rope_deltas}
         if vision.get("pixel_values") is None:
-            return embeds, [], ()
+            return Embedded(embeds, **positions)
         features, hidden = self.model.visual(**vision)
         segments = vision["image_segments"].reshape(-1)
         embeds = scatter_image_features(embeds, input_ids, features, self.image_token_id)
-        return embeds, hidden, (segments, segments[:: self.spec.vision.merge_unit])
-
-    def forward(self, input_ids, *, attention_mask=None, position_ids=None, rope_deltas=None, **vision):
-        """Traceable forward over `prepare_inputs`' arrays: logits, the vision blocks' outputs, the decoder's
-        residual stream, and the image of each packed patch row and merged row (`image_segments`)."""
-        input_ids = jnp.asarray(input_ids)
-        attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
-        lm = self.model.language_model
-        embeds, vision_hidden, segments = self._embeddings(input_ids, vision)
-        hidden, stream = lm(embeds, attention_mask, position_ids)
-        return {
-            "logits": output_logits(self.lm_head, lm.embed_tokens, hidden),
-            "vision_hidden_states": vision_hidden,
-            "text_stream": stream,
-            "text_final": hidden,
-            "image_segments": segments,
-        }
-
-    def init_cache(self, batch: int, max_len: int) -> KVCache:
-        return self.model.language_model.init_cache(batch, max_len)
-
-    def forward_with_cache(
-        self,
-        input_ids,
-        cache: KVCache,
-        *,
-        attention_mask=None,
-        last_only: bool = False,
-        position_ids=None,
-        rope_deltas=None,
-        **vision,
-    ) -> tuple[jax.Array, KVCache]:
-        """Traceable: logits of new tokens after those in `cache`; a prefill passes its M-RoPE positions and
-        deltas, after which decode steps continue at `n_real + rope_delta`, as transformers' `generate`."""
-        input_ids = jnp.asarray(input_ids)
-        attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
-        lm = self.model.language_model
-        embeds, _, _ = self._embeddings(input_ids, vision)
-        hidden, cache = lm.forward_with_cache(embeds, attention_mask, cache, position_ids, rope_deltas)
-        if last_only:
-            hidden = hidden[:, -1]
-        return output_logits(self.lm_head, lm.embed_tokens, hidden), cache
+        return Embedded(
+            embeds, **positions, vision_hidden=hidden, segments=(segments, segments[:: self.spec.vision.merge_unit])
+        )
 
 
 class Qwen2_5_VLForConditionalGeneration(Qwen2VLForConditionalGeneration):

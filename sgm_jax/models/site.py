@@ -55,7 +55,8 @@ class ImageDomain:
 
 class Site(nnx.Module):
     """Base of every module that is a neuron site; subclasses define `forward(x, *args)`, and `site_widths`
-    unless their declared Linears give it.
+    unless their declared Linears give it. A `forward` may return `(output, carry)`: the gates, the edit and
+    capture act on the output, and the carry (a decoder layer's updated cache) passes through untouched.
 
     Composite sites say how their gates fold into weights (export): the output is that of the child Linear
     `output_linear`, the input feeds the child Linears `input_linears`, and the output of an activation child
@@ -90,23 +91,26 @@ class Site(nnx.Module):
             return lambda alpha: [fold(alpha) for fold in folds]
         return None
 
-    def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
+    def __call__(self, x: jax.Array, *args, **kwargs):
         gate_in = None if self.gate_in is None else self.gate_in[...]
         gate_out = None if self.gate_out is None else self.gate_out[...]
         if IN in self.record:
             self.sow(nnx.Intermediate, IN, x if gate_in is None else x * gate_in.astype(x.dtype))
-        y = self.gated_forward(x, gate_in, gate_out, *args, **kwargs)
+        out = self.gated_forward(x, gate_in, gate_out, *args, **kwargs)
+        y = out[0] if isinstance(out, tuple) else out
         if self.edit is not None:
             y = self.edit(y)
         if OUT in self.record:
             self.sow(nnx.Intermediate, OUT, y)
-        return y
+        return (y, out[1]) if isinstance(out, tuple) else y
 
-    def gated_forward(
-        self, x: jax.Array, gate_in: jax.Array | None, gate_out: jax.Array | None, *args, **kwargs
-    ) -> jax.Array:
+    def gated_forward(self, x: jax.Array, gate_in: jax.Array | None, gate_out: jax.Array | None, *args, **kwargs):
         """`forward` with the input and output multiplied by the gates; layers with a cheaper equivalent override it."""
         if gate_in is not None:
             x = x * gate_in.astype(x.dtype)
-        y = self.forward(x, *args, **kwargs)
-        return y if gate_out is None else y * gate_out.astype(y.dtype)
+        out = self.forward(x, *args, **kwargs)
+        if gate_out is None:
+            return out
+        if isinstance(out, tuple):
+            return out[0] * gate_out.astype(out[0].dtype), out[1]
+        return out * gate_out.astype(out.dtype)
