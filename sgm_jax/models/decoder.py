@@ -17,9 +17,10 @@ Extension points, so a new family adds layers and inputs, not a second loop:
   states (its cross layers read them, keep the projected image keys as their cache entry, and are skipped
   when no image is anywhere).
 - **After-layer hook.** `run_layers(..., after_layer=f)` calls `f(i, x)` on each layer's output before the
-  next layer and before the residual stream records it: Qwen3-VL's DeepStack adds the visual features of
-  vision layer k to the image-token positions after decoder layer k (`x.at[image positions].add(features)`),
-  so capture and attribution see the stream with them, as transformers' hidden states do.
+  next layer and before the residual stream records it; a language model gives `f` from its call's extras
+  (`LlamaModel.after_layer`). Qwen3-VL's DeepStack adds the visual features of vision layer k to the
+  image-token positions after decoder layer k (`x.at[image positions].add(features)`), so capture and
+  attribution see the stream with them, as transformers' hidden states do.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -303,7 +304,7 @@ class LlamaModel(nnx.Module):
             mask, valid = cached_attention_mask(token_mask, cache)
             masks, write_at, entries = {CAUSAL: mask}, cache.length, cache.layers
         context = DecoderContext(self.rope(positions, inputs_embeds.dtype), masks, write_at, extras)
-        h, stream, entries = run_layers(self.layers, inputs_embeds, context, entries)
+        h, stream, entries = run_layers(self.layers, inputs_embeds, context, entries, self.after_layer(extras))
         if cache is not None:
             cache = KVCache(
                 layers=entries,
@@ -314,6 +315,10 @@ class LlamaModel(nnx.Module):
                 + (0 if rope_deltas is None else rope_deltas.astype(jnp.int32)),
             )
         return self.norm(h), stream, cache
+
+    def after_layer(self, extras: Any) -> Callable[[int, jax.Array], jax.Array] | None:
+        """What a family adds to the stream after each layer (`decoder.py`); none here."""
+        return None
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
         """An empty cache with room for `max_len` tokens per row, in the compute dtype."""
