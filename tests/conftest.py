@@ -35,7 +35,9 @@ def _release_compiled_programs():
 def pytest_collection_modifyitems(items):
     """Two workers (`--dist loadgroup`) share the suite a test file at a time, so a file's module fixtures are built
     once; a file that sets `SPREAD_BY` to the name of its family parameter is shared a family at a time instead, so
-    the conformance table's rows run on both workers."""
+    the conformance table's rows run on both workers. The slow end-to-end tests go first (and pyproject.toml keeps
+    xdist from reordering groups by size), so neither worker ends the run with minutes of the demo left alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     for item in items:
         spread = getattr(item.module, "SPREAD_BY", None)
         callspec = getattr(item, "callspec", None)
