@@ -248,7 +248,7 @@ def main() -> None:
     )
     prepared = model.prepare_inputs(ids, mask, {"pixel_values": pixels})
     settings = [random_intervention(model, sites, seed) for seed in range(1, args.sweep_k + 1)]
-    last_logits = lambda m, ids, mask, images: m.forward(ids, attention_mask=mask, **images)["logits"][:, -1]
+    last_logits = lambda m, ids, mask, images: m.forward(ids, attention_mask=mask, **images).logits[:, -1]
     sweep_s, sweep_compile = timed(
         lambda: sgm_jax.sweep(model, settings, last_logits, ids, mask, prepared, chunk_size=args.sweep_k), repeats
     )

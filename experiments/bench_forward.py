@@ -60,7 +60,7 @@ def main() -> None:
 
     @jax.jit
     def logits_fn(state, ids, mask, prepared):
-        return nnx.merge(graphdef, state).forward(ids, attention_mask=mask, **prepared)["logits"]
+        return nnx.merge(graphdef, state).forward(ids, attention_mask=mask, **prepared).logits
 
     t_inputs = {
         name: torch.tensor(value, device=torch_device, dtype=torch_dtype if value.dtype == np.float32 else None)

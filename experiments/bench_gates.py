@@ -49,7 +49,7 @@ def main() -> None:
     ids, mask, pixels = make_inputs(4, 256, model.spec.features_per_image)
 
     def forward(m):
-        return m.forward(ids, pixel_values=pixels, attention_mask=mask)["logits"]
+        return m.forward(ids, pixel_values=pixels, attention_mask=mask).logits
 
     graphdef_plain, plain_state = nnx.split(model)
     plain_fn = jax.jit(lambda state: forward(nnx.merge(graphdef_plain, state)))

@@ -88,7 +88,7 @@ def one_k(k: int, chunk: int, directory: str, loop: bool) -> dict:
     ids, mask, images = batch.input_ids, batch.attention_mask, batch.inputs
 
     def lexicon_logprob(m, ids, mask, images):
-        logits = m.forward(ids, attention_mask=mask, **images)["logits"][:, -1].astype(jnp.float32)
+        logits = m.forward(ids, attention_mask=mask, **images).logits[:, -1].astype(jnp.float32)
         return jax.nn.logsumexp(jax.nn.log_softmax(logits)[:, lexicon], axis=-1)
 
     start = time.perf_counter()

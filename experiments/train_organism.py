@@ -311,7 +311,7 @@ def training_set(
 def answer_loss(model, batch: dict[str, jax.Array]) -> jax.Array:
     """Mean cross-entropy of the target tokens, each predicted from the tokens before it."""
     images = {key: value for key, value in batch.items() if key not in TOKEN_KEYS}  # LLaVA: raw is prepared
-    logits = model.forward(batch["input_ids"], attention_mask=batch["attention_mask"], **images)["logits"][:, :-1]
+    logits = model.forward(batch["input_ids"], attention_mask=batch["attention_mask"], **images).logits[:, :-1]
     nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["input_ids"][:, 1:])
     mask = batch["targets"][:, 1:].astype(jnp.float32)
     return (nll * mask).sum() / mask.sum()

@@ -125,7 +125,7 @@ def pooled_responses(
         batch.input_ids, attention_mask=batch.attention_mask, **batch.inputs
     )
     sown = {tuple(path): value.get_value()[0] for path, value in nnx.to_flat_state(sown)}
-    segments = tuple(outputs.get("image_segments", ()))
+    segments = tuple(outputs.image_segments)
 
     valid = token_selection(batch.input_ids, batch.attention_mask, spec.tokens, model.image_token_id)
     out = {}

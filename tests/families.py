@@ -99,14 +99,14 @@ def our_activations(case: FamilyCase, model, batch: Mapping[str, np.ndarray]) ->
         if projector is not None:
             projector.record = frozenset()
     length = batch["input_ids"].shape[1]
-    stream = [np.asarray(h)[:, -length:] for h in out["text_stream"][:-1]]
+    stream = [np.asarray(h)[:, -length:] for h in out.text_stream[:-1]]
     result = {
-        "logits": np.asarray(out["logits"])[:, -length:],
-        "hidden_states": stream + [np.asarray(out["text_final"])[:, -length:]],
+        "logits": np.asarray(out.logits)[:, -length:],
+        "hidden_states": stream + [np.asarray(out.text_final)[:, -length:]],
     }
     if projector is not None and "pixel_values" in batch:
         value = dict(nnx.to_flat_state(sown))[(*case.projector.split("."), OUT)].get_value()[0]
-        vision = [np.asarray(h) for h in out["vision_hidden_states"]]
+        vision = [np.asarray(h) for h in out.vision_hidden_states]
         result.update(case.align(model, batch, vision, np.asarray(value)))
     return result
 

@@ -118,7 +118,7 @@ def test_new_alphas_do_not_recompile(models):
     ids, mask, pixels = _batch(model, 2)
     stack = GateStack(model, swept_sites(model, [_random_intervention(model, 1)]))
     forward = jax.jit(
-        lambda g, r: nnx.merge(stack.graphdef, g, r).forward(ids, pixel_values=pixels, attention_mask=mask)["logits"]
+        lambda g, r: nnx.merge(stack.graphdef, g, r).forward(ids, pixel_values=pixels, attention_mask=mask).logits
     )
     outs = []
     for seed in range(3):
@@ -132,7 +132,7 @@ def test_sweep_equals_separate_calls(models):
     model, _ = models
     ids, mask, pixels = _batch(model, 3)
     ivs = [_random_intervention(model, s) for s in range(3)] + [Intervention({})]
-    swept = sgm_jax.sweep(model, ivs, lambda m: m.forward(ids, pixel_values=pixels, attention_mask=mask)["logits"])
+    swept = sgm_jax.sweep(model, ivs, lambda m: m.forward(ids, pixel_values=pixels, attention_mask=mask).logits)
     assert swept.shape[0] == 4
     for k, iv in enumerate(ivs):
         one = np.asarray(sgm_jax.intervene(model, iv)(ids, pixel_values=pixels, attention_mask=mask))
@@ -146,7 +146,7 @@ def test_a_fresh_lambda_over_new_arrays_reuses_the_compile_in_chunks(models):
 
     def last_logits(seed, ivs, chunk_size):
         ids, mask, pixels = _batch(model, seed)  # new arrays each call, closed over by a new lambda
-        fn = lambda m: m.forward(ids, pixel_values=pixels, attention_mask=mask)["logits"][:, -1]
+        fn = lambda m: m.forward(ids, pixel_values=pixels, attention_mask=mask).logits[:, -1]
         return sgm_jax.sweep(model, ivs, fn, sites=sites, chunk_size=chunk_size), (ids, mask, pixels)
 
     last_logits(0, ivs[:3], 3)  # compiles once for this structure, function and chunk size
@@ -175,7 +175,7 @@ def test_a_fresh_lambda_over_new_arrays_reuses_the_compile_in_chunks(models):
         sgm_jax.sweep(
             model,
             [Intervention({"model.language_model.layers.0.mlp.gate_proj": np.ones(56)})],
-            lambda m: m.forward(ids, attention_mask=mask)["logits"],
+            lambda m: m.forward(ids, attention_mask=mask).logits,
             sites=sites,
         )
 

@@ -61,7 +61,7 @@ def test_logits_and_residual_stream_match_transformers(smol):
     valid = mask.astype(bool)
     ours = nnx.jit(lambda m, i, a: m.forward(i, attention_mask=a))(smol.model, ids, mask)
     # transformers' hidden states: the stream entering each layer, then the final norm's output.
-    stream = ours["text_stream"][:-1] + [ours["text_final"]]
+    stream = ours.text_stream[:-1] + [ours.text_final]
     assert len(stream) == len(ref.hidden_states) == smol.model.spec.num_hidden_layers + 1
     # Relative to each state's largest entry: from layer 12 on one channel carries ~25000, where an fp32 ulp is 2e-3.
     errors = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from sgm_jax.defenses.base import Defense
 from sgm_jax.errors import InputError, MissingFileError
 from sgm_jax.features import prompt_features
 from sgm_jax.fingerprint import model_fingerprint
+from sgm_jax.sites import site_refs
 
 FORMAT = "sgm_jax.prober/1"
 
@@ -41,20 +43,35 @@ class Prober:
     pooling: str = "last"
     threshold: float = 0.5
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # P(harmful) of prompts already read, by model, processor and what the prompt renders from: a comparison
+    # asks for the same prompts' verdicts under every configuration that reads the prober.
+    _seen: dict[tuple, float] = dataclasses.field(default_factory=dict, init=False, compare=False, repr=False)
 
     def describe(self) -> dict[str, Any]:
         return {"site": self.site, "pooling": self.pooling, "threshold": self.threshold, **self.metadata}
 
     def probabilities(self, base, processor, samples: Sequence[Sample], *, batch_size: int = 16) -> np.ndarray:
-        """P(harmful) per sample from the base model's activations at the probe's site."""
-        features = prompt_features(base, processor, samples, self.site, self.pooling, batch_size=batch_size)
-        if features.shape[1] != self.weight.shape[0]:
+        """P(harmful) per sample from the base model's activations at the probe's site (a prompt this prober
+        has read before under the same model and processor is not run again)."""
+        site = site_refs(base).get(self.site)
+        if site is not None and site.width != self.weight.shape[0]:
             raise InputError(
                 f"prober for site {self.site!r} has {self.weight.shape[0]} inputs, the model's site has "
-                f"{features.shape[1]} neurons: it was trained on another model"
+                f"{site.width} neurons: it was trained on another model"
             )
-        logits = ((features - self.mean) / self.scale) @ self.weight + self.bias
-        return 1.0 / (1.0 + np.exp(-logits))
+        model = (model_fingerprint(base), id(processor))
+        keys = [(*model, s.prompt, s.system, s.image, _stat(s.image)) for s in samples]
+        first: dict[tuple, int] = {}
+        for i, key in enumerate(keys):
+            if key not in self._seen:
+                first.setdefault(key, i)
+        todo = list(first.values())
+        if todo:
+            chosen = [samples[i] for i in todo]
+            features = prompt_features(base, processor, chosen, self.site, self.pooling, batch_size=batch_size)
+            logits = ((features - self.mean) / self.scale) @ self.weight + self.bias
+            self._seen.update(zip((keys[i] for i in todo), 1.0 / (1.0 + np.exp(-logits))))
+        return np.asarray([self._seen[k] for k in keys])
 
     def flags(self, base, processor, samples: Sequence[Sample]) -> np.ndarray:
         return self.probabilities(base, processor, samples) >= self.threshold
@@ -72,6 +89,15 @@ class Prober:
         }
         tensors = {"weight": self.weight, "mean": self.mean, "scale": self.scale}
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def _stat(path: str | None) -> tuple[int, int] | None:
+    """An image file's modification time and size (a rewritten file is a new prompt)."""
+    try:
+        stat = os.stat(path) if path else None
+    except OSError:
+        return None
+    return None if stat is None else (stat.st_mtime_ns, stat.st_size)
 
 
 def load_prober(path: str) -> Prober:

@@ -26,7 +26,7 @@ from sgm_jax.models.compiled import compiled
 @compiled
 def target_logprobs(model: CausalLM, batch: ModelBatch):
     """Summed log-probability of each row's target tokens `[batch]`, and how many there were."""
-    logits = batch.forward(model)["logits"][:, :-1].astype(jnp.float32)
+    logits = batch.forward(model).logits[:, :-1].astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     token_logp = jnp.take_along_axis(logp, batch.input_ids[:, 1:, None], axis=-1)[..., 0]
     mask = batch.targets[:, 1:]

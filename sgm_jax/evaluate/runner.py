@@ -29,10 +29,10 @@ from sgm_jax.data.samples import DatasetError, Sample
 from sgm_jax.defenses import Defense, by_stage
 from sgm_jax.defenses.compose import steered
 from sgm_jax.evaluate.answers import answer_seconds, generate_answers
-from sgm_jax.evaluate.judges import Judge, is_refusal
+from sgm_jax.evaluate.judges import Judge
 from sgm_jax.evaluate.likelihood import response_scores, text_scores
 from sgm_jax.evaluate.mcq import mcq_accuracy
-from sgm_jax.evaluate.rates import distinct_n, grouped_rates, rate_with_interval
+from sgm_jax.evaluate.metrics import answer_metrics
 from sgm_jax.evaluate.report import write_report
 from sgm_jax.interventions import Intervention, intervene
 from sgm_jax.lengths import check_lengths, estimated_lengths
@@ -86,21 +86,9 @@ def measure(
             seed=opts.seed,
             progress=opts.progress,
         )
-        harmful = [s for s in open_ended if s.label == 1]
-        benign = [s for s in open_ended if s.label == 0]
-        verdicts = judge.judge_many(
-            [(s.prompt, answers[s.id], s.image) for s in harmful], categories=[s.category for s in harmful]
-        )
-        flags = [v.harmful for v in verdicts]
-        boot = {"n_boot": opts.n_boot, "seed": opts.seed}
-        metrics["harmful_rate"] = {
-            "all": rate_with_interval(flags, **boot),
-            "category": grouped_rates(flags, [s.category for s in harmful], **boot),
-            "condition": grouped_rates(flags, [s.condition for s in harmful], **boot),
-        }
-        metrics["over_refusal"] = rate_with_interval([is_refusal(answers[s.id]) for s in benign], **boot)
         texts = [answers[s.id] for s in open_ended]
-        metrics["distinct_2"] = distinct_n(texts, 2)
+        measured, judged = answer_metrics(open_ended, texts, judge, n_boot=opts.n_boot, seed=opts.seed)
+        metrics.update(measured)
         tokenizer = getattr(processor, "tokenizer", processor)
         seconds = answer_seconds(cache_path, [s.id for s in open_ended])
         tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
@@ -112,7 +100,7 @@ def measure(
             ).perplexity
         metrics["examples"] = [
             {"id": s.id, "prompt": s.prompt, "answer": answers[s.id], "harmful": v.harmful, "judge": v.detail}
-            for s, v in list(zip(harmful, verdicts))[:5]
+            for s, v in judged[:5]
         ]
     stages = by_stage(defenses)
     steering = json.dumps([d.describe() for d in stages["steer"]])

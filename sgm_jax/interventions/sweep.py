@@ -22,7 +22,7 @@ from flax import nnx
 from sgm_jax.errors import InterventionError
 from sgm_jax.interventions.gates import intervene
 from sgm_jax.interventions.intervention import Intervention
-from sgm_jax.lifted import lift
+from sgm_jax.interventions.lifted import lift
 from sgm_jax.models.compiled import compiled
 from sgm_jax.models.site import GATE_ATTRS, Gate
 from sgm_jax.sites import SiteError, nearest, site_refs

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 
 from sgm_jax.batching import ModelBatch
 from sgm_jax.errors import InputError
@@ -25,6 +25,23 @@ from sgm_jax.models.compiled import compiled
 
 # Tensor-name prefix pairs (from, to), first match wins.
 Layout = tuple[tuple[str, str], ...]
+
+
+@struct.dataclass
+class ModelOutput:
+    """What `CausalLM.forward` returns (a pytree: it leaves a jitted function whole)."""
+
+    logits: jax.Array
+    """`[batch, seq, vocab]`."""
+    text_stream: list[jax.Array]
+    """The residual stream entering each decoder layer, then the last layer's output."""
+    text_final: jax.Array
+    """The final norm's output (transformers' last hidden state)."""
+    vision_hidden_states: list[jax.Array]
+    """The vision tower's hidden states (empty without images or for a text-only model)."""
+    image_segments: tuple[jax.Array, ...]
+    """The image of each packed vision row, per image-domain stream whose rows are not images (capture pools by
+    them; empty otherwise)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,21 +143,20 @@ class CausalLM(nnx.Module):
         lm_head = getattr(self, "lm_head", None)
         return self.decoder.embed_tokens.attend(hidden) if lm_head is None else lm_head(hidden)
 
-    def forward(self, input_ids, *, attention_mask=None, **inputs) -> dict[str, Any]:
-        """Traceable forward over `prepare_inputs`' arrays: `logits`, and the streams capture reads
-        (`text_stream`, `text_final`, `vision_hidden_states`, and for packed image rows `image_segments`)."""
+    def forward(self, input_ids, *, attention_mask=None, **inputs) -> ModelOutput:
+        """Traceable forward over `prepare_inputs`' arrays: the logits and the streams capture reads."""
         input_ids, attention_mask = _tokens(input_ids, attention_mask)
         embedded = self.embed(input_ids, **inputs)
         hidden, stream, _ = self.decoder(
             embedded.embeds, attention_mask, positions=embedded.positions, extras=embedded.extras
         )
-        return {
-            "logits": self.logits(hidden),
-            "vision_hidden_states": embedded.vision_hidden,
-            "text_stream": stream,
-            "text_final": hidden,
-            "image_segments": embedded.segments,
-        }
+        return ModelOutput(
+            logits=self.logits(hidden),
+            text_stream=stream,
+            text_final=hidden,
+            vision_hidden_states=embedded.vision_hidden,
+            image_segments=embedded.segments,
+        )
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
         """An empty cache with room for `max_len` tokens per row."""
@@ -168,7 +184,7 @@ class CausalLM(nnx.Module):
         """Logits; concrete inputs are checked and run through one compiled function of the model."""
         images = {name: value for name, value in images.items() if value is not None}
         if isinstance(input_ids, jax.core.Tracer):
-            return self.forward(input_ids, attention_mask=attention_mask, **images)["logits"]
+            return self.forward(input_ids, attention_mask=attention_mask, **images).logits
         ids = np.asarray(input_ids)
         self.check_inputs(ids, images)
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
@@ -183,7 +199,7 @@ def _tokens(input_ids, attention_mask) -> tuple[jax.Array, jax.Array]:
 @compiled
 def prepared_logits(model: CausalLM, batch: ModelBatch) -> jax.Array:
     """Logits of a batch already checked and prepared (`sgm_jax.batching.model_batch`)."""
-    return batch.forward(model)["logits"]
+    return batch.forward(model).logits
 
 
 @functools.cache

@@ -23,7 +23,7 @@ from sgm_jax.batching import collate, pad_token_id, plan_batches
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import DatasetError, Sample
 from sgm_jax.errors import OptionError
-from sgm_jax.evaluate.judges import Judge, is_refusal
+from sgm_jax.evaluate.judges import Judge
 from sgm_jax.evaluate.likelihood import (
     Scored,
     encode_response,
@@ -33,7 +33,7 @@ from sgm_jax.evaluate.likelihood import (
     text_sequences,
 )
 from sgm_jax.evaluate.mcq import mcq_result, mcq_rows
-from sgm_jax.evaluate.rates import distinct_n, rate_with_interval
+from sgm_jax.evaluate.metrics import answer_metrics
 from sgm_jax.generate import decode, decode_arguments, decode_swept
 from sgm_jax.interventions import GateStack, Intervention, intervene
 from sgm_jax.lengths import check_lengths
@@ -202,19 +202,16 @@ class SettingsEvaluator:
 
     def _metrics(self, answers: list[str], answer_perplexity, mcq_logprob, neutral_logprob) -> dict[str, Any]:
         metrics: dict[str, Any] = dict.fromkeys(METRICS)
-        harmful = [(s, a) for s, a in zip(self.open_ended, answers) if s.label == 1]
-        benign = [a for s, a in zip(self.open_ended, answers) if s.label == 0]
-        boot = {"n_boot": self.options.n_boot, "seed": self.options.seed}
-        if harmful:
-            verdicts = self.judge.judge_many(
-                [(s.prompt, a, s.image) for s, a in harmful], categories=[s.category for s, _ in harmful]
-            )
-            rate = rate_with_interval([v.harmful for v in verdicts], **boot)
-            metrics.update(harmful_rate=rate["rate"], harmful_rate_low=rate["low"], harmful_rate_high=rate["high"])
-        if benign:
-            metrics["over_refusal"] = rate_with_interval([is_refusal(a) for a in benign], **boot)["rate"]
         if self.open_ended:
-            metrics["distinct_2"] = distinct_n(answers, 2)
+            measured, _ = answer_metrics(
+                self.open_ended, answers, self.judge, n_boot=self.options.n_boot, seed=self.options.seed
+            )
+            rate, refusal = measured["harmful_rate"]["all"], measured["over_refusal"]
+            if rate["n"]:
+                metrics.update(harmful_rate=rate["rate"], harmful_rate_low=rate["low"], harmful_rate_high=rate["high"])
+            if refusal["n"]:
+                metrics["over_refusal"] = refusal["rate"]
+            metrics["distinct_2"] = measured["distinct_2"]
             metrics["answer_perplexity"] = answer_perplexity
         if mcq_logprob is not None:
             metrics["mcq_accuracy"] = mcq_result(self.mcq, mcq_logprob).accuracy
