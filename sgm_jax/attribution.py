@@ -286,7 +286,7 @@ def _pooled(
     def pooled(rows: list[int]) -> dict[str, np.ndarray]:
         batch = [encode(samples[i], processor, None if image is None else image(i)) for i in rows]
         check_lengths(model, [samples[i] for i in rows], [len(e["input_ids"]) for e in batch])
-        pooled = pooled_batch(model, collate(batch, pad_id, batch_size), spec)  # the last batch filled
+        pooled = pooled_batch(model, collate(batch, pad_id, len(plan[0])), spec)  # the last batch filled
         return {name: values[: len(rows)] for name, values in pooled.items()}
 
     bar = tqdm(total=len(plan), desc=desc, unit="batch", disable=not progress)

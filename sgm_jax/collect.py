@@ -77,7 +77,7 @@ def collect_to_store(
             rows = plan[index]
             encoded = [encode(samples[i], processor) for i in rows]
             check_lengths(model, [samples[i] for i in rows], [len(e["input_ids"]) for e in encoded])
-            pooled = pooled_batch(model, collate(encoded, pad_id, batch_size), spec)  # the last batch filled
+            pooled = pooled_batch(model, collate(encoded, pad_id, len(plan[0])), spec)  # the last batch filled
             return {site: values[: len(rows)] for site, values in pooled.items()}
 
         bar = tqdm(desc="collect", unit="batch", disable=not progress, initial=len(plan) - len(todo), total=len(plan))

@@ -34,7 +34,8 @@ def prompt_features(
     encoded = [encode(dataclasses.replace(s, response=None), processor) for s in samples]
     pad = pad_token_id(processor)
     out = np.zeros((len(samples), refs[site].width), np.float32)
-    for rows in plan_batches([len(e["input_ids"]) for e in encoded], batch_size):
-        batch = model_batch(model, collate([encoded[i] for i in rows], pad, batch_size), pad)  # the last filled
+    plan = plan_batches([len(e["input_ids"]) for e in encoded], batch_size)
+    for rows in plan:
+        batch = model_batch(model, collate([encoded[i] for i in rows], pad, len(plan[0])), pad)  # the last filled
         out[rows] = pooled_batch(model, batch, spec)[site][: len(rows)]  # taken as prepared
     return out

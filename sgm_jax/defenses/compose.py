@@ -114,7 +114,7 @@ def answer(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             seed=seed,
-            rows=batch_size,
+            rows=min(batch_size, len(order)),
         )
         for i, text in zip(rows, texts):
             answers[i] = text

@@ -106,7 +106,7 @@ def generate_answers(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             seed=seed,
-            rows=batch_size,
+            rows=len(batches[0]),
         )
         return {"texts": texts, "seconds": (time.perf_counter() - start) / len(batch)}
 

@@ -95,8 +95,9 @@ class SettingsEvaluator:
         prompts = [encode(dataclasses.replace(s, response=None), processor) for s in open_ended]
         check_lengths(model, open_ended, [len(e["input_ids"]) for e in prompts], new_tokens=options.max_new_tokens)
         self.prompt_batches = []  # (rows, decode's arguments): padded and checked once, whatever the settings
-        for rows in plan_batches([len(e["input_ids"]) for e in prompts], options.batch_size):
-            batch = collate([prompts[i] for i in rows], pad, options.batch_size)
+        plan = plan_batches([len(e["input_ids"]) for e in prompts], options.batch_size)
+        for rows in plan:
+            batch = collate([prompts[i] for i in rows], pad, len(plan[0]))
             arguments = decode_arguments(
                 model,
                 batch.pop("input_ids"),

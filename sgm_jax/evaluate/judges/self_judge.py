@@ -71,7 +71,7 @@ class SelfJudge(Judge):
                 for i, (q, a, image) in enumerate(items[start : start + self.batch_size])
             ]
             # bucketed lengths and the last batch filled to the batch size: a few compiles
-            batch = model_batch(self.model, collate(encoded, pad, self.batch_size), pad)
+            batch = model_batch(self.model, collate(encoded, pad, min(self.batch_size, len(items))), pad)
             logits = prepared_logits(self.model, batch)[: len(encoded), -1]
             log_probs = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), np.float64)
             unsafe = np.logaddexp.reduce(log_probs[:, self.unsafe_ids], axis=-1)
