@@ -30,7 +30,7 @@ from sgm_jax.defenses import Defense, by_stage
 from sgm_jax.defenses.compose import steered
 from sgm_jax.evaluate.answers import answer_seconds, generate_answers
 from sgm_jax.evaluate.judges import Judge
-from sgm_jax.evaluate.likelihood import response_scores, text_scores
+from sgm_jax.evaluate.likelihood import Scored, response_scores, text_scores
 from sgm_jax.evaluate.mcq import mcq_accuracy
 from sgm_jax.evaluate.metrics import answer_metrics
 from sgm_jax.evaluate.report import write_report
@@ -95,9 +95,7 @@ def measure(
         metrics["tokens_per_s"] = tokens / seconds if seconds > 0 else None
         answered = [dataclasses.replace(s, response=answers[s.id]) for s in open_ended if answers[s.id]]
         if answered:
-            metrics["answer_perplexity"] = response_scores(
-                base, processor, answered, batch_size=opts.batch_size
-            ).perplexity
+            metrics["answer_perplexity"] = _answer_scores(base, processor, answered, opts, memo).perplexity
         metrics["examples"] = [
             {"id": s.id, "prompt": s.prompt, "answer": answers[s.id], "harmful": v.harmful, "judge": v.detail}
             for s, v in judged[:5]
@@ -116,6 +114,18 @@ def measure(
             memo[key] = text_scores(steered(model, defenses), tokenizer, neutral, batch_size=opts.batch_size).perplexity
         metrics["perplexity"] = memo[key]
     return metrics
+
+
+def _answer_scores(base, processor, answered: Sequence[Sample], opts: EvalOptions, memo: dict) -> Scored:
+    """The answers' log-likelihoods under `base`; an answer another setting of the same run gave to the same
+    prompt is scored once (in a comparison most configurations answer most prompts alike)."""
+    keys = [("answer", id(base), s.id, s.prompt, s.image, s.response) for s in answered]
+    todo = [s for s, key in zip(answered, keys) if key not in memo]
+    if todo:
+        scored = response_scores(base, processor, todo, batch_size=opts.batch_size)
+        for s, lp, n in zip(todo, scored.logprob, scored.tokens):
+            memo[("answer", id(base), s.id, s.prompt, s.image, s.response)] = (lp, n)
+    return Scored(np.asarray([memo[k][0] for k in keys]), np.asarray([memo[k][1] for k in keys]))
 
 
 def _mcq(model, base, processor, samples: Sequence[Sample], defenses: Sequence[Defense], opts: EvalOptions) -> float:
