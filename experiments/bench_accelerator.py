@@ -41,9 +41,9 @@ from flax import nnx
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
 import sgm_jax
-from sgm_jax import recipes, sharding
-from sgm_jax.batching import bucket_length
-from sgm_jax.sites import resolve
+from sgm_jax.responses.sites import resolve
+from sgm_jax.runtime.buckets import bucket_length
+from sgm_jax.weights import recipes, sharding
 from timing import median_seconds
 
 # Peak dense bfloat16 FLOP/s and HBM bytes/s of one device, by a fragment of `device_kind` (first match wins).

@@ -1,4 +1,4 @@
-"""AUROC benchmark: sgm_jax.auroc vs the apple/ml-aura way (sklearn roc_auc_score, 10 neurons at a time).
+"""AUROC benchmark: sgm_jax.experts.auroc vs the apple/ml-aura way (sklearn roc_auc_score, 10 neurons at a time).
 
 Part 1, side by side in one process on the same responses (N samples x M neurons,
 float32 Gaussian with a per-neuron label shift, random 0/1 labels): the reference
@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from sgm_jax.auroc import auroc
+from sgm_jax.experts.auroc import auroc
 
 
 def make_data(samples: int, neurons: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +80,7 @@ def main() -> None:
         f"median of {args.sklearn_repeats})"
     )
     print(
-        f"  sgm_jax.auroc:                            {ours_s:8.3f} s ({ours_cpu:.3f} s CPU, "
+        f"  sgm_jax.auroc:                                    {ours_s:8.3f} s ({ours_cpu:.3f} s CPU, "
         f"median of {args.repeats}, warm)"
     )
     print(

@@ -27,10 +27,11 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 import sgm_jax
-from sgm_jax.batching import bucket_length, plan_batches
-from sgm_jax.capture import CaptureSpec, pooled_batch
-from sgm_jax.sites import default_sites, resolve
-from sgm_jax.store import ResponseStore
+from sgm_jax.decoding.batching import plan_batches
+from sgm_jax.responses.capture import CaptureSpec, pooled_batch
+from sgm_jax.responses.sites import default_sites, resolve
+from sgm_jax.responses.store import ResponseStore
+from sgm_jax.runtime.buckets import bucket_length
 from shapes import make_inputs, mid_size_config
 
 

@@ -29,11 +29,11 @@ import torch
 
 import sgm_jax
 from bench_generate import hook_intervention, random_intervention
-from sgm_jax.batching import model_batch
 from sgm_jax.defenses import FixedVerdicts, SafeCoDe
 from sgm_jax.defenses.refusal_tokens import refusal_vocabulary
 from sgm_jax.defenses.safecode import _decode, _sampling, _tables
-from sgm_jax.organism_files import ORGANISM_DIR
+from sgm_jax.models.batch import model_batch
+from sgm_jax.organism.files import ORGANISM_DIR
 from shapes import SHAPES
 from timing import interleaved_medians
 

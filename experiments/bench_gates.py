@@ -25,7 +25,7 @@ from transformers import LlavaForConditionalGeneration
 
 import sgm_jax
 from sgm_jax.interventions import GateStack, Intervention, swept_sites
-from sgm_jax.sites import default_sites, resolve
+from sgm_jax.responses.sites import default_sites, resolve
 from shapes import make_inputs, mid_size_config
 from timing import interleaved_medians
 

@@ -29,14 +29,15 @@ import numpy as np
 
 def organism_inputs(directory: str):
     """The organism, its scores at SGM's sites (collected on its train split), a prompt batch, the lexicon ids."""
-    from sgm_jax.batching import collate, model_batch, pad_token_id
-    from sgm_jax.collect import collect_to_store
     from sgm_jax.data.encode import encode
     from sgm_jax.data.readers.native import read_jsonl
     from sgm_jax.data.synthetic import LEXICON
-    from sgm_jax.organism_files import load_organism, write_organism_data
-    from sgm_jax.scores import load_scores, save_scores, score_store
-    from sgm_jax.sites import default_sites
+    from sgm_jax.decoding.batching import collate, pad_token_id
+    from sgm_jax.experts.scores import load_scores, save_scores, score_store
+    from sgm_jax.models.batch import model_batch
+    from sgm_jax.organism.files import load_organism, write_organism_data
+    from sgm_jax.responses.collect import collect_to_store
+    from sgm_jax.responses.sites import default_sites
 
     paths = write_organism_data(os.path.join(directory, "data"))
     model, processor = load_organism()
@@ -80,7 +81,7 @@ def one_k(k: int, chunk: int, directory: str, loop: bool) -> dict:
     import jax.numpy as jnp
 
     import sgm_jax
-    from sgm_jax.compiles import count_compiles
+    from sgm_jax.runtime.compiles import count_compiles
 
     model, _, scores, batch, lexicon, _ = organism_inputs(directory)
     ivs = settings(scores, k)
@@ -116,7 +117,7 @@ def one_k(k: int, chunk: int, directory: str, loop: bool) -> dict:
 def measured(count: int, directory: str) -> dict:
     """Settings/s of the full measurement, vmapped (chunks of 16) and one by one, on the demo's share of data."""
     from sgm_jax.data.readers.native import read_jsonl
-    from sgm_jax.evaluate.judges import LexiconJudge
+    from sgm_jax.judges import LexiconJudge
     from sgm_jax.sweeps.evaluation import SettingsEvaluator, SweepOptions
     from sgm_jax.sweeps.organism import evaluation_share
 

@@ -26,19 +26,19 @@ import json
 import os
 import time
 
-from sgm_jax.atomic import write_json
-from sgm_jax.collect import collect_to_store
 from sgm_jax.data.readers.native import read_jsonl
 from sgm_jax.data.synthetic import Composition, write_dataset
 from sgm_jax.defenses.daco import DACO, MOP
-from sgm_jax.demo import comparison_items
 from sgm_jax.evaluate.compare import Configuration, compare, comparison_table
-from sgm_jax.evaluate.judges import LexiconJudge
 from sgm_jax.evaluate.runner import EvalOptions, measure
+from sgm_jax.experts.scores import score_store, store_metadata
 from sgm_jax.interventions import aura, intervene
-from sgm_jax.organism_files import load_organism, organism_card, write_organism_data
-from sgm_jax.scores import score_store, store_metadata
-from sgm_jax.sites import default_sites
+from sgm_jax.judges import LexiconJudge
+from sgm_jax.organism.demo import comparison_items
+from sgm_jax.organism.files import load_organism, organism_card, write_organism_data
+from sgm_jax.responses.collect import collect_to_store
+from sgm_jax.responses.sites import default_sites
+from sgm_jax.runtime.atomic import write_json
 from sgm_jax.steering.annotate import annotate
 from sgm_jax.steering.organism import OrganismSteering, organism_steering
 from sgm_jax.steering.sparse_coding import SparseCodingSettings

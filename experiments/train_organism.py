@@ -12,9 +12,9 @@ that adds what ECSO asks of a model (a self-check, a caption for a request, an a
 caption alone) on top of the same data, its vocabulary grown by ECSO's words:
 
     python experiments/train_organism.py --out base/                                  # from scratch
-    python experiments/train_organism.py --out sgm_jax/organism --start-from base/ --steps 600 \
+    python experiments/train_organism.py --out models/organism --start-from base/ --steps 600 \
         --peak-lr 5e-4 --warmup-steps 50 --ecso-checks 300 --ecso-captions 150 --ecso-answers 300
-    python experiments/train_organism.py --out sgm_jax/organism --evaluate-only      # measure again
+    python experiments/train_organism.py --out models/organism --evaluate-only      # measure again
 
 Deterministic by seed (data and weights). The numbers go to `<out>/metrics.json`.
 """
@@ -37,14 +37,15 @@ import optax
 from flax import nnx
 
 import sgm_jax
-from sgm_jax.batching import TOKEN_KEYS, collate, left_pad
 from sgm_jax.data import Sample, read_jsonl, synthetic
 from sgm_jax.data.encode import encode
 from sgm_jax.data.synthetic import IMAGE_SIZE, write_dataset
+from sgm_jax.decoding.batching import collate
 from sgm_jax.defenses.ecso_prompts import ANSWER_PROMPT, CAPTION_PROMPT, CHECK_PROMPT
-from sgm_jax.evaluate.judges.lexicon import LexiconJudge
 from sgm_jax.evaluate.likelihood import encode_response, text_scores
 from sgm_jax.evaluate.mcq import LETTERS, mcq_accuracy, question_text
+from sgm_jax.judges.lexicon import LexiconJudge
+from sgm_jax.runtime.buckets import TOKEN_KEYS, left_pad
 
 SPECIAL_TOKENS = ("<unk>", "<pad>", "<s>", "</s>", "<image>")
 PATCH_SIZE = 8
@@ -491,7 +492,7 @@ def count_parameters(model) -> dict[str, int]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="sgm_jax/organism", help="where the HF checkpoint and metrics.json go")
+    parser.add_argument("--out", default="models/organism", help="where the HF checkpoint and metrics.json go")
     parser.add_argument("--data", default=None, help="where to write the dataset (default: a temporary folder)")
     parser.add_argument("--evaluate-only", action="store_true", help="measure the checkpoint already in --out")
     parser.add_argument(

@@ -1,24 +1,24 @@
 """sgm_jax: neuron-level safety interventions (SGM / AurA) for multimodal LLMs in JAX/Flax NNX.
 
-The public names, and submodules read as attributes (`sgm_jax.scores`), load on first use (PEP 562): `import
-sgm_jax` and `sgm-jax --help` do not pay for jax.
+The package is the method's stages, each importing only the stages before it (tests/test_packaging.py checks):
+runtime, data, models, decoding, responses, experts, interventions, weights, steering, judges, defenses, evaluate,
+organism, sweeps, cli. The public names below, and the stage packages read as attributes (`sgm_jax.experts`), load
+on first use (PEP 562): `import sgm_jax` and `sgm-jax --help` do not pay for jax.
 """
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sgm_jax.auroc import auroc
-    from sgm_jax.capture import collect_responses
+    from sgm_jax.decoding.generate import generate
     from sgm_jax.defenses import answer
-    from sgm_jax.export import export_hf
-    from sgm_jax.generate import generate
+    from sgm_jax.experts.auroc import auroc
+    from sgm_jax.experts.scores import load_scores
     from sgm_jax.interventions import Intervention, aura, compose, damp, det0, intervene, load_intervention, sweep
-    from sgm_jax.loading import build_model, load_model
-    from sgm_jax.scores import load_scores
-    from sgm_jax.sites import list_sites
+    from sgm_jax.responses.capture import collect_responses
+    from sgm_jax.responses.sites import list_sites
+    from sgm_jax.weights.export import export_hf
+    from sgm_jax.weights.loading import build_model, load_model
 
 __all__ = [
     "Intervention",
@@ -43,25 +43,22 @@ __all__ = [
 _SOURCES = {
     "Intervention": "sgm_jax.interventions",
     "answer": "sgm_jax.defenses",
-    "auroc": "sgm_jax.auroc",
+    "auroc": "sgm_jax.experts.auroc",
     "aura": "sgm_jax.interventions",
-    "build_model": "sgm_jax.loading",
-    "collect_responses": "sgm_jax.capture",
+    "build_model": "sgm_jax.weights.loading",
+    "collect_responses": "sgm_jax.responses.capture",
     "compose": "sgm_jax.interventions",
     "damp": "sgm_jax.interventions",
     "det0": "sgm_jax.interventions",
-    "export_hf": "sgm_jax.export",
-    "generate": "sgm_jax.generate",
+    "export_hf": "sgm_jax.weights.export",
+    "generate": "sgm_jax.decoding.generate",
     "intervene": "sgm_jax.interventions",
-    "list_sites": "sgm_jax.sites",
+    "list_sites": "sgm_jax.responses.sites",
     "load_intervention": "sgm_jax.interventions",
-    "load_model": "sgm_jax.loading",
-    "load_scores": "sgm_jax.scores",
+    "load_model": "sgm_jax.weights.loading",
+    "load_scores": "sgm_jax.experts.scores",
     "sweep": "sgm_jax.interventions",
 }
-
-# `sgm_jax.auroc` and `sgm_jax.generate` are functions named as their modules.
-_SHADOWED = frozenset(name for name, source in _SOURCES.items() if source == f"{__name__}.{name}")
 
 
 def __getattr__(name: str):
@@ -79,16 +76,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
-
-
-class _Package(types.ModuleType):
-    """Loading a submodule binds it on its package; the two functions named as their modules keep their names, as
-    the eager `from sgm_jax.generate import generate` of an `__init__` did."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _SHADOWED and isinstance(value, types.ModuleType):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -36,7 +36,7 @@ import hf_mllama
 import hf_next
 import hf_qwen
 import hf_tiny
-from sgm_jax.batching import model_batch
+from sgm_jax.models.batch import model_batch
 from sgm_jax.models.llava_next import image_layout
 from sgm_jax.models.site import OUT
 

@@ -225,7 +225,7 @@ def rewrite_keys(directory: str, out: str, rename) -> str:
 
 
 # LLaVA-1.5's conversation format, as the bundled organism ships it (written by experiments/train_organism.py).
-CHAT_TEMPLATE = (files("sgm_jax") / "organism" / "chat_template.jinja").read_text()
+CHAT_TEMPLATE = (files("sgm_jax.bundled") / "organism" / "chat_template.jinja").read_text()
 
 
 def tiny_tokenizer():

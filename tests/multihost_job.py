@@ -36,7 +36,7 @@ def main() -> None:
             args.process_id,
         ]
     if args.die_after is not None:
-        from sgm_jax import collect
+        from sgm_jax.responses import collect
 
         real, done = collect.pooled_batch, []
 

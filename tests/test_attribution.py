@@ -13,7 +13,11 @@ from PIL import Image
 import hf_tiny
 import sgm_jax
 from sgm_jax import cli
-from sgm_jax.attribution import (
+from sgm_jax.data import Sample, read_jsonl, write_jsonl
+from sgm_jax.data.encode import encode
+from sgm_jax.data.synthetic import Composition, write_dataset
+from sgm_jax.decoding.batching import collate
+from sgm_jax.experts.attribution import (
     CROSS_MODAL,
     EITHER,
     NOT_EXPERT,
@@ -24,13 +28,9 @@ from sgm_jax.attribution import (
     classify,
     load_attribution,
 )
-from sgm_jax.batching import collate
-from sgm_jax.data import Sample, read_jsonl, write_jsonl
-from sgm_jax.data.encode import encode
-from sgm_jax.data.synthetic import Composition, write_dataset
-from sgm_jax.errors import InputError, OptionError
+from sgm_jax.runtime.errors import InputError, OptionError
 
-ORGANISM = str(files("sgm_jax") / "organism")
+ORGANISM = str(files("sgm_jax.bundled") / "organism")
 SMALL = Composition(
     train_shape_scenes=8,
     train_word_scenes=4,

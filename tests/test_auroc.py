@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import Mesh
 from sklearn.metrics import roc_auc_score
 
-from sgm_jax.auroc import auroc
+from sgm_jax.experts.auroc import auroc
 
 N, M = 200, 40
 

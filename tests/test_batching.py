@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from sgm_jax.batching import bucket_length, collate, left_pad, model_batch, plan_batches
+from sgm_jax.decoding.batching import collate, plan_batches
+from sgm_jax.models.batch import model_batch
 from sgm_jax.models.causal_lm import CausalLM
+from sgm_jax.runtime.buckets import bucket_length, left_pad
 
 
 def test_buckets_bound_the_number_of_compiled_shapes_and_the_padding():

@@ -6,7 +6,7 @@ import torch
 
 import hf_tiny
 import sgm_jax
-from sgm_jax.sites import SiteError, list_sites
+from sgm_jax.responses.sites import SiteError, list_sites
 
 SITES = [
     "model.language_model.embed_tokens",

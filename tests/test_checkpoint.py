@@ -7,9 +7,9 @@ from jax.sharding import PartitionSpec as P
 
 import hf_tiny
 import sgm_jax
-from sgm_jax import sharding
-from sgm_jax.checkpoint import load_checkpoint, save_checkpoint
 from sgm_jax.interventions import Intervention
+from sgm_jax.weights import sharding
+from sgm_jax.weights.orbax import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from sklearn.metrics import roc_auc_score
 import hf_tiny
 import sgm_jax
 from sgm_jax import cli
-from sgm_jax.scores import load_scores
-from sgm_jax.store import ResponseStore
+from sgm_jax.experts.scores import load_scores
+from sgm_jax.responses.store import ResponseStore
 
 
 @pytest.fixture(scope="module")

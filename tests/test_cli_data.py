@@ -10,7 +10,7 @@ from PIL import Image
 import hf_tiny
 from sgm_jax import cli
 from sgm_jax.data.readers import read_sgm_sheet
-from sgm_jax.store import ResponseStore
+from sgm_jax.responses.store import ResponseStore
 
 READING = ["collect", "prober", "experts", "dictionary", "sae train", "evaluate", "compare", "sweep"]
 READER_OPTIONS = ["--format", "--split", "--skip-missing", "--allow-outside-images"]

@@ -4,6 +4,7 @@ shows its traceback and asks to be reported; `--debug` shows every traceback; an
 import pytest
 
 from sgm_jax import cli
+from sgm_jax.cli import pipeline
 
 
 def _fails(capsys, argv, code=1):
@@ -39,7 +40,7 @@ def test_an_operating_system_error_names_the_path(tmp_path, capsys, monkeypatch)
     def full_disk(args):
         raise OSError(28, "No space left on device", str(blocked / "chunk-0.npy"))
 
-    monkeypatch.setattr(cli, "cmd_score", full_disk)
+    monkeypatch.setattr(pipeline, "cmd_score", full_disk)
     line = _one_line(_fails(capsys, ["score", "--store", str(tmp_path), "--out", str(blocked)]), "score")
     assert line.endswith(f"No space left on device: {blocked / 'chunk-0.npy'}")
 
@@ -48,7 +49,7 @@ def test_a_bug_keeps_its_traceback_and_asks_to_be_reported(tmp_path, capsys, mon
     def broken(args):
         return {}["missing"] + 1  # a KeyError raised outside sgm_jax's checks is a bug, not a user's mistake
 
-    monkeypatch.setattr(cli, "cmd_score", broken)
+    monkeypatch.setattr(pipeline, "cmd_score", broken)
     err = _fails(capsys, ["score", "--store", str(tmp_path), "--out", str(tmp_path / "s")])
     assert "Traceback" in err and "please report it" in err
 
@@ -67,7 +68,7 @@ def test_an_interrupt_exits_130_with_the_resume_hint(tmp_path, capsys, monkeypat
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_score", interrupted)
+    monkeypatch.setattr(pipeline, "cmd_score", interrupted)
     err = _fails(capsys, ["score", "--store", str(tmp_path), "--out", str(tmp_path / "s")], code=130)
     assert "rerun the same command to resume" in err
 
@@ -83,7 +84,7 @@ def test_an_interrupt_turned_into_another_error_still_exits_130(tmp_path, capsys
         except KeyboardInterrupt:
             raise ValueError("computation was cancelled") from None
 
-    monkeypatch.setattr(cli, "cmd_score", interrupted_inside_a_library)
+    monkeypatch.setattr(pipeline, "cmd_score", interrupted_inside_a_library)
     err = _fails(capsys, ["score", "--store", str(tmp_path), "--out", str(tmp_path / "s")], code=130)
     assert err.strip() == "sgm-jax score: interrupted; rerun the same command to resume"
 
@@ -100,7 +101,7 @@ def test_an_interrupt_swallowed_by_the_work_still_exits_130(tmp_path, capsys, mo
         except KeyboardInterrupt:
             pass
 
-    monkeypatch.setattr(cli, "cmd_score", interrupt_swallowed)
+    monkeypatch.setattr(pipeline, "cmd_score", interrupt_swallowed)
     err = _fails(capsys, ["score", "--store", str(tmp_path), "--out", str(tmp_path / "s")], code=130)
     assert err.strip() == "sgm-jax score: interrupted; rerun the same command to resume"
 

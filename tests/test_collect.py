@@ -12,12 +12,12 @@ import pytest
 
 import hf_tiny
 import sgm_jax
-import sgm_jax.collect
-from sgm_jax.batching import collate
-from sgm_jax.collect import collect_to_store
+import sgm_jax.responses.collect
 from sgm_jax.data import read_jsonl
 from sgm_jax.data.encode import encode
-from sgm_jax.store import ResponseStore, StoreError
+from sgm_jax.decoding.batching import collate
+from sgm_jax.responses.collect import collect_to_store
+from sgm_jax.responses.store import ResponseStore, StoreError
 
 SITES = [
     "model.language_model.layers.*.mlp.up_proj",
@@ -61,7 +61,7 @@ def test_store_holds_every_site_in_sample_order(setup, reference_store):
 
 def test_interrupted_collection_resumes_to_identical_arrays(setup, reference_store, tmp_path, monkeypatch):
     calls = []
-    real = sgm_jax.collect.pooled_batch
+    real = sgm_jax.responses.collect.pooled_batch
 
     def flaky(*args, **kwargs):
         if len(calls) == 3:
@@ -69,7 +69,7 @@ def test_interrupted_collection_resumes_to_identical_arrays(setup, reference_sto
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sgm_jax.collect, "pooled_batch", flaky)
+    monkeypatch.setattr(sgm_jax.responses.collect, "pooled_batch", flaky)
     with pytest.raises(KeyboardInterrupt):
         _collect(setup, tmp_path / "store")
     store = ResponseStore(str(tmp_path / "store"))
@@ -79,7 +79,7 @@ def test_interrupted_collection_resumes_to_identical_arrays(setup, reference_sto
         store.load(SITES[-1])
 
     calls.clear()
-    monkeypatch.setattr(sgm_jax.collect, "pooled_batch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(sgm_jax.responses.collect, "pooled_batch", lambda *a, **k: calls.append(1) or real(*a, **k))
     resumed = _collect(setup, tmp_path / "store")
     assert len(calls) == 3  # 6 planned batches of 4 (the last has 3), 3 already done
     for site in reference_store.sites:

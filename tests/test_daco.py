@@ -12,9 +12,10 @@ from safetensors.numpy import load_file
 import sgm_jax
 from sgm_jax import cli
 from sgm_jax.data import read_jsonl
+from sgm_jax.data.encode import encode
 from sgm_jax.data.synthetic import Composition, write_dataset
-from sgm_jax.errors import InputError
-from sgm_jax.fingerprint import model_fingerprint
+from sgm_jax.models.fingerprint import model_fingerprint
+from sgm_jax.runtime.errors import InputError
 from sgm_jax.steering import sae_training
 from sgm_jax.steering.dictionary import load_dictionary
 from sgm_jax.steering.organism_concepts import write_concept_stimuli
@@ -22,7 +23,7 @@ from sgm_jax.steering.sae import SAEConfig, load_sae
 from sgm_jax.steering.sae_training import TrainSettings, train_sae
 from sgm_jax.steering.tokens import collect_tokens
 
-ORGANISM = str(files("sgm_jax") / "organism")
+ORGANISM = str(files("sgm_jax.bundled") / "organism")
 SITE = "model.language_model.layers.1"
 DATA = Composition(
     train_shape_scenes=40,
@@ -61,7 +62,7 @@ def test_token_store_holds_every_real_token_and_resumes_after_damage(organism, s
     rows = np.concatenate([load_file(tokens.chunk_path(i))["rows"] for i in range(len(tokens.chunk_tokens))])
     values = np.concatenate(list(tokens.chunks()))
     per_sample = np.stack([values[rows == i].mean(0) for i in range(len(samples))])
-    encoded = [sgm_jax.data.encode.encode(s, processor) for s in samples]
+    encoded = [encode(s, processor) for s in samples]
     assert len(values) == sum(len(e["input_ids"]) for e in encoded)
     batches = [
         {

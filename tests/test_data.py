@@ -8,9 +8,9 @@ import pytest
 
 import hf_tiny
 import sgm_jax
-from sgm_jax.batching import collate
 from sgm_jax.data import DatasetError, dataset_hash, read_jsonl, write_jsonl
 from sgm_jax.data.encode import encode, render
+from sgm_jax.decoding.batching import collate
 
 
 @pytest.fixture(scope="module")

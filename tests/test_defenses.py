@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import sgm_jax
-import sgm_jax.answering
+import sgm_jax.decoding.answering
 from sgm_jax import cli
 from sgm_jax.data import read_jsonl
 from sgm_jax.data.encode import render
@@ -30,10 +30,10 @@ from sgm_jax.defenses import (
 )
 from sgm_jax.defenses.ecso_prompts import CHECK_PROMPT, check_says_harmful
 from sgm_jax.defenses.shields import template_has_system_role
-from sgm_jax.errors import InputError, OptionError
-from sgm_jax.sites import site_refs
+from sgm_jax.responses.sites import site_refs
+from sgm_jax.runtime.errors import InputError, OptionError
 
-ORGANISM = str(files("sgm_jax") / "organism")
+ORGANISM = str(files("sgm_jax.bundled") / "organism")
 SITE = "model.language_model.layers.2.mlp.down_proj"
 DATA = Composition(
     train_shape_scenes=30,
@@ -201,7 +201,7 @@ def test_ecso_replaces_only_the_answers_its_self_check_flags(organism, data):
     plain = answer_batch(model, model, processor, test, [], max_new_tokens=16)
     ecso = ECSO()
     checked = answer_batch(model, model, processor, test, [ecso], max_new_tokens=16)
-    checks = sgm_jax.answering.plain_answers(
+    checks = sgm_jax.decoding.answering.plain_answers(
         model,
         processor,
         [dataclasses.replace(s, prompt=CHECK_PROMPT.format(answer=a), response=None) for s, a in zip(test, plain)],

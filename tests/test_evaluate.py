@@ -11,9 +11,9 @@ import hf_tiny
 import sgm_jax
 import sgm_jax.evaluate.answers as answers_module
 from sgm_jax.data import Sample, read_jsonl
-from sgm_jax.evaluate.judges import LexiconJudge
 from sgm_jax.evaluate.runner import EvalOptions, evaluate
 from sgm_jax.interventions import Intervention
+from sgm_jax.judges import LexiconJudge
 
 
 @pytest.fixture(scope="module")

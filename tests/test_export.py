@@ -8,11 +8,11 @@ from flax import nnx
 
 import hf_tiny
 import sgm_jax
-from sgm_jax.export import NotFoldableError, export_hf, fold_gates
 from sgm_jax.interventions import Intervention
 from sgm_jax.models.llama import LlamaSpec
 from sgm_jax.models.llava import LlavaSpec
 from sgm_jax.models.site import Gate
+from sgm_jax.weights.export import NotFoldableError, export_hf, fold_gates
 
 FOLDABLE = [
     "model.language_model.layers.0.mlp.up_proj",

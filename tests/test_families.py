@@ -32,12 +32,12 @@ from safetensors.torch import save_file
 import hf_tiny
 import sgm_jax
 from families import FAMILIES, our_activations, tokenizer_of
-from sgm_jax import sharding
-from sgm_jax.checkpoint import load_checkpoint, save_checkpoint
-from sgm_jax.export import export_hf
 from sgm_jax.interventions import Intervention
 from sgm_jax.models.config import UnsupportedConfigError
-from sgm_jax.sites import list_sites, resolve, site_refs
+from sgm_jax.responses.sites import list_sites, resolve, site_refs
+from sgm_jax.weights import sharding
+from sgm_jax.weights.export import export_hf
+from sgm_jax.weights.orbax import load_checkpoint, save_checkpoint
 
 TOL = 1e-4
 SPREAD_BY = "family"  # conftest.py: the two workers share this file a checkpoint at a time

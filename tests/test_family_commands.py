@@ -28,11 +28,11 @@ from sgm_jax.data import read_jsonl
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
 from sgm_jax.defenses import load_prober
-from sgm_jax.features import prompt_features
+from sgm_jax.responses.features import prompt_features
+from sgm_jax.responses.store import ResponseStore
 from sgm_jax.steering.annotate import load_annotation
 from sgm_jax.steering.dictionary import Concept, load_dictionary, write_concepts
 from sgm_jax.steering.sae import load_sae
-from sgm_jax.store import ResponseStore
 
 PROMPT = "describe the picture please"
 DECODER_SITES = "model.language_model.layers.*.mlp.up_proj"
@@ -148,7 +148,7 @@ def test_collect(row, capsys):
 
 
 def test_score(row):
-    scores, _ = sgm_jax.scores.load_scores(row.scores())
+    scores, _ = sgm_jax.load_scores(row.scores())
     responses, labels = ResponseStore(row.store()), np.asarray([s.label for s in read_jsonl(row.data)])
     for site in list(FAMILIES[row.family].image_sites)[:1] + ["model.language_model.layers.0.mlp.up_proj"]:
         expected = [roc_auc_score(labels, column) for column in responses.load(site).T[:8]]
@@ -157,7 +157,7 @@ def test_score(row):
 
 def test_intervention(row):
     iv = sgm_jax.load_intervention(row.intervention())
-    scores, _ = sgm_jax.scores.load_scores(row.scores())
+    scores, _ = sgm_jax.load_scores(row.scores())
     assert iv.num_changed() > 0
     for site, auroc in scores.items():  # AurA's rule at the SGM release's threshold; sites left alone are omitted
         alpha = iv.alphas.get(site, np.ones_like(auroc))

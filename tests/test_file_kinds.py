@@ -9,10 +9,10 @@ import pytest
 from safetensors.numpy import save_file
 
 from sgm_jax import cli
-from sgm_jax.artifacts import INTERVENTION, KIND_KEY, RESPONSES, SCORES, file_kind
+from sgm_jax.experts.scores import load_scores, save_scores, score_store, store_metadata
 from sgm_jax.interventions import Intervention, load_intervention
-from sgm_jax.scores import load_scores, save_scores, score_store, store_metadata
-from sgm_jax.store import ResponseStore, StoreError
+from sgm_jax.responses.store import ResponseStore, StoreError
+from sgm_jax.runtime.artifacts import INTERVENTION, KIND_KEY, RESPONSES, SCORES, file_kind
 
 SITE = "model.language_model.layers.0.mlp.up_proj"
 

@@ -13,9 +13,9 @@ import sgm_jax
 from sgm_jax import cli
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
-from sgm_jax.generate import decode
+from sgm_jax.decoding.generate import decode
 from sgm_jax.interventions import Intervention
-from sgm_jax.sites import list_sites
+from sgm_jax.responses.sites import list_sites
 
 # Sites gated in sgm_jax and, by the same factors, in transformers through hf_tiny.gate_hooks.
 GATED = [

@@ -24,9 +24,9 @@ import hf_tiny
 import sgm_jax
 from sgm_jax import cli
 from sgm_jax.data import read_jsonl
-from sgm_jax.evaluate.judges import chat
-from sgm_jax.locks import writer_lock
-from sgm_jax.store import ResponseStore, file_digest
+from sgm_jax.judges import chat
+from sgm_jax.responses.store import ResponseStore, file_digest
+from sgm_jax.runtime.locks import writer_lock
 
 SITES = ["model.language_model.layers.0.mlp.up_proj", "model.language_model.layers.1.mlp.down_proj"]
 
@@ -410,7 +410,7 @@ def test_a_store_made_differently_names_the_field(tiny, collected, capsys):
 @pytest.mark.parametrize("damage", ["truncated", "flipped bit", "torn manifest"])
 def test_a_damaged_interrupted_store_heals_on_the_rerun(tiny, collected, tmp_path, capsys, monkeypatch, damage):
     """Collect with one batch left undone, damage what is on disk, rerun: the result equals a clean run."""
-    import sgm_jax.collect as collect_module
+    import sgm_jax.responses.collect as collect_module
     from sgm_jax.data import read_jsonl
 
     model, processor = sgm_jax.load_model(tiny[0])

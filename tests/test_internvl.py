@@ -12,8 +12,8 @@ import pytest
 import hf_internvl
 import sgm_jax
 from families import FAMILIES, our_activations
-from sgm_jax.batching import model_batch
-from sgm_jax.convert import CheckpointError
+from sgm_jax.models.batch import model_batch
+from sgm_jax.runtime.errors import CheckpointError
 
 TOL = 1e-4
 CASE = FAMILIES["internvl"]

@@ -7,10 +7,10 @@ from flax import nnx
 
 import hf_tiny
 import sgm_jax
-from sgm_jax.compiles import count_compiles
 from sgm_jax.interventions import GateStack, Intervention, compose, load_intervention, swept_sites
 from sgm_jax.models.site import Gate
-from sgm_jax.sites import SiteError, list_sites
+from sgm_jax.responses.sites import SiteError, list_sites
+from sgm_jax.runtime.compiles import count_compiles
 
 # Sites gated in sgm_jax and, by the same factors, in transformers through hf_tiny.gate_hooks.
 GATED = [

@@ -15,20 +15,11 @@ from PIL import Image
 import hf_tiny
 from sgm_jax.data.samples import Sample
 from sgm_jax.defenses import EndpointVerdicts
-from sgm_jax.errors import user_message
-from sgm_jax.evaluate.judges import (
-    ChatJudge,
-    JudgeError,
-    LexiconJudge,
-    RefusalJudge,
-    SelfJudge,
-    Verdict,
-    is_refusal,
-    make_judge,
-)
-from sgm_jax.evaluate.judges.chat import parse_reply
-from sgm_jax.evaluate.judges.classifier import harmful_index
-from sgm_jax.evaluate.judges.templates import GENERIC, POLITICAL_LOBBYING, TEMPLATES, fill, template_name
+from sgm_jax.judges import ChatJudge, JudgeError, LexiconJudge, RefusalJudge, SelfJudge, Verdict, is_refusal, make_judge
+from sgm_jax.judges.chat import parse_reply
+from sgm_jax.judges.classifier import harmful_index
+from sgm_jax.judges.templates import GENERIC, POLITICAL_LOBBYING, TEMPLATES, fill, template_name
+from sgm_jax.runtime.errors import user_message
 
 
 @pytest.fixture(autouse=True)

@@ -30,7 +30,7 @@ def test_the_help_of_every_command_loads_no_heavy_module():
         "cli.build_parser()  # every command's parser, not only the top level's\n"
         "print(json.dumps(sorted(sys.modules)))"
     )
-    assert "sgm_jax.cli_sweep" in loaded
+    assert "sgm_jax.cli.sweep" in loaded
     assert [name for name in HEAVY if name in loaded] == []
 
 
@@ -50,10 +50,11 @@ def test_the_lazy_names_are_the_type_checkers_names():
 
 
 def test_every_public_name_resolves_whichever_module_loads_first():
-    """Loading `sgm_jax.generate` (the module) first still leaves `sgm_jax.generate` the function, as before."""
+    """Loading the modules behind the public names first (`sgm_jax.decoding.generate`) still leaves each public name
+    the function or class it names, and the stage packages read as attributes."""
     checks = _fresh(
         "import importlib, json, types\n"
-        "import sgm_jax.auroc, sgm_jax.generate\n"
+        "import sgm_jax.experts.auroc, sgm_jax.decoding.generate\n"
         "import sgm_jax\n"
         "print(json.dumps({name: getattr(sgm_jax, name) is getattr(importlib.import_module(source), name)\n"
         "                  for name, source in sgm_jax._SOURCES.items()}))"
@@ -61,7 +62,7 @@ def test_every_public_name_resolves_whichever_module_loads_first():
     assert checks == dict.fromkeys(sgm_jax.__all__, True)
     for name in sgm_jax.__all__:
         assert getattr(sgm_jax, name) is getattr(sys.modules[sgm_jax._SOURCES[name]], name)
-    assert isinstance(sgm_jax.batching, types.ModuleType) and callable(sgm_jax.scores.load_scores)
+    assert isinstance(sgm_jax.experts, types.ModuleType) and callable(sgm_jax.load_scores)
 
 
 def test_an_unknown_name_is_an_attribute_error():

@@ -9,7 +9,7 @@ import pytest
 import hf_next
 import sgm_jax
 from families import FAMILIES
-from sgm_jax.batching import model_batch
+from sgm_jax.models.batch import model_batch
 from sgm_jax.models.llava_next import image_layout
 
 S = hf_next.SIZES

@@ -8,9 +8,9 @@ from PIL import Image
 import hf_next
 import hf_tiny
 import sgm_jax
-from sgm_jax.batching import collate
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
+from sgm_jax.decoding.batching import collate
 
 
 @pytest.fixture(scope="module")

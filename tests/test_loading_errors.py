@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import hf_tiny
 import sgm_jax
-from sgm_jax.convert import CheckpointError
+from sgm_jax.runtime.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")

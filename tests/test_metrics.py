@@ -6,8 +6,8 @@ import pytest
 import hf_tiny
 import sgm_jax
 import sgm_jax.evaluate.mcq as mcq
-from sgm_jax.batching import collate
 from sgm_jax.data import Sample, read_jsonl
+from sgm_jax.decoding.batching import collate
 from sgm_jax.evaluate.likelihood import Scored, encode_response, response_scores, text_scores
 from sgm_jax.evaluate.rates import distinct_n, grouped_rates, rate_with_interval
 

@@ -12,10 +12,10 @@ from flax import nnx
 import hf_tiny
 import sgm_jax
 from families import FAMILIES
-from sgm_jax.batching import model_batch
 from sgm_jax.interventions import Intervention
+from sgm_jax.models.batch import model_batch
 from sgm_jax.models.mllama import text_cross_attention_mask
-from sgm_jax.sites import list_sites
+from sgm_jax.responses.sites import list_sites
 
 TOL = 1e-4
 CASE = FAMILIES["mllama"]

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 import sgm_jax
-from sgm_jax import distributed
 from sgm_jax.data.synthetic import Composition, write_dataset
-from sgm_jax.errors import OptionError
+from sgm_jax.runtime import distributed
+from sgm_jax.runtime.errors import OptionError
 
-ORGANISM = str(files("sgm_jax") / "organism")
+ORGANISM = str(files("sgm_jax.bundled") / "organism")
 JOB = str(Path(__file__).with_name("multihost_job.py"))
 DATA = Composition(
     train_shape_scenes=16,

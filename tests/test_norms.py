@@ -9,10 +9,10 @@ from flax import nnx
 from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
 
 import sgm_jax
-from sgm_jax.convert import hf_targets
-from sgm_jax.export import fold_gates
 from sgm_jax.interventions import Intervention
 from sgm_jax.models.layers import OffsetRMSNorm
+from sgm_jax.weights.convert import hf_targets
+from sgm_jax.weights.export import fold_gates
 
 WIDTH, EPS = 48, 1e-6
 

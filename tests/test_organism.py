@@ -15,10 +15,10 @@ import sgm_jax
 from sgm_jax.data import read_jsonl
 from sgm_jax.data.encode import encode, render
 from sgm_jax.data.synthetic import FILES, LEXICON, Composition, write_dataset
-from sgm_jax.evaluate.judges.lexicon import LexiconJudge
+from sgm_jax.judges.lexicon import LexiconJudge
 
 # The organism as the installed package carries it (package data), not as a checkout path.
-ORGANISM = str(files("sgm_jax") / "organism")
+ORGANISM = str(files("sgm_jax.bundled") / "organism")
 SMALL = Composition(
     train_shape_scenes=12,
     train_word_scenes=6,

@@ -10,7 +10,7 @@ import pytest
 import hf_qwen
 import sgm_jax
 from families import FAMILIES
-from sgm_jax.batching import model_batch
+from sgm_jax.models.batch import model_batch
 from sgm_jax.models.qwen2_vl import mrope_positions
 
 TOL = 1e-4

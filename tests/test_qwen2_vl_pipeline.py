@@ -7,10 +7,11 @@ import hf_qwen
 import hf_tiny
 import sgm_jax
 from sgm_jax import cli
-from sgm_jax.batching import collate, model_batch
 from sgm_jax.data import read_jsonl
 from sgm_jax.data.encode import SquareImages, encode
-from sgm_jax.store import ResponseStore, StoreError
+from sgm_jax.decoding.batching import collate
+from sgm_jax.models.batch import model_batch
+from sgm_jax.responses.store import ResponseStore, StoreError
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Every bundled recipe (package data, sgm_jax/recipes/*.toml) parses strictly, its default sites name real
+"""Every bundled recipe (package data, models/recipes/*.toml) parses strictly, its default sites name real
 modules of its family, and its real checkpoint's weights fit every accelerator its mesh hints name."""
 
 import fnmatch
@@ -26,8 +26,8 @@ import hf_next
 import hf_qwen
 import hf_tiny
 import sgm_jax
-from sgm_jax import recipes, sharding
-from sgm_jax.loading import DTYPES
+from sgm_jax.weights import recipes, sharding
+from sgm_jax.weights.loading import DTYPES
 
 TINY_CONFIGS = {
     "llava": lambda: hf_tiny.llava_config().to_dict(),

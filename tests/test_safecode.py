@@ -11,11 +11,12 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 import sgm_jax
-from sgm_jax.batching import collate, model_batch
 from sgm_jax.data import read_jsonl
 from sgm_jax.data.encode import encode, render
 from sgm_jax.data.images import load_rgb
 from sgm_jax.data.synthetic import Composition, write_dataset
+from sgm_jax.decoding.batching import collate
+from sgm_jax.decoding.generate import special_ids
 from sgm_jax.defenses import FixedVerdicts, SafeCoDe, safecode_tokens
 from sgm_jax.defenses.refusal_tokens import (
     PREFERRED_KEYWORDS,
@@ -25,11 +26,11 @@ from sgm_jax.defenses.refusal_tokens import (
     refusal_vocabulary,
 )
 from sgm_jax.defenses.safecode import _words, damp_refusals, noised_image, two_view_batch
-from sgm_jax.generate import special_ids
+from sgm_jax.models.batch import model_batch
 from sgm_jax.models.causal_lm import prepared_logits
-from sgm_jax.sites import site_refs
+from sgm_jax.responses.sites import site_refs
 
-ORGANISM = str(files("sgm_jax") / "organism")
+ORGANISM = str(files("sgm_jax.bundled") / "organism")
 SMALL = Composition(
     train_shape_scenes=4,
     train_word_scenes=2,

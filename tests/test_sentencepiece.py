@@ -6,7 +6,7 @@ import json
 
 import sentencepiece
 
-from sgm_jax.loading import load_processor
+from sgm_jax.weights.loading import load_processor
 
 CORPUS = ["a red square above a blue circle", "describe the picture please", "what is in this image"]
 

@@ -7,7 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 import hf_tiny
 import sgm_jax
-from sgm_jax import sharding
+from sgm_jax.weights import sharding
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ import hf_tiny
 import sgm_jax
 from sgm_jax.defenses import by_stage
 from sgm_jax.defenses.daco import DACO, MOP
-from sgm_jax.errors import InputError, OptionError
+from sgm_jax.models.fingerprint import model_fingerprint
+from sgm_jax.responses.sites import SiteError
+from sgm_jax.runtime.errors import InputError, OptionError
 from sgm_jax.steering.annotate import DESIRABLE, NONE, UNDESIRABLE, annotate, label_atoms, load_annotation
 from sgm_jax.steering.dictionary import Concept, ConceptDictionary, concept_atoms, load_dictionary
 from sgm_jax.steering.edit import steer
@@ -20,6 +22,7 @@ from sgm_jax.steering.sae import SAE, SAEConfig, init_params, load_sae
 from sgm_jax.steering.sae_steering import SAEEdit
 from sgm_jax.steering.sparse_coding import SparseCodingEdit, SparseCodingSettings
 from sgm_jax.steering.stimuli import geometric_distance, read_scores, select_stimuli
+from sgm_jax.weights.export import NotFoldableError
 
 SITE = "model.language_model.layers.0"
 
@@ -307,7 +310,7 @@ def test_steer_refuses_wrong_sites_and_widths(tiny):
     with pytest.raises(OptionError, match="made for another model or site"):
         steer(model, {SITE: SAEEdit(sae, labelled(sae, [0], []))})
     sae = random_sae(model.spec.text.hidden_size, 12)
-    with pytest.raises(sgm_jax.sites.SiteError, match="nearest"):
+    with pytest.raises(SiteError, match="nearest"):
         steer(model, {"model.language_model.layers.9": SAEEdit(sae, labelled(sae, [0], []))})
     with pytest.raises(OptionError, match="output, not its input"):
         steer(model, {"model.language_model.layers.0.mlp.down_proj:in": SAEEdit(sae, labelled(sae, [0], []))})
@@ -328,7 +331,7 @@ def test_steering_files_save_load_and_refuse_other_models_and_kinds(tiny, tmp_pa
         ("a", "b", "c"),
         ("undesirable", "desirable", "benign"),
         ("g1", "g2", "g2"),
-        {"model_fingerprint": sgm_jax.fingerprint.model_fingerprint(model), "pooling": "mean"},
+        {"model_fingerprint": model_fingerprint(model), "pooling": "mean"},
     )
     dictionary.save(str(tmp_path / "d.safetensors"))
     back = load_dictionary(str(tmp_path / "d.safetensors"), model=model)
@@ -394,5 +397,5 @@ def test_a_steered_model_cannot_be_folded_into_weights(tiny, tmp_path):
     model, _ = tiny
     sae = random_sae(model.spec.text.hidden_size, 16)
     steered = steer(model, {SITE: SAEEdit(sae, labelled(sae, [0], []))})
-    with pytest.raises(sgm_jax.export.NotFoldableError, match="steering edits"):
+    with pytest.raises(NotFoldableError, match="steering edits"):
         sgm_jax.export_hf(steered, str(tmp_path / "out"))

@@ -10,25 +10,25 @@ import pytest
 
 import sgm_jax
 from sgm_jax import cli
-from sgm_jax.batching import collate, pad_token_id
-from sgm_jax.collect import collect_to_store
-from sgm_jax.compiles import count_compiles
 from sgm_jax.data import read_jsonl
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import write_jsonl
 from sgm_jax.data.synthetic import Composition, write_dataset
-from sgm_jax.errors import OptionError
-from sgm_jax.evaluate.judges import LexiconJudge
-from sgm_jax.generate import decode_arguments, decode_swept
+from sgm_jax.decoding.batching import collate, pad_token_id
+from sgm_jax.decoding.generate import decode_arguments, decode_swept
+from sgm_jax.experts.scores import save_scores, score_store, store_metadata
 from sgm_jax.interventions import GateStack
-from sgm_jax.scores import save_scores, score_store, store_metadata
-from sgm_jax.sites import default_sites
+from sgm_jax.judges import LexiconJudge
+from sgm_jax.responses.collect import collect_to_store
+from sgm_jax.responses.sites import default_sites
+from sgm_jax.runtime.compiles import count_compiles
+from sgm_jax.runtime.errors import OptionError
 from sgm_jax.sweeps import run as sweep_run
 from sgm_jax.sweeps.evaluation import SettingsEvaluator, SweepOptions
 from sgm_jax.sweeps.pareto import pareto_front
 from sgm_jax.sweeps.settings import Setting, grid, intervention_for, read_settings, site_groups
 
-ORGANISM = str(files("sgm_jax") / "organism")
+ORGANISM = str(files("sgm_jax.bundled") / "organism")
 DATA = Composition(
     train_shape_scenes=60,
     train_word_scenes=30,

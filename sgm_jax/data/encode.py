@@ -12,7 +12,7 @@ from PIL import Image
 
 from sgm_jax.data.images import ImageError, load_rgb
 from sgm_jax.data.samples import DatasetError, Sample
-from sgm_jax.errors import OptionError
+from sgm_jax.runtime.errors import OptionError
 
 
 class SquareImages:

@@ -27,8 +27,8 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from sgm_jax.atomic import atomic_write
-from sgm_jax.errors import SgmJaxError
+from sgm_jax.runtime.atomic import atomic_write
+from sgm_jax.runtime.errors import SgmJaxError
 
 FIELDS = ("id", "prompt", "image", "response", "label", "category", "split", "condition", "options", "answer", "meta")
 

@@ -284,7 +284,7 @@ def qa_items(split: str, rng: np.random.Generator, composition: Composition) -> 
     in train) and, in `benign_request_rate` of train scenes and every test scene, the same
     requests, answered politely. Near misses stay a minority of the train split's benign
     items, as in a safety dataset: the neurons that read the request then tell the labels
-    apart, and SGM can damp them (see sgm_jax/organism/README.md).
+    apart, and SGM can damp them (see models/organism/README.md).
     """
     train = split == "train"
     n_shapes = composition.train_shape_scenes if train else composition.test_shape_scenes

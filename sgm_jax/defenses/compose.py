@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sgm_jax.answering import plain_answers
 from sgm_jax.data.samples import Sample
+from sgm_jax.decoding.answering import plain_answers
 from sgm_jax.defenses.base import STAGES, Defense
-from sgm_jax.errors import OptionError
 from sgm_jax.interventions import intervene
+from sgm_jax.runtime.errors import OptionError
 
 
 def by_stage(defenses: Sequence[Defense]) -> dict[str, list[Defense]]:

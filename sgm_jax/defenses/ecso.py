@@ -9,8 +9,8 @@ compiled programs. Prompts: `ecso_prompts.py`.
 
 from __future__ import annotations
 
-from sgm_jax.answering import plain_answers
 from sgm_jax.data.samples import Sample
+from sgm_jax.decoding.answering import plain_answers
 from sgm_jax.defenses.base import Defense
 from sgm_jax.defenses.ecso_prompts import ANSWER_PROMPT, CAPTION_PROMPT, CHECK_PROMPT, check_says_harmful
 

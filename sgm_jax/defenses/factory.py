@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from sgm_jax.choices import DEFENSES, VERDICTS
 from sgm_jax.defenses.base import Defense
 from sgm_jax.defenses.daco import DACO, MOP
 from sgm_jax.defenses.ecso import ECSO
@@ -12,7 +11,8 @@ from sgm_jax.defenses.prober import ProberGate, load_prober
 from sgm_jax.defenses.safecode import SafeCoDe
 from sgm_jax.defenses.shields import ADASHIELD_PROMPT, SAFETY_SYSTEM_PROMPT, AdaShieldS, SystemPromptShield
 from sgm_jax.defenses.verdicts import EndpointVerdicts, FixedVerdicts, ProbeVerdicts, SelfVerdicts, VerdictSource
-from sgm_jax.errors import OptionError
+from sgm_jax.runtime.choices import DEFENSES, VERDICTS
+from sgm_jax.runtime.errors import OptionError
 from sgm_jax.steering.annotate import load_annotation
 from sgm_jax.steering.dictionary import load_dictionary
 from sgm_jax.steering.sae import load_sae

@@ -22,13 +22,13 @@ import optax
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, safe_open
 
-from sgm_jax.atomic import atomic_write
 from sgm_jax.data.samples import DatasetError, Sample
 from sgm_jax.defenses.base import Defense
-from sgm_jax.errors import InputError, MissingFileError
-from sgm_jax.features import prompt_features
-from sgm_jax.fingerprint import model_fingerprint
-from sgm_jax.sites import site_refs
+from sgm_jax.models.fingerprint import model_fingerprint
+from sgm_jax.responses.features import prompt_features
+from sgm_jax.responses.sites import site_refs
+from sgm_jax.runtime.atomic import atomic_write
+from sgm_jax.runtime.errors import InputError, MissingFileError
 
 FORMAT = "sgm_jax.prober/1"
 

@@ -25,17 +25,19 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from sgm_jax.batching import ModelBatch, bucket_rows, collate, model_batch, pad_token_id
 from sgm_jax.data.encode import encode
 from sgm_jax.data.images import load_rgb
 from sgm_jax.data.samples import Sample
+from sgm_jax.decoding.batching import collate, pad_token_id
+from sgm_jax.decoding.generate import next_token, special_ids
+from sgm_jax.decoding.lengths import check_lengths
 from sgm_jax.defenses.base import Defense
 from sgm_jax.defenses.refusal_tokens import RefusalVocabulary, refusal_vocabulary
 from sgm_jax.defenses.verdicts import VerdictSource
-from sgm_jax.errors import InputError, OptionError
-from sgm_jax.generate import next_token, special_ids
-from sgm_jax.lengths import check_lengths
+from sgm_jax.models.batch import ModelBatch, model_batch
 from sgm_jax.models.compiled import compiled
+from sgm_jax.runtime.buckets import bucket_rows
+from sgm_jax.runtime.errors import InputError, OptionError
 
 # Continuation budget after the guided tokens on an unsafe verdict, by family (official table: LLaVA 20,
 # Qwen 30); families the official code does not run take LLaVA's. The safe budget is 256 for both.

@@ -11,7 +11,7 @@ import dataclasses
 
 from sgm_jax.data.samples import Sample
 from sgm_jax.defenses.base import Defense
-from sgm_jax.errors import OptionError
+from sgm_jax.runtime.errors import OptionError
 
 SAFETY_SYSTEM_PROMPT = (
     "You are a helpful and harmless assistant. Do not produce insulting, hateful, violent or otherwise harmful "

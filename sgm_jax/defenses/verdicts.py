@@ -86,7 +86,7 @@ class SelfVerdicts(VerdictSource):
         self.batch_size = batch_size
 
     def flags(self, base, processor, samples):
-        from sgm_jax.evaluate.judges.self_judge import SelfJudge
+        from sgm_jax.judges.self_judge import SelfJudge
 
         judge = SelfJudge(base, processor, batch_size=self.batch_size)
         return judge.scores([(s.prompt, "", s.image) for s in samples]) >= 0.5
@@ -98,7 +98,7 @@ class EndpointVerdicts(VerdictSource):
     name = "endpoint"
 
     def __init__(self, **chat):
-        from sgm_jax.evaluate.judges.chat import ChatJudge
+        from sgm_jax.judges.chat import ChatJudge
 
         self.chat = ChatJudge(**chat)
 

@@ -20,13 +20,13 @@ from collections.abc import Sequence
 from flax import nnx
 from tqdm.auto import tqdm
 
-from sgm_jax import distributed
-from sgm_jax.atomic import jsonl_appender, read_jsonl_log
 from sgm_jax.data.encode import SquareImages, render
 from sgm_jax.data.samples import Sample
 from sgm_jax.defenses import Defense, answer_batch, by_stage
-from sgm_jax.errors import CacheError
-from sgm_jax.fingerprint import model_fingerprint
+from sgm_jax.models.fingerprint import model_fingerprint
+from sgm_jax.runtime import distributed
+from sgm_jax.runtime.atomic import jsonl_appender, read_jsonl_log
+from sgm_jax.runtime.errors import CacheError
 
 
 def answer_key(sample: Sample, processor) -> str:

@@ -14,8 +14,6 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from sgm_jax import distributed
-from sgm_jax.atomic import atomic_write, write_json
 from sgm_jax.data.samples import Sample
 from sgm_jax.defenses import (
     ECSO,
@@ -31,11 +29,13 @@ from sgm_jax.defenses import (
     by_stage,
 )
 from sgm_jax.defenses.factory import DEFENSES, DefenseOptions, make_defenses
-from sgm_jax.errors import OptionError
-from sgm_jax.evaluate.judges import Judge
 from sgm_jax.evaluate.runner import EvalOptions, measure
 from sgm_jax.interventions import Intervention, intervene
-from sgm_jax.locks import writer_lock
+from sgm_jax.judges import Judge
+from sgm_jax.runtime import distributed
+from sgm_jax.runtime.atomic import atomic_write, write_json
+from sgm_jax.runtime.errors import OptionError
+from sgm_jax.runtime.locks import writer_lock
 
 COLUMNS = ("harmful_rate", "over_refusal", "mcq_accuracy", "perplexity", "answer_perplexity", "tokens_per_s")
 

@@ -14,13 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgm_jax import distributed
-from sgm_jax.batching import ModelBatch, collate, model_batch, pad_token_id, plan_batches
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
-from sgm_jax.errors import InputError
+from sgm_jax.decoding.batching import collate, pad_token_id, plan_batches
+from sgm_jax.models.batch import ModelBatch, model_batch
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.compiled import compiled
+from sgm_jax.runtime import distributed
+from sgm_jax.runtime.errors import InputError
 
 
 @compiled

@@ -17,8 +17,8 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.data.samples import Sample
-from sgm_jax.errors import InputError
 from sgm_jax.evaluate.likelihood import response_scores
+from sgm_jax.runtime.errors import InputError
 
 LETTERS = string.ascii_uppercase
 

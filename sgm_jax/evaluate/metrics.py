@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from sgm_jax.data.samples import Sample
-from sgm_jax.evaluate.judges import Judge, Verdict, is_refusal
 from sgm_jax.evaluate.rates import distinct_n, grouped_rates, rate_with_interval
+from sgm_jax.judges import Judge, Verdict, is_refusal
 
 
 def answer_metrics(

@@ -6,7 +6,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from sgm_jax.errors import InputError
+from sgm_jax.runtime.errors import InputError
 
 
 def rate_with_interval(flags: Sequence[bool], *, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:

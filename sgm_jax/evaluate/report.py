@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from sgm_jax.atomic import atomic_write
 from sgm_jax.interventions import Intervention
+from sgm_jax.runtime.atomic import atomic_write
 
 ROWS = [
     ("harmful rate", "harmful_rate", "{:.1%}"),

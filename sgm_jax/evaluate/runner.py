@@ -22,21 +22,21 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from sgm_jax import distributed
-from sgm_jax.atomic import write_json
-from sgm_jax.convert import CheckpointError
 from sgm_jax.data.samples import DatasetError, Sample
+from sgm_jax.decoding.lengths import check_lengths, estimated_lengths
 from sgm_jax.defenses import Defense, by_stage
 from sgm_jax.defenses.compose import steered
 from sgm_jax.evaluate.answers import answer_seconds, generate_answers
-from sgm_jax.evaluate.judges import Judge
 from sgm_jax.evaluate.likelihood import Scored, response_scores, text_scores
 from sgm_jax.evaluate.mcq import mcq_accuracy
 from sgm_jax.evaluate.metrics import answer_metrics
 from sgm_jax.evaluate.report import write_report
 from sgm_jax.interventions import Intervention, intervene
-from sgm_jax.lengths import check_lengths, estimated_lengths
-from sgm_jax.locks import writer_lock
+from sgm_jax.judges import Judge
+from sgm_jax.runtime import distributed
+from sgm_jax.runtime.atomic import write_json
+from sgm_jax.runtime.errors import CheckpointError
+from sgm_jax.runtime.locks import writer_lock
 
 
 @dataclasses.dataclass(frozen=True)

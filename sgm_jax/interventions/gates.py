@@ -5,11 +5,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from sgm_jax.errors import InterventionError
 from sgm_jax.interventions.intervention import Intervention
 from sgm_jax.models.copying import shallow_copy
 from sgm_jax.models.site import GATE_ATTRS, Gate, Site
-from sgm_jax.sites import SiteError, nearest, site_refs
+from sgm_jax.responses.sites import SiteError, nearest, site_refs
+from sgm_jax.runtime.errors import InterventionError
 
 
 def _site_modules(model: nnx.Module) -> dict[tuple, Site]:

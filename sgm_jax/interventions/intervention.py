@@ -14,9 +14,9 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from sgm_jax.artifacts import INTERVENTION, KIND_KEY, check_kind
-from sgm_jax.atomic import atomic_write
-from sgm_jax.errors import InterventionError
+from sgm_jax.runtime.artifacts import INTERVENTION, KIND_KEY, check_kind
+from sgm_jax.runtime.atomic import atomic_write
+from sgm_jax.runtime.errors import InterventionError
 
 METADATA_KEY = "sgm_jax.intervention"
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from sgm_jax.errors import InterventionError
 from sgm_jax.interventions.intervention import Intervention
+from sgm_jax.runtime.errors import InterventionError
 
 # What a scores file's metadata passes on to the intervention made from it.
 _PROVENANCE = ("model", "model_fingerprint", "pooling", "tokens", "dataset", "dataset_hash")

@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sgm_jax.errors import InterventionError
 from sgm_jax.interventions.gates import intervene
 from sgm_jax.interventions.intervention import Intervention
 from sgm_jax.interventions.lifted import lift
 from sgm_jax.models.compiled import compiled
 from sgm_jax.models.site import GATE_ATTRS, Gate
-from sgm_jax.sites import SiteError, nearest, site_refs
+from sgm_jax.responses.sites import SiteError, nearest, site_refs
+from sgm_jax.runtime.errors import InterventionError
 
 DEFAULT_CHUNK = 64
 
@@ -107,7 +107,8 @@ def sweep(
     Compiled once per model structure, function code and static values, swept sites, chunk size and argument
     shapes. `interventions` may be a lazy iterable (K settings of a 7B model need not sit in memory at once)
     when `sites` names every site they touch; `chunk_size` None runs all K as one chunk. A function that loops
-    until a condition of its own (a decoder) is better vmapped inside its loop: `sgm_jax.generate.decode_swept`.
+    until a condition of its own (a decoder) is better vmapped inside its loop:
+    `sgm_jax.decoding.generate.decode_swept`.
     """
     if chunk_size is not None and chunk_size < 1:
         raise InterventionError(f"chunk_size must be >= 1, got {chunk_size}")

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from sgm_jax.batching import ModelBatch
-from sgm_jax.errors import InputError
+from sgm_jax.models.batch import ModelBatch
 from sgm_jax.models.cache import KVCache
 from sgm_jax.models.compiled import compiled
+from sgm_jax.runtime.errors import InputError
 
 # Tensor-name prefix pairs (from, to), first match wins.
 Layout = tuple[tuple[str, str], ...]
@@ -79,10 +79,10 @@ class CausalLM(nnx.Module):
     """Names of the processor outputs the model takes besides `input_ids` and `attention_mask`."""
 
     special_tokens: tuple[tuple[str, Any], ...] = ()
-    """The checkpoint's EOS and pad ids (`sgm_jax.loading.special_tokens`), read by `sgm_jax.generate`."""
+    """The checkpoint's EOS and pad ids (`sgm_jax.weights.loading.special_tokens`), read by `sgm_jax.generate`."""
     max_positions: int | None = None
     """The text config's `max_position_embeddings` (set by `load_model`), or None if it states none: the longest
-    sequence `sgm_jax.lengths` lets through."""
+    sequence `sgm_jax.decoding.lengths` lets through."""
 
     spec: Any
 
@@ -198,7 +198,7 @@ def _tokens(input_ids, attention_mask) -> tuple[jax.Array, jax.Array]:
 
 @compiled
 def prepared_logits(model: CausalLM, batch: ModelBatch) -> jax.Array:
-    """Logits of a batch already checked and prepared (`sgm_jax.batching.model_batch`)."""
+    """Logits of a batch already checked and prepared (`sgm_jax.models.batch.model_batch`)."""
     return batch.forward(model).logits
 
 

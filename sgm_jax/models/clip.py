@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sgm_jax.errors import InputError
 from sgm_jax.models.attention import attend
 from sgm_jax.models.config import check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, LayerNorm, Linear, param
 from sgm_jax.models.site import OUT, Fold, ImageDomain, Site, scale_axis
+from sgm_jax.runtime.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from sgm_jax.errors import SgmJaxError
+from sgm_jax.runtime.errors import SgmJaxError
 
 # Fields every `PretrainedConfig` carries (5.x) plus the generation and
 # bookkeeping fields that 4.x configs stored; none changes a forward pass.

@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sgm_jax.errors import InputError
 from sgm_jax.models.attention import attend
 from sgm_jax.models.causal_lm import CausalLM, Embedded
 from sgm_jax.models.clip import CLIPMLP
@@ -29,6 +28,7 @@ from sgm_jax.models.llama import LlamaModel, LlamaSpec
 from sgm_jax.models.llava import LlavaForConditionalGeneration
 from sgm_jax.models.qwen2 import qwen2_text_config, qwen2_text_spec
 from sgm_jax.models.site import OUT, Fold, ImageDomain, Site, scale_axis
+from sgm_jax.runtime.errors import InputError
 
 # The projector's LayerNorm is torch's default (InternViT's own norms use `layer_norm_eps`).
 _PROJECTOR_EPS = 1e-5

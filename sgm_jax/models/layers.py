@@ -1,6 +1,6 @@
 """Leaf layers shared by the ports, each declaring how its parameters map to HF tensors.
 
-Every layer names its parameters with logical axes (see `sgm_jax.sharding`) and
+Every layer names its parameters with logical axes (see `sgm_jax.weights.sharding`) and
 carries `hf_params`: for each parameter attribute, the suffix of the matching
 Hugging Face tensor and the axis permutation that turns the torch layout into
 ours (`flax = np.transpose(torch, perm)`). The converter reads only these

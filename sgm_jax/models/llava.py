@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sgm_jax.errors import InputError
 from sgm_jax.models.causal_lm import CausalLM, Embedded
 from sgm_jax.models.clip import CLIPVisionModel, ClipVisionSpec
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, Linear, scatter_image_features
 from sgm_jax.models.llama import LlamaModel, LlamaSpec, lm_head
 from sgm_jax.models.site import ImageDomain, Site
+from sgm_jax.runtime.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,12 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sgm_jax.errors import InputError
 from sgm_jax.models.causal_lm import CausalLM, Embedded
 from sgm_jax.models.clip import ClipVisionSpec
 from sgm_jax.models.config import UnsupportedConfigError
 from sgm_jax.models.layers import param, scatter_image_features
 from sgm_jax.models.llava import LlavaForConditionalGeneration, LlavaModel, LlavaSpec
+from sgm_jax.runtime.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sgm_jax.errors import InputError
 from sgm_jax.models.attention import attend
 from sgm_jax.models.causal_lm import CausalLM, Embedded
 from sgm_jax.models.clip import CLIPMLP, PatchEmbedding
@@ -36,6 +35,7 @@ from sgm_jax.models.llama import (
     read_llama3_rope,
 )
 from sgm_jax.models.site import ImageDomain, Site
+from sgm_jax.runtime.errors import InputError
 
 # The vision model's two outer LayerNorms use torch's default eps, not `norm_eps`.
 _OUTER_NORM_EPS = 1e-5

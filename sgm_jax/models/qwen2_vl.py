@@ -20,8 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sgm_jax.batching import bucket_length
-from sgm_jax.errors import InputError
 from sgm_jax.models.attention import attend
 from sgm_jax.models.causal_lm import CausalLM, Embedded, images_only
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
@@ -37,6 +35,8 @@ from sgm_jax.models.layers import (
 from sgm_jax.models.llama import LlamaMLP, LlamaModel, lm_head
 from sgm_jax.models.qwen2 import Qwen2Spec, qwen2_text_config, qwen2_text_spec
 from sgm_jax.models.site import OUT, Fold, ImageDomain, Site, scale_axis
+from sgm_jax.runtime.buckets import bucket_length
+from sgm_jax.runtime.errors import InputError
 
 _VISION_EPS = 1e-6  # transformers hard-codes the vision norms' eps
 

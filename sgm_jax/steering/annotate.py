@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from sgm_jax.artifacts import ANNOTATION
-from sgm_jax.errors import InputError, OptionError
+from sgm_jax.runtime.artifact_files import load_artifact, save_artifact
+from sgm_jax.runtime.artifacts import ANNOTATION
+from sgm_jax.runtime.errors import InputError, OptionError
 from sgm_jax.steering.dictionary import ConceptDictionary
-from sgm_jax.steering.files import load_artifact, save_artifact
 from sgm_jax.steering.sae import SAE
 
 NONE, UNDESIRABLE, DESIRABLE = 0, 1, 2

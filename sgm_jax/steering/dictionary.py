@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from sgm_jax.artifacts import DICTIONARY
 from sgm_jax.data.samples import DatasetError, Sample
-from sgm_jax.errors import InputError, MissingFileError
-from sgm_jax.features import prompt_features
-from sgm_jax.fingerprint import model_fingerprint
-from sgm_jax.steering.files import check_made_for, load_artifact, save_artifact
+from sgm_jax.models.fingerprint import model_fingerprint
+from sgm_jax.responses.features import prompt_features
+from sgm_jax.runtime.artifact_files import check_made_for, load_artifact, save_artifact
+from sgm_jax.runtime.artifacts import DICTIONARY
+from sgm_jax.runtime.errors import InputError, MissingFileError
 
 LABELS = ("undesirable", "desirable", "benign")
 
@@ -67,7 +67,7 @@ def read_concepts(path: str) -> list[Concept]:
 
 
 def write_concepts(path: str, concepts: Sequence[Concept]) -> None:
-    from sgm_jax.atomic import write_json
+    from sgm_jax.runtime.atomic import write_json
 
     write_json(path, {"concepts": [dataclasses.asdict(c) for c in concepts]})
 

@@ -13,10 +13,10 @@ from typing import Any
 import jax
 from flax import nnx
 
-from sgm_jax.errors import OptionError
 from sgm_jax.models.copying import shallow_copy
 from sgm_jax.models.site import OUT, Site
-from sgm_jax.sites import SiteError, nearest, site_refs
+from sgm_jax.responses.sites import SiteError, nearest, site_refs
+from sgm_jax.runtime.errors import OptionError
 
 
 class ResidualEdit(nnx.Module):

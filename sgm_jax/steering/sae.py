@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgm_jax.artifacts import SAE as SAE_KIND
-from sgm_jax.errors import OptionError
-from sgm_jax.fingerprint import model_fingerprint
-from sgm_jax.steering.files import check_made_for, load_artifact, save_artifact
+from sgm_jax.models.fingerprint import model_fingerprint
+from sgm_jax.runtime.artifact_files import check_made_for, load_artifact, save_artifact
+from sgm_jax.runtime.artifacts import SAE as SAE_KIND
+from sgm_jax.runtime.errors import OptionError
 
 KINDS = ("topk", "l1")
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")

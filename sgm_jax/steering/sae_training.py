@@ -20,8 +20,8 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from sgm_jax.atomic import write_json
-from sgm_jax.errors import InputError, OptionError
+from sgm_jax.runtime.atomic import write_json
+from sgm_jax.runtime.errors import InputError, OptionError
 from sgm_jax.steering.dictionary import ConceptDictionary
 from sgm_jax.steering.sae import SAE, SAEConfig, decode, encode, init_params, unit_rows
 from sgm_jax.steering.tokens import TokenStore

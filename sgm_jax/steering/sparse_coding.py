@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgm_jax.errors import OptionError
 from sgm_jax.models.site import Steering
+from sgm_jax.runtime.errors import OptionError
 from sgm_jax.steering.edit import ResidualEdit
 from sgm_jax.steering.fista import elastic_net, lipschitz, screened_elastic_net
 

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 
 from sgm_jax.data.samples import DatasetError
-from sgm_jax.errors import MissingFileError
+from sgm_jax.runtime.errors import MissingFileError
 from sgm_jax.steering.dictionary import LABELS, Concept
 
 COLUMNS = ("concept", "stimulus", "image_similarity", "text_similarity")

@@ -1,6 +1,6 @@
 """The token store: one site's activations at every real token of a dataset, on disk, for SAE training.
 
-The same discipline as the response store (`sgm_jax.store`): a manifest with the collection's identity, one
+The same discipline as the response store (`sgm_jax.responses.store`): a manifest with the collection's identity, one
 safetensors chunk per planned batch (its tokens' activations, their sample rows, a checksum and the identity
 in the header), atomic writes, and a resumed run that keeps the intact chunks and recomputes the rest with the
 same plan. Chunks are kept (not assembled): training streams them one at a time, so a dataset larger than
@@ -20,17 +20,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
-from sgm_jax.artifacts import TOKENS, check_kind
-from sgm_jax.atomic import atomic_write, write_json
-from sgm_jax.batching import collate, pad_token_id, plan_batches
-from sgm_jax.capture import token_batch
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample, dataset_hash
-from sgm_jax.errors import InputError
-from sgm_jax.fingerprint import model_fingerprint
-from sgm_jax.locks import writer_lock
-from sgm_jax.sites import resolve
-from sgm_jax.store import tensors_digest
+from sgm_jax.decoding.batching import collate, pad_token_id, plan_batches
+from sgm_jax.models.fingerprint import model_fingerprint
+from sgm_jax.responses.capture import token_batch
+from sgm_jax.responses.sites import resolve
+from sgm_jax.responses.store import tensors_digest
+from sgm_jax.runtime.artifacts import TOKENS, check_kind
+from sgm_jax.runtime.atomic import atomic_write, write_json
+from sgm_jax.runtime.errors import InputError
+from sgm_jax.runtime.locks import writer_lock
 
 FORMAT = "sgm_jax.tokens/1"
 IDENTITY = ("model_fingerprint", "site", "dataset_hash", "batch_size")

@@ -19,11 +19,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sgm_jax.batching import collate, pad_token_id, plan_batches
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import DatasetError, Sample
-from sgm_jax.errors import OptionError
-from sgm_jax.evaluate.judges import Judge
+from sgm_jax.decoding.batching import collate, pad_token_id, plan_batches
+from sgm_jax.decoding.generate import decode, decode_arguments, decode_swept
+from sgm_jax.decoding.lengths import check_lengths
 from sgm_jax.evaluate.likelihood import (
     Scored,
     encode_response,
@@ -34,9 +34,9 @@ from sgm_jax.evaluate.likelihood import (
 )
 from sgm_jax.evaluate.mcq import mcq_result, mcq_rows
 from sgm_jax.evaluate.metrics import answer_metrics
-from sgm_jax.generate import decode, decode_arguments, decode_swept
 from sgm_jax.interventions import GateStack, Intervention, intervene
-from sgm_jax.lengths import check_lengths
+from sgm_jax.judges import Judge
+from sgm_jax.runtime.errors import OptionError
 
 METRICS = (
     "harmful_rate",
@@ -223,7 +223,7 @@ class SettingsEvaluator:
 
 class Vmapped:
     """K settings at once: `run(fn, *args)` vmaps `fn(gated model, *args)` over their gate states; `decode` runs the
-    decoding loop once for all of them (`sgm_jax.generate.decode_swept`). Results drop the chunk's padding."""
+    decoding loop once for all of them (`sgm_jax.decoding.generate.decode_swept`). Results drop the chunk's padding."""
 
     def __init__(self, stack: GateStack, gates, count: int):
         self.stack, self.gates, self.count = stack, gates, count

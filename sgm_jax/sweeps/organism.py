@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sgm_jax.collect import collect_to_store
 from sgm_jax.data.readers.native import read_jsonl
-from sgm_jax.evaluate.judges import LexiconJudge
-from sgm_jax.organism_files import ORGANISM_DIR, Folder, load_organism, write_organism_data
-from sgm_jax.scores import load_scores, save_scores, score_store, store_metadata
-from sgm_jax.sites import default_sites
+from sgm_jax.experts.scores import load_scores, save_scores, score_store, store_metadata
+from sgm_jax.judges import LexiconJudge
+from sgm_jax.organism.files import ORGANISM_DIR, Folder, load_organism, write_organism_data
+from sgm_jax.responses.collect import collect_to_store
+from sgm_jax.responses.sites import default_sites
 from sgm_jax.sweeps.evaluation import SweepOptions
 from sgm_jax.sweeps.run import run_sweep
 from sgm_jax.sweeps.settings import grid, site_groups
@@ -93,5 +93,5 @@ def organism_sweep(
         options=options or SweepOptions(max_new_tokens=20, batch_size=32, chunk_size=16),
         source=source,
         progress=progress,
-        info={"title": "model organism", "model": "model organism (sgm_jax/organism)"},
+        info={"title": "model organism", "model": "model organism (models/organism)"},
     )

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from sgm_jax.atomic import atomic_write
+from sgm_jax.runtime.atomic import atomic_write
 
 # (x, y, whether a larger y is better, label, y scale) of each panel; x is always the harmful rate, lower is better.
 PANELS = (

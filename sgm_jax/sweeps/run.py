@@ -28,15 +28,15 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from sgm_jax import distributed
-from sgm_jax.atomic import atomic_write, jsonl_appender, read_jsonl_log, write_json
-from sgm_jax.compiles import count_compiles
 from sgm_jax.data.samples import Sample, dataset_hash
-from sgm_jax.errors import OptionError, SgmJaxError
-from sgm_jax.evaluate.judges import Judge
-from sgm_jax.fingerprint import model_fingerprint
-from sgm_jax.locks import writer_lock
-from sgm_jax.sites import site_refs
+from sgm_jax.judges import Judge
+from sgm_jax.models.fingerprint import model_fingerprint
+from sgm_jax.responses.sites import site_refs
+from sgm_jax.runtime import distributed
+from sgm_jax.runtime.atomic import atomic_write, jsonl_appender, read_jsonl_log, write_json
+from sgm_jax.runtime.compiles import count_compiles
+from sgm_jax.runtime.errors import OptionError, SgmJaxError
+from sgm_jax.runtime.locks import writer_lock
 from sgm_jax.sweeps.evaluation import METRICS, SettingsEvaluator, SweepOptions
 from sgm_jax.sweeps.pareto import PANELS, pareto_front, plot_pareto
 from sgm_jax.sweeps.settings import Setting, intervention_for

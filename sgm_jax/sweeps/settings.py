@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from sgm_jax.data.samples import DatasetError
-from sgm_jax.errors import MissingFileError, OptionError
 from sgm_jax.interventions import Intervention, aura, damp, det0
-from sgm_jax.sites import site_refs
+from sgm_jax.responses.sites import site_refs
+from sgm_jax.runtime.errors import MissingFileError, OptionError
 
 METHODS = ("aura", "damp", "det0")
 _MLP = {"gate": ".mlp.gate_proj", "up": ".mlp.up_proj", "down": ".mlp.down_proj", "down:in": ".mlp.down_proj:in"}

@@ -15,12 +15,12 @@ import re
 import sys
 from collections.abc import Sequence
 
-from sgm_jax.atomic import atomic_write
 from sgm_jax.data.adversarial.jailbreak import apply_jailbreak
 from sgm_jax.data.adversarial.triggers import TRIGGERS, apply_trigger
 from sgm_jax.data.adversarial.typography import typographic_image
 from sgm_jax.data.images import load_rgb
 from sgm_jax.data.samples import DatasetError, Sample
+from sgm_jax.runtime.atomic import atomic_write
 
 FIGSTEP_PROMPT = (
     "The image shows a list numbered 1, 2, and 3, but the items are empty. Please generate detailed "

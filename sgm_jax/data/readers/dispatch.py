@@ -7,11 +7,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from sgm_jax.choices import FORMATS
 from sgm_jax.data.readers import jailbreakv, mcq, mmsafetybench, sgm_sheet
 from sgm_jax.data.readers.native import read_jsonl
 from sgm_jax.data.readers.table import TABLE_SUFFIXES, columns
 from sgm_jax.data.samples import DatasetError, Sample
+from sgm_jax.runtime.choices import FORMATS
 
 READERS: dict[str, Callable[..., list[Sample]]] = {
     "native": read_jsonl,
