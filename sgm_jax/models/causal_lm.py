@@ -39,9 +39,11 @@ class ModelOutput:
     """The final norm's output (transformers' last hidden state)."""
     vision_hidden_states: list[jax.Array]
     """The vision tower's hidden states (empty without images or for a text-only model)."""
-    image_segments: tuple[jax.Array, ...]
-    """The image of each packed vision row, per image-domain stream whose rows are not images (capture pools by
-    them; empty otherwise)."""
+    image_segments: dict[str, jax.Array]
+    """Which image each row (or each position) of an image-domain stream belongs to, where rows are not images
+    (packed patches, tiles), keyed by the site name it describes: an image-domain root (`model.vision_tower`),
+    or a site inside one whose rows differ from its root's (Qwen's merger and its input). A site reads its own
+    entry, else its nearest ancestor's; without one its rows are images. Capture pools image-domain sites by it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +60,8 @@ class Embedded:
     """The decoder layers' per-call inputs (`sgm_jax.models.decoder.DecoderContext.extras`)."""
     vision_hidden: list = dataclasses.field(default_factory=list)
     """The vision tower's hidden states (empty without images)."""
-    segments: tuple = ()
-    """The image of each packed vision row, per image-domain stream that packs rows (empty otherwise)."""
+    segments: dict = dataclasses.field(default_factory=dict)
+    """`ModelOutput.image_segments`: the image of each row or position, keyed by the site name it describes."""
 
 
 class CausalLM(nnx.Module):

@@ -490,7 +490,8 @@ class InternVLForConditionalGeneration(LlavaForConditionalGeneration):
             return Embedded(embeds)
         features, vision_hidden = self.model.image_features(jnp.asarray(pixel_values))
         embeds = scatter_image_features(embeds, input_ids, features, self.image_token_id)
-        return Embedded(embeds, vision_hidden=vision_hidden, segments=(jnp.asarray(tile_images),))
+        tiles = dict.fromkeys(("model.vision_tower", "model.multi_modal_projector"), jnp.asarray(tile_images))
+        return Embedded(embeds, vision_hidden=vision_hidden, segments=tiles)  # rows are tiles: each one's image
 
 
 @functools.cache

@@ -242,4 +242,5 @@ class LlavaNextForConditionalGeneration(LlavaForConditionalGeneration):
         )
         packed = jnp.take(table, jnp.asarray(image_feature_index), axis=0)
         embeds = scatter_image_features(embeds, input_ids, packed, self.image_token_id)
-        return Embedded(embeds, vision_hidden=vision_hidden, segments=(jnp.asarray(tile_images),))
+        tiles = dict.fromkeys(("model.vision_tower", "model.multi_modal_projector"), jnp.asarray(tile_images))
+        return Embedded(embeds, vision_hidden=vision_hidden, segments=tiles)  # rows are tiles: each one's image

@@ -734,8 +734,9 @@ class MllamaForConditionalGeneration(CausalLM):
         real = jnp.asarray(aspect_ratio_ids).reshape(b * n, 1, 1) > 0
         vision_valid = tiles & real & (jnp.arange(v.padded_patches) < v.num_patches)
         projector_valid = jnp.broadcast_to(tiles & real, (b * n, t, v.num_patches))
-        segments = tuple(
-            jnp.where(valid.reshape(b * n, -1), image, -1).reshape(-1) for valid in (vision_valid, projector_valid)
-        )
+        segments = {
+            root: jnp.where(valid.reshape(b * n, -1), image, -1).reshape(-1)
+            for root, valid in (("model.vision_model", vision_valid), ("model.multi_modal_projector", projector_valid))
+        }
         cross = MllamaCross(states, *cross_bias(allowed, states.dtype))
         return Embedded(embeds, extras=cross, vision_hidden=hidden, segments=segments)

@@ -493,9 +493,10 @@ class Qwen2VLForConditionalGeneration(CausalLM):
         features, hidden = self.model.visual(**vision)
         segments = vision["image_segments"].reshape(-1)
         embeds = scatter_image_features(embeds, input_ids, features, self.image_token_id)
-        return Embedded(
-            embeds, **positions, vision_hidden=hidden, segments=(segments, segments[:: self.spec.vision.merge_unit])
-        )
+        merged = segments[:: self.spec.vision.merge_unit]  # the merger's output rows and its MLP's
+        patches = ("model.visual", "model.visual.merger:in", "model.visual.merger.ln_q")
+        by_site = {**dict.fromkeys(patches, segments), "model.visual.merger": merged}
+        return Embedded(embeds, **positions, vision_hidden=hidden, segments=by_site)
 
 
 class Qwen2_5_VLForConditionalGeneration(Qwen2VLForConditionalGeneration):

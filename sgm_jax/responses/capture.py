@@ -21,7 +21,7 @@ from flax import nnx
 from sgm_jax.models.batch import ModelBatch, model_batch
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.compiled import compiled
-from sgm_jax.responses.sites import SiteRef, resolve
+from sgm_jax.responses.sites import INPUT_SUFFIX, SiteRef, resolve
 from sgm_jax.runtime.choices import POOLINGS, TOKENS
 from sgm_jax.runtime.errors import InputError
 
@@ -93,24 +93,36 @@ def _pool_segments(values: jax.Array, segments: jax.Array, count: int, pooling: 
     return jnp.where(rows > 0, pooled, 0.0)  # image slots with no image (padding slots) hold zeros
 
 
-def _per_image(values: jax.Array, segments: tuple[jax.Array, ...], count: int, pooling: str) -> jax.Array:
-    """An image-domain site's values pooled to `[count, width]`. Where rows are not images (packed patches
-    `[rows, width]`, tiles `[tiles, positions, width]`), a segment array as long as the rows names each row's
-    image and every position of a row pools into it, or one as long as all positions names each position's image
-    (-1: padding, as Mllama's padded tiles); otherwise rows are images, `[images, positions, width]`."""
-    packed = next((s for s in segments if s.shape[0] == values.shape[0]), None)
-    if packed is not None:
-        if values.ndim == 3:
-            packed = jnp.repeat(packed, values.shape[1])
-        return _pool_segments(values.reshape(-1, values.shape[-1]), packed, count, pooling)
-    positional = next(
-        (s for s in segments if values.ndim == 3 and s.shape[0] == values.shape[0] * values.shape[1]), None
-    )
-    if positional is not None:  # a segment per position: padding positions (-1) of an image are not pooled
-        return _pool_segments(values.reshape(-1, values.shape[-1]), positional, count, pooling)
-    if values.ndim == 2:  # a per-image vector (the tower's pooled output): one position per image
-        values = values[:, None]
-    return _pool(values, jnp.ones(values.shape[:2], bool), pooling)
+def declared_segments(name: str, segments: dict[str, jax.Array]) -> jax.Array | None:
+    """The segments the model declared for site `name` (`ModelOutput.image_segments`): its own entry, else its
+    nearest ancestor's (`a.b.c:in`, `a.b.c`, `a.b`, `a`); None where the site's rows are images."""
+    for candidate in (name, name.removesuffix(INPUT_SUFFIX)):
+        if candidate in segments:
+            return segments[candidate]
+    parts = name.removesuffix(INPUT_SUFFIX).split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:end]) in segments:
+            return segments[".".join(parts[:end])]
+    return None
+
+
+def _per_image(name: str, values: jax.Array, segments: jax.Array | None, count: int, pooling: str) -> jax.Array:
+    """An image-domain site's values pooled to `[count, width]`. With `segments` (the image of each row, every
+    position of a row pooling into it; or of each position, -1 for padding, as Mllama's padded tiles), rows are
+    packed patches `[rows, width]` or tiles `[tiles, positions, width]`; without, rows are images."""
+    if segments is None:
+        if values.ndim == 2:  # a per-image vector (the tower's pooled output): one position per image
+            values = values[:, None]
+        return _pool(values, jnp.ones(values.shape[:2], bool), pooling)
+    flat = values.reshape(-1, values.shape[-1])
+    if segments.shape[0] == values.shape[0] and values.ndim == 3:  # one image per row: each of its positions
+        segments = jnp.repeat(segments, values.shape[1])
+    if segments.shape[0] != flat.shape[0]:
+        raise InputError(
+            f"site {name}: {values.shape[:-1]} rows and positions, but the model declared {segments.shape[0]} "
+            "segments for it (ModelOutput.image_segments)"
+        )
+    return _pool_segments(flat, segments, count, pooling)
 
 
 def pooled_responses(
@@ -125,7 +137,6 @@ def pooled_responses(
         batch.input_ids, attention_mask=batch.attention_mask, **batch.inputs
     )
     sown = {tuple(path): value.get_value()[0] for path, value in nnx.to_flat_state(sown)}
-    segments = tuple(outputs.image_segments)
 
     valid = token_selection(batch.input_ids, batch.attention_mask, spec.tokens, model.image_token_id)
     out = {}
@@ -134,7 +145,8 @@ def pooled_responses(
         if not ref.image_domain:
             out[ref.name] = _pool(values, valid, spec.pooling)
             continue
-        per_image = _per_image(values, segments, image_rows.shape[0], spec.pooling)
+        segments = declared_segments(ref.name, outputs.image_segments)
+        per_image = _per_image(ref.name, values, segments, image_rows.shape[0], spec.pooling)
         rows = image_rows[None, :] == jnp.arange(valid.shape[0])[:, None]
         out[ref.name] = _pool(jnp.broadcast_to(per_image, rows.shape + per_image.shape[-1:]), rows, spec.pooling)
     return out
