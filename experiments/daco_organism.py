@@ -30,7 +30,7 @@ from sgm_jax.data.readers.native import read_jsonl
 from sgm_jax.data.synthetic import Composition, write_dataset
 from sgm_jax.defenses.daco import DACO, MOP
 from sgm_jax.evaluate.compare import Configuration, compare, comparison_table
-from sgm_jax.evaluate.runner import EvalOptions, measure
+from sgm_jax.evaluate.runner import EvalContext, EvalOptions, measure
 from sgm_jax.experts.scores import score_store, store_metadata
 from sgm_jax.interventions import aura, intervene
 from sgm_jax.judges import LexiconJudge
@@ -59,11 +59,11 @@ MOP_GRID = [(lam, gamma) for lam in (0.05, 0.01, 0.002) for gamma in (0.0, 0.25)
 
 def tune(model, processor, candidates, validation, judge, out_dir, options, tolerance):
     """Measure each candidate defense on the validation split; the safest one within the MCQ tolerance."""
-    rows, memo = [], {}
-    reference = measure("none", model, model, processor, validation, judge, (), out_dir, options, memo=memo)
+    rows, context = [], EvalContext(model, processor, validation, judge, (), out_dir, options)
+    reference = measure(context, "none", model)
     floor = reference["mcq_accuracy"] - tolerance
     for name, defense, knobs in candidates:
-        metrics = measure(name, model, model, processor, validation, judge, (), out_dir, options, (defense,), memo)
+        metrics = measure(context, name, model, (defense,))
         rows.append(
             {
                 "name": name,

@@ -9,7 +9,6 @@ under its own name, so an interrupted comparison resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +17,6 @@ from sgm_jax.data.samples import Sample
 from sgm_jax.defenses import (
     ECSO,
     AdaShieldS,
-    Defense,
     Prober,
     ProberGate,
     ProbeVerdicts,
@@ -26,11 +24,10 @@ from sgm_jax.defenses import (
     SelfVerdicts,
     SystemPromptShield,
     VerdictSource,
-    by_stage,
 )
 from sgm_jax.defenses.factory import DEFENSES, DefenseOptions, make_defenses
-from sgm_jax.evaluate.runner import EvalOptions, measure
-from sgm_jax.interventions import Intervention, intervene
+from sgm_jax.evaluate.runner import Configuration, EvalContext, EvalOptions, measure_all
+from sgm_jax.interventions import Intervention
 from sgm_jax.judges import Judge
 from sgm_jax.runtime import distributed
 from sgm_jax.runtime.atomic import atomic_write, write_json
@@ -38,19 +35,6 @@ from sgm_jax.runtime.errors import OptionError
 from sgm_jax.runtime.locks import writer_lock
 
 COLUMNS = ("harmful_rate", "over_refusal", "mcq_accuracy", "perplexity", "answer_perplexity", "tokens_per_s")
-
-
-@dataclasses.dataclass(frozen=True)
-class Configuration:
-    """One row of the comparison: whether the run's intervention applies, and the defenses stacked on it."""
-
-    name: str
-    intervention: bool = False
-    defenses: tuple[Defense, ...] = ()
-    cache: str | None = None  # the answer cache's name (default: `name`)
-
-    def __post_init__(self):
-        by_stage(self.defenses)
 
 
 def standard_configurations(
@@ -160,31 +144,10 @@ def compare(
     info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure every configuration; write comparison.json, comparison.md and comparison.png to `out_dir`."""
-    options = options or EvalOptions()
-    names = [c.name for c in configurations]
-    if len(set(names)) != len(names):
-        raise OptionError(f"configuration names must be unique, got {names}")
-    if intervention is None and any(c.intervention for c in configurations):
-        wanted = [c.name for c in configurations if c.intervention]
-        raise OptionError(f"configurations {wanted} apply an intervention, but none was given (--intervention)")
     writer = distributed.cluster().writer
     with writer_lock(out_dir, "comparison folder") if writer else contextlib.nullcontext():
-        gated = intervene(model, intervention) if intervention is not None else model
-        settings, memo = {}, {}
-        for config in configurations:
-            settings[config.name] = measure(
-                config.cache or config.name,
-                gated if config.intervention else model,
-                model,
-                processor,
-                samples,
-                judge,
-                neutral_texts,
-                out_dir,
-                options,
-                defenses=config.defenses,
-                memo=memo,
-            )
+        context = EvalContext(model, processor, samples, judge, neutral_texts, out_dir, options or EvalOptions())
+        settings = measure_all(context, configurations, intervention)
         comparison = {name: summary(metrics) for name, metrics in settings.items()}
         results = {
             "info": info or {},

@@ -35,7 +35,7 @@ from sgm_jax.interventions import Intervention, intervene
 from sgm_jax.judges import Judge
 from sgm_jax.runtime import distributed
 from sgm_jax.runtime.atomic import write_json
-from sgm_jax.runtime.errors import CheckpointError
+from sgm_jax.runtime.errors import CheckpointError, OptionError
 from sgm_jax.runtime.locks import writer_lock
 
 
@@ -50,36 +50,71 @@ class EvalOptions:
     progress: bool = True
 
 
-def measure(
-    name: str,
-    model: nnx.Module,
-    base: nnx.Module,
-    processor,
-    samples: Sequence[Sample],
-    judge: Judge,
-    neutral: Sequence[str],
-    out_dir: str,
-    opts: EvalOptions,
-    defenses: Sequence[Defense] = (),
-    memo: dict | None = None,
-) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+    """One measured setting: whether the run's intervention applies, and the defenses stacked on it."""
+
+    name: str
+    intervention: bool = False
+    defenses: tuple[Defense, ...] = ()
+    cache: str | None = None  # the answer cache's name (default: `name`)
+
+    def __post_init__(self):
+        by_stage(self.defenses)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+    """What every setting of one run is measured against: the base model (no intervention; it scores answers and
+    routes the prober gate's unflagged rows), the data, the judge, the output folder and the options.
+
+    Settings of one run share `memo`: multiple-choice accuracy and perplexity depend only on the model and the
+    prompt-side defenses (a decoder or an outer loop leaves a likelihood as it is), and the answer perplexity only
+    on the answer, so each is computed once however many settings need it."""
+
+    base: nnx.Module
+    processor: Any
+    samples: Sequence[Sample]
+    judge: Judge
+    neutral: Sequence[str]
+    out_dir: str
+    options: EvalOptions
+    memo: dict = dataclasses.field(default_factory=dict)
+
+
+def measure_all(
+    context: EvalContext, configurations: Sequence[Configuration], intervention: Intervention | None = None
+) -> dict[str, dict[str, Any]]:
+    """Every configuration's metrics, by name; the intervened model is built once for all that apply it."""
+    names = [c.name for c in configurations]
+    if len(set(names)) != len(names):
+        raise OptionError(f"configuration names must be unique, got {names}")
+    if intervention is None and any(c.intervention for c in configurations):
+        wanted = [c.name for c in configurations if c.intervention]
+        raise OptionError(f"configurations {wanted} apply an intervention, but none was given (--intervention)")
+    gated = intervene(context.base, intervention) if intervention is not None else context.base
+    return {
+        c.name: measure(context, c.cache or c.name, gated if c.intervention else context.base, c.defenses)
+        for c in configurations
+    }
+
+
+def measure(context: EvalContext, name: str, model: nnx.Module, defenses: Sequence[Defense] = ()) -> dict[str, Any]:
     """Every metric of one setting: `model` (the base model, or it with an intervention) answering through
-    `defenses`. Answers are cached in `out_dir/answers_{name}.jsonl`. Settings measured together may share
-    a `memo`: multiple-choice accuracy and perplexity depend only on the model and the prompt-side defenses
-    (a decoder or an outer loop leaves a likelihood as it is), so they are computed once per such pair."""
-    memo = {} if memo is None else memo
-    open_ended = [s for s in samples if not s.options]
-    choice = [s for s in samples if s.options]
+    `defenses`. Answers are cached in `out_dir/answers_{name}.jsonl`."""
+    processor, opts, memo = context.processor, context.options, context.memo
+    open_ended = [s for s in context.samples if not s.options]
+    choice = [s for s in context.samples if s.options]
     metrics: dict[str, Any] = {}
     if open_ended:
-        cache_path = os.path.join(out_dir, f"answers_{name}.jsonl")
+        cache_path = os.path.join(context.out_dir, f"answers_{name}.jsonl")
         answers = generate_answers(
             model,
             processor,
             open_ended,
             cache_path=cache_path,
             defenses=defenses,
-            base=base,
+            base=context.base,
             max_new_tokens=opts.max_new_tokens,
             batch_size=opts.batch_size,
             temperature=opts.temperature,
@@ -87,7 +122,7 @@ def measure(
             progress=opts.progress,
         )
         texts = [answers[s.id] for s in open_ended]
-        measured, judged = answer_metrics(open_ended, texts, judge, n_boot=opts.n_boot, seed=opts.seed)
+        measured, judged = answer_metrics(open_ended, texts, context.judge, n_boot=opts.n_boot, seed=opts.seed)
         metrics.update(measured)
         tokenizer = getattr(processor, "tokenizer", processor)
         seconds = answer_seconds(cache_path, [s.id for s in open_ended])
@@ -95,7 +130,7 @@ def measure(
         metrics["tokens_per_s"] = tokens / seconds if seconds > 0 else None
         answered = [dataclasses.replace(s, response=answers[s.id]) for s in open_ended if answers[s.id]]
         if answered:
-            metrics["answer_perplexity"] = _answer_scores(base, processor, answered, opts, memo).perplexity
+            metrics["answer_perplexity"] = _answer_scores(context, answered).perplexity
         metrics["examples"] = [
             {"id": s.id, "prompt": s.prompt, "answer": answers[s.id], "harmful": v.harmful, "judge": v.detail}
             for s, v in judged[:5]
@@ -105,24 +140,27 @@ def measure(
     if choice:
         key = ("mcq", id(model), steering, json.dumps([d.describe() for d in stages["route"] + stages["prompt"]]))
         if key not in memo:
-            memo[key] = _mcq(model, base, processor, choice, defenses, opts)
+            memo[key] = _mcq(model, context.base, processor, choice, defenses, opts)
         metrics["mcq_accuracy"] = memo[key]
-    if neutral:
+    if context.neutral:
         key = ("perplexity", id(model), steering)
         if key not in memo:
             tokenizer = getattr(processor, "tokenizer", processor)
-            memo[key] = text_scores(steered(model, defenses), tokenizer, neutral, batch_size=opts.batch_size).perplexity
+            memo[key] = text_scores(
+                steered(model, defenses), tokenizer, context.neutral, batch_size=opts.batch_size
+            ).perplexity
         metrics["perplexity"] = memo[key]
     return metrics
 
 
-def _answer_scores(base, processor, answered: Sequence[Sample], opts: EvalOptions, memo: dict) -> Scored:
-    """The answers' log-likelihoods under `base`; an answer another setting of the same run gave to the same
-    prompt is scored once (in a comparison most configurations answer most prompts alike)."""
+def _answer_scores(context: EvalContext, answered: Sequence[Sample]) -> Scored:
+    """The answers' log-likelihoods under the base model; an answer another setting of the same run gave to the
+    same prompt is scored once (in a comparison most configurations answer most prompts alike)."""
+    base, memo = context.base, context.memo
     keys = [("answer", id(base), s.id, s.prompt, s.image, s.response) for s in answered]
     todo = [s for s, key in zip(answered, keys) if key not in memo]
     if todo:
-        scored = response_scores(base, processor, todo, batch_size=opts.batch_size)
+        scored = response_scores(base, context.processor, todo, batch_size=context.options.batch_size)
         for s, lp, n in zip(todo, scored.logprob, scored.tokens):
             memo[("answer", id(base), s.id, s.prompt, s.image, s.response)] = (lp, n)
     return Scored(np.asarray([memo[k][0] for k in keys]), np.asarray([memo[k][1] for k in keys]))
@@ -167,8 +205,8 @@ def evaluate(
     info: dict[str, Any] | None = None,
     defenses: Sequence[Defense] = (),
 ) -> dict[str, Any]:
-    """Measure `model` before and after `intervention` (with `defenses` stacked on it, after); write
-    results.json, report.md and plots to `out_dir`."""
+    """Measure `model` before and after `intervention` (with `defenses` stacked on it, after): a comparison of the
+    two configurations "before" and "after"; write results.json, report.md and plots to `out_dir`."""
     if processor is None:
         raise CheckpointError("evaluation needs the checkpoint's tokenizer/processor files")
     unlabelled = [s.id for s in samples if not s.options and s.label is None]
@@ -184,35 +222,22 @@ def evaluate(
         estimated_lengths(open_ended, processor, model.tokens_per_image),
         new_tokens=options.max_new_tokens,
     )
+    configurations = [Configuration("before")]
+    if intervention is not None or defenses:
+        configurations.append(Configuration("after", intervention is not None, tuple(defenses)))
     writer = distributed.cluster().writer
     with writer_lock(out_dir, "evaluation folder") if writer else contextlib.nullcontext():
-        by_stage(defenses)
-        settings = {"before": model}
-        if intervention is not None or defenses:
-            settings["after"] = model if intervention is None else intervene(model, intervention)
+        context = EvalContext(model, processor, samples, judge, neutral_texts, out_dir, options)
         results: dict[str, Any] = {
             "info": info or {},
             "judge": judge.name,
             "options": dataclasses.asdict(options),
-            "settings": {},
+            "settings": measure_all(context, configurations, intervention),
         }
         if intervention is not None:
             results["intervention"] = {**intervention.metadata, "neurons_changed": intervention.num_changed()}
         if defenses:
             results["defenses"] = [d.describe() for d in defenses]
-        for name, setting_model in settings.items():
-            results["settings"][name] = measure(
-                name,
-                setting_model,
-                model,
-                processor,
-                samples,
-                judge,
-                neutral_texts,
-                out_dir,
-                options,
-                defenses=defenses if name == "after" else (),
-            )
         results.update(headline(results["settings"]))
         if writer:
             write_json(os.path.join(out_dir, "results.json"), results)
