@@ -143,8 +143,8 @@ def make_batch(model, batch: int, length: int, seed: int = 0) -> dict[str, np.nd
     if length < n_image + 2:
         raise SystemExit(f"--prompt-len must be at least {n_image + 2} (one image is {n_image} tokens)")
     rng = np.random.default_rng(seed)
-    ids = rng.integers(0, spec.image_token_index, (batch, length)).astype(np.int32)
-    ids[:, 1 : 1 + n_image] = spec.image_token_index
+    ids = rng.integers(0, spec.image_token_id, (batch, length)).astype(np.int32)
+    ids[:, 1 : 1 + n_image] = spec.image_token_id
     size = spec.vision.image_size
     return {
         "input_ids": ids,

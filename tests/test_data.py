@@ -85,7 +85,7 @@ def test_encoding_uses_the_chat_template_and_fills_image_tokens(checkpoint, tmp_
     prompt_only = render(type(samples[0])(id="q", prompt="hi", image=samples[0].image), processor)
     assert prompt_only.endswith("ASSISTANT:")
     encoded = [encode(s, processor) for s in samples]
-    assert (encoded[0]["input_ids"] == model.spec.image_token_index).sum() == model.spec.features_per_image
+    assert (encoded[0]["input_ids"] == model.image_token_id).sum() == model.spec.features_per_image
     batch = collate(encoded)
     assert batch["pixel_values"].shape == (3, 3, 28, 28)
     lengths = [len(e["input_ids"]) for e in encoded]

@@ -50,7 +50,7 @@ def _gated(model, sites, seed=0):
 def _batch(model):
     n = model.spec.features_per_image
     ids, mask, pixels = hf_tiny.multimodal_batch(7, pads=[0, 3], length=n + 9, features_per_image=n)
-    ids[ids == hf_tiny.IMAGE_TOKEN] = model.spec.image_token_index
+    ids[ids == hf_tiny.IMAGE_TOKEN] = model.image_token_id
     return ids, mask, pixels
 
 

@@ -128,7 +128,7 @@ def test_processor_comes_from_the_directory_and_fills_the_image_tokens(saved, tm
     assert type(processor).__name__ == "LlavaProcessor"
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
     batch = processor(images=[image], text=["<image> describe the picture"], return_tensors="np")
-    assert int((batch["input_ids"] == model.spec.image_token_index).sum()) == model.spec.features_per_image
+    assert int((batch["input_ids"] == model.image_token_id).sum()) == model.spec.features_per_image
     ours = np.asarray(
         model(batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"])
     )

@@ -98,7 +98,7 @@ def test_bundled_processor_encodes_a_generated_sample(organism, dataset):
     text = render(sample, processor)
     assert text.startswith("USER: <image>\n") and text.endswith("</s>")
     ids = encode(sample, processor)["input_ids"]
-    assert (ids == model.spec.image_token_index).sum() == model.spec.features_per_image == 16
+    assert (ids == model.image_token_id).sum() == model.spec.features_per_image == 16
     assert processor.tokenizer.unk_token_id not in ids
     prompt = encode(dataclasses.replace(sample, response=None), processor)["input_ids"]
     assert processor.tokenizer.decode(prompt[-2:]) == "assistant :"

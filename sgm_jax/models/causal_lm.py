@@ -21,6 +21,7 @@ from flax import nnx, struct
 from sgm_jax.models.batch import ModelBatch
 from sgm_jax.models.cache import KVCache
 from sgm_jax.models.compiled import compiled
+from sgm_jax.models.layers import lm_head
 from sgm_jax.runtime.errors import InputError
 
 # Tensor-name prefix pairs (from, to), first match wins.
@@ -86,7 +87,17 @@ class CausalLM(nnx.Module):
     """The text config's `max_position_embeddings` (set by `load_model`), or None if it states none: the longest
     sequence `sgm_jax.decoding.lengths` lets through."""
 
-    spec: Any
+    backbone_class: ClassVar[type]
+    """The module under `model.`, built from the family's spec (and holding it); the LM head is built from its text
+    spec, or is None where the checkpoint ties it to the embeddings."""
+
+    def __init__(self, spec, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.model = self.backbone_class(spec, dtype=dtype, rngs=rngs)
+        self.lm_head = lm_head(getattr(spec, "text", spec), dtype=dtype, rngs=rngs)
+
+    @property
+    def spec(self):
+        return self.model.spec
 
     @classmethod
     def processor_class(cls) -> type | None:
@@ -95,8 +106,9 @@ class CausalLM(nnx.Module):
 
     @property
     def image_token_id(self) -> int | None:
-        """The id of the token image features replace, or None for a text-only model."""
-        return None
+        """The id of the token image features replace (the spec's `image_token_id`), or None for a text-only
+        model."""
+        return getattr(self.spec, "image_token_id", None)
 
     @property
     def tokens_per_image(self) -> int:

@@ -106,23 +106,25 @@ class CLIPVisionEmbeddings(Site):
         return jnp.concatenate([cls, patches], axis=1) + self.position_embedding.embedding[...]
 
 
-class CLIPAttention(Site):
+class VisionSelfAttention(Site):
+    """Multi-head self-attention over a vision tower's positions: q, k, v and the output projection, named and
+    biased as the checkpoint's are (CLIP's here; Mllama's tower names its output `o_proj` and has no biases)."""
+
     output_linear, input_linears = "out_proj", ("q_proj", "k_proj", "v_proj")
+    use_bias: ClassVar[bool] = True
 
-    def __init__(self, spec: ClipVisionSpec, *, dtype, rngs: nnx.Rngs):
-        d = spec.hidden_size
-        self.num_heads, self.head_dim = spec.num_attention_heads, d // spec.num_attention_heads
-        self.q_proj = Linear(d, d, use_bias=True, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
-        self.k_proj = Linear(d, d, use_bias=True, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
-        self.v_proj = Linear(d, d, use_bias=True, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
-        self.out_proj = Linear(d, d, use_bias=True, axes=("heads", "embed"), dtype=dtype, rngs=rngs)
+    def __init__(self, width: int, heads: int, *, dtype, rngs: nnx.Rngs):
+        self.num_heads, self.head_dim = heads, width // heads
+        linear = lambda axes: Linear(width, width, use_bias=self.use_bias, axes=axes, dtype=dtype, rngs=rngs)
+        for name in self.input_linears:
+            setattr(self, name, linear(("embed", "heads")))
+        setattr(self, self.output_linear, linear(("heads", "embed")))
 
-    def forward(self, x: jax.Array) -> jax.Array:
+    def forward(self, x: jax.Array, bias: jax.Array | None = None) -> jax.Array:
         b, t, d = x.shape
-        q, k, v = (
-            proj(x).reshape(b, t, self.num_heads, self.head_dim) for proj in (self.q_proj, self.k_proj, self.v_proj)
-        )
-        return self.out_proj(attend(q, k, v, scale=self.head_dim**-0.5).reshape(b, t, d))
+        q, k, v = (getattr(self, n)(x).reshape(b, t, self.num_heads, self.head_dim) for n in self.input_linears)
+        mixed = attend(q, k, v, bias=bias, scale=self.head_dim**-0.5).reshape(b, t, d)
+        return getattr(self, self.output_linear)(mixed)
 
 
 class CLIPMLP(Site):
@@ -140,7 +142,7 @@ class CLIPMLP(Site):
 
 class CLIPEncoderLayer(Site):
     def __init__(self, spec: ClipVisionSpec, *, dtype, rngs: nnx.Rngs):
-        self.self_attn = CLIPAttention(spec, dtype=dtype, rngs=rngs)
+        self.self_attn = VisionSelfAttention(spec.hidden_size, spec.num_attention_heads, dtype=dtype, rngs=rngs)
         self.layer_norm1 = LayerNorm(spec.hidden_size, eps=spec.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.mlp = CLIPMLP(spec, dtype=dtype, rngs=rngs)
         self.layer_norm2 = LayerNorm(spec.hidden_size, eps=spec.layer_norm_eps, dtype=dtype, rngs=rngs)

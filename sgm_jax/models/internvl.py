@@ -24,8 +24,8 @@ from sgm_jax.models.causal_lm import CausalLM, Embedded
 from sgm_jax.models.clip import CLIPMLP
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, LayerNorm, Linear, RMSNorm, param, scatter_image_features
-from sgm_jax.models.llama import LlamaModel, LlamaSpec
-from sgm_jax.models.llava import LlavaForConditionalGeneration
+from sgm_jax.models.llama import LlamaSpec
+from sgm_jax.models.llava import LlavaForConditionalGeneration, LlavaModel
 from sgm_jax.models.qwen2 import qwen2_text_config, qwen2_text_spec
 from sgm_jax.models.site import OUT, Fold, ImageDomain, Site, scale_axis
 from sgm_jax.runtime.errors import InputError
@@ -385,12 +385,8 @@ def pixel_shuffle(x: jax.Array, block: int) -> jax.Array:
     return x.reshape(n, (side // block) ** 2, block * block * d)
 
 
-class InternVLModel(nnx.Module):
-    def __init__(self, spec: InternVLSpec, *, dtype, rngs: nnx.Rngs):
-        self.spec = spec
-        self.vision_tower = InternVisionModel(spec.vision, dtype=dtype, rngs=rngs)
-        self.multi_modal_projector = InternVLMultiModalProjector(spec, dtype=dtype, rngs=rngs)
-        self.language_model = LlamaModel(spec.text, dtype=dtype, rngs=rngs)
+class InternVLModel(LlavaModel):
+    tower_class, projector_class = InternVisionModel, InternVLMultiModalProjector
 
     def image_features(self, pixel_values: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
         """Projected features `[tiles, features_per_image, text_hidden]` and the tower's hidden states."""
@@ -418,18 +414,12 @@ class InternVLForConditionalGeneration(LlavaForConditionalGeneration):
     model_type, spec_class = "internvl", InternVLSpec
     backbone_class = InternVLModel
     # save_pretrained 5.24 and the hub's `-hf` repos (`language_model.model.`, `vision_tower.`, ...); the
-    # in-memory layout passes through.
+    # in-memory layout passes through. It saves as LLaVA does.
     load_layout = (
         ("language_model.model.", "model.language_model."),
         ("language_model.lm_head.", "lm_head."),
         ("vision_tower.", "model.vision_tower."),
         ("multi_modal_projector.", "model.multi_modal_projector."),
-    )
-    save_layout = (
-        ("model.language_model.", "language_model.model."),
-        ("lm_head.", "language_model.lm_head."),
-        ("model.vision_tower.", "vision_tower."),
-        ("model.multi_modal_projector.", "multi_modal_projector."),
     )
 
     @classmethod
@@ -437,10 +427,6 @@ class InternVLForConditionalGeneration(LlavaForConditionalGeneration):
         """transformers' processor without its video slot, and one tile per image unless a call asks for
         `crop_to_patches=True` (the SGM default: 256 tokens per image, one shape)."""
         return _processor()
-
-    @property
-    def image_token_id(self) -> int:
-        return self.spec.image_token_id
 
     def check_inputs(self, input_ids: np.ndarray, images: Mapping[str, Any]) -> None:
         """Tiles of the tower's size, each run of image tokens a whole number of tiles, all tiles placed."""

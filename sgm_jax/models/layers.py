@@ -223,3 +223,12 @@ class Activation(Site):
 
     def forward(self, x: jax.Array) -> jax.Array:
         return self.fn(x)
+
+
+def lm_head(text_spec, *, dtype, rngs: nnx.Rngs) -> Linear | None:
+    """The LM head `[hidden, vocab]` of a text spec, or None when the checkpoint ties it to the embeddings."""
+    if text_spec.tie_word_embeddings:
+        return None
+    return Linear(
+        text_spec.hidden_size, text_spec.vocab_size, use_bias=False, axes=("embed", "vocab"), dtype=dtype, rngs=rngs
+    )

@@ -21,6 +21,30 @@ from sgm_jax.models.layers import ACTIVATIONS, Activation, Embedding, Linear, RM
 from sgm_jax.models.site import Site
 
 
+def decoder_shape(cfg: dict[str, Any], where: str, head_dim: int | None, tie: bool | None) -> dict[str, Any]:
+    """The fields every Llama-shaped text config states alike (sizes, heads, activation, norm eps, tying), checked:
+    a supported activation, query heads a multiple of key-value heads. `head_dim` None: hidden size / heads;
+    `tie` None: the config's own `tie_word_embeddings`."""
+    require(where, "hidden_act", cfg["hidden_act"], ACTIVATIONS)
+    heads, kv_heads = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    if heads % kv_heads:
+        raise UnsupportedConfigError(
+            f"{where}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}"
+        )
+    return {
+        "vocab_size": cfg["vocab_size"],
+        "hidden_size": cfg["hidden_size"],
+        "intermediate_size": cfg["intermediate_size"],
+        "num_hidden_layers": cfg["num_hidden_layers"],
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim or cfg["hidden_size"] // heads,
+        "hidden_act": cfg["hidden_act"],
+        "rms_norm_eps": cfg["rms_norm_eps"],
+        "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False) if tie is None else tie),
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class LlamaSpec:
     vocab_size: int
@@ -61,30 +85,13 @@ class LlamaSpec:
         llama3 = read_llama3_rope(rope, where)
         if cfg.get("rope_scaling"):
             raise UnsupportedConfigError(f"{where}: rope_scaling={cfg['rope_scaling']!r} is not supported")
-        require(where, "hidden_act", cfg["hidden_act"], ACTIVATIONS)
-        heads, kv_heads = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-        if heads % kv_heads:
-            raise UnsupportedConfigError(
-                f"{where}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}"
-            )
         return cls(
-            vocab_size=cfg["vocab_size"],
-            hidden_size=cfg["hidden_size"],
-            intermediate_size=cfg["intermediate_size"],
-            num_hidden_layers=cfg["num_hidden_layers"],
-            num_attention_heads=heads,
-            num_key_value_heads=kv_heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-            hidden_act=cfg["hidden_act"],
-            rms_norm_eps=cfg["rms_norm_eps"],
+            **decoder_shape(cfg, where, cfg.get("head_dim"), tie_word_embeddings),
             rope_theta=float(rope["rope_theta"]),
             rope_llama3=llama3,
             attention_bias=bool(cfg.get("attention_bias", False)),
             o_proj_bias=bool(cfg.get("attention_bias", False)),
             mlp_bias=bool(cfg.get("mlp_bias", False)),
-            tie_word_embeddings=bool(
-                cfg.get("tie_word_embeddings", False) if tie_word_embeddings is None else tie_word_embeddings
-            ),
         )
 
     def to_hf(self) -> dict[str, Any]:
@@ -338,25 +345,11 @@ class LlamaModel(nnx.Module):
         )
 
 
-def lm_head(spec: LlamaSpec, *, dtype, rngs: nnx.Rngs) -> Linear | None:
-    """The LM head `[hidden, vocab]`, or None when the checkpoint ties it to the embeddings."""
-    if spec.tie_word_embeddings:
-        return None
-    return Linear(spec.hidden_size, spec.vocab_size, use_bias=False, axes=("embed", "vocab"), dtype=dtype, rngs=rngs)
-
-
 class LlamaForCausalLM(CausalLM):
     """Text-only Llama with its LM head (tied to the embeddings when the config says so)."""
 
     model_type, spec_class, decoder_layers = "llama", LlamaSpec, "model.layers"
-
-    def __init__(self, spec: LlamaSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.model = LlamaModel(spec, dtype=dtype, rngs=rngs)
-        self.lm_head = lm_head(spec, dtype=dtype, rngs=rngs)
-
-    @property
-    def spec(self) -> LlamaSpec:
-        return self.model.spec
+    backbone_class = LlamaModel
 
     @property
     def decoder(self) -> LlamaModel:

@@ -15,7 +15,7 @@ from sgm_jax.models.causal_lm import CausalLM, Embedded
 from sgm_jax.models.clip import CLIPVisionModel, ClipVisionSpec
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.layers import ACTIVATIONS, Activation, Linear, scatter_image_features
-from sgm_jax.models.llama import LlamaModel, LlamaSpec, lm_head
+from sgm_jax.models.llama import LlamaModel, LlamaSpec
 from sgm_jax.models.site import ImageDomain, Site
 from sgm_jax.runtime.errors import InputError
 
@@ -28,7 +28,7 @@ class LlavaSpec:
 
     text: LlamaSpec
     vision: ClipVisionSpec
-    image_token_index: int
+    image_token_id: int
     vision_feature_layer: int | tuple[int, ...]
     vision_feature_select_strategy: str
     projector_hidden_act: str
@@ -83,7 +83,7 @@ class LlavaSpec:
         return cls(
             text=text,
             vision=vision,
-            image_token_index=int(token),
+            image_token_id=int(token),
             vision_feature_layer=layer if isinstance(layer, int) else layers,
             vision_feature_select_strategy=require(
                 where,
@@ -113,7 +113,7 @@ class LlavaSpec:
             "architectures": ["LlavaForConditionalGeneration"],
             "text_config": text,
             "vision_config": self.vision.to_hf(),
-            "image_token_index": self.image_token_index,
+            "image_token_index": self.image_token_id,
             "vision_feature_layer": layer if isinstance(layer, int) else list(layer),
             "vision_feature_select_strategy": self.vision_feature_select_strategy,
             "projector_hidden_act": self.projector_hidden_act,
@@ -138,10 +138,16 @@ class LlavaMultiModalProjector(ImageDomain, Site):
 
 
 class LlavaModel(nnx.Module):
+    """A vision tower, a projector and the Llama-shaped decoder; a family on LLaVA's interface (InternVL) swaps the
+    tower and projector classes and its `image_features`."""
+
+    tower_class: ClassVar[type] = CLIPVisionModel
+    projector_class: ClassVar[type] = LlavaMultiModalProjector
+
     def __init__(self, spec: LlavaSpec, *, dtype, rngs: nnx.Rngs):
         self.spec = spec
-        self.vision_tower = CLIPVisionModel(spec.vision, dtype=dtype, rngs=rngs)
-        self.multi_modal_projector = LlavaMultiModalProjector(spec, dtype=dtype, rngs=rngs)
+        self.vision_tower = self.tower_class(spec.vision, dtype=dtype, rngs=rngs)
+        self.multi_modal_projector = self.projector_class(spec, dtype=dtype, rngs=rngs)
         self.language_model = LlamaModel(spec.text, dtype=dtype, rngs=rngs)
 
     def image_features(self, pixel_values: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
@@ -175,18 +181,6 @@ class LlavaForConditionalGeneration(CausalLM):
         ("model.multi_modal_projector.", "multi_modal_projector."),
     )
 
-    def __init__(self, spec: LlavaSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.model = self.backbone_class(spec, dtype=dtype, rngs=rngs)
-        self.lm_head = lm_head(spec.text, dtype=dtype, rngs=rngs)
-
-    @property
-    def spec(self) -> LlavaSpec:
-        return self.model.spec
-
-    @property
-    def image_token_id(self) -> int:
-        return self.spec.image_token_index
-
     @property
     def tokens_per_image(self) -> int:
         return self.spec.features_per_image
@@ -218,5 +212,5 @@ class LlavaForConditionalGeneration(CausalLM):
         if pixel_values is None:
             return Embedded(embeds)
         features, vision_hidden = self.model.image_features(jnp.asarray(pixel_values))
-        embeds = scatter_image_features(embeds, input_ids, features, self.spec.image_token_index)
+        embeds = scatter_image_features(embeds, input_ids, features, self.image_token_id)
         return Embedded(embeds, vision_hidden=vision_hidden)

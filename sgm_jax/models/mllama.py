@@ -22,7 +22,7 @@ from flax import nnx
 
 from sgm_jax.models.attention import attend
 from sgm_jax.models.causal_lm import CausalLM, Embedded
-from sgm_jax.models.clip import CLIPMLP, PatchEmbedding
+from sgm_jax.models.clip import CLIPMLP, PatchEmbedding, VisionSelfAttention
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
 from sgm_jax.models.decoder import DecoderContext
 from sgm_jax.models.layers import ACTIVATIONS, Embedding, LayerNorm, Linear, RMSNorm, param
@@ -31,7 +31,6 @@ from sgm_jax.models.llama import (
     LlamaMLP,
     LlamaModel,
     LlamaSpec,
-    lm_head,
     read_llama3_rope,
 )
 from sgm_jax.models.site import ImageDomain, Site
@@ -129,7 +128,7 @@ class MllamaSpec:
     text: LlamaSpec
     vision: MllamaVisionSpec
     cross_attention_layers: tuple[int, ...]
-    image_token_index: int
+    image_token_id: int
     supported_aspect_ratios: tuple[tuple[int, int], ...]
     # The text config's special ids, written back on export: transformers sizes `padding_idx` from its pad id.
     text_special_tokens: tuple[tuple[str, Any], ...] = ()
@@ -198,7 +197,7 @@ class MllamaSpec:
             text=text,
             vision=vision,
             cross_attention_layers=cross,
-            image_token_index=int(cfg.get("image_token_index", 128256)),
+            image_token_id=int(cfg.get("image_token_index", 128256)),
             supported_aspect_ratios=tuple((int(h), int(w)) for h, w in ratios),
             text_special_tokens=tuple(
                 (name, _hashable(text_cfg[name]))
@@ -229,7 +228,7 @@ class MllamaSpec:
             "architectures": ["MllamaForConditionalGeneration"],
             "text_config": text,
             "vision_config": self.vision.to_hf([list(r) for r in self.supported_aspect_ratios]),
-            "image_token_index": self.image_token_index,
+            "image_token_index": self.image_token_id,
             "tie_word_embeddings": t.tie_word_embeddings,
         }
 
@@ -290,21 +289,8 @@ class GatedPositionalEmbedding(nnx.Module):
         return x + gate * tiles.reshape(x.shape)
 
 
-class MllamaVisionAttention(Site):
-    output_linear, input_linears = "o_proj", ("q_proj", "k_proj", "v_proj")
-
-    def __init__(self, spec: MllamaVisionSpec, *, dtype, rngs: nnx.Rngs):
-        d = spec.hidden_size
-        self.num_heads, self.head_dim = spec.attention_heads, d // spec.attention_heads
-        self.q_proj = Linear(d, d, use_bias=False, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
-        self.k_proj = Linear(d, d, use_bias=False, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
-        self.v_proj = Linear(d, d, use_bias=False, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
-        self.o_proj = Linear(d, d, use_bias=False, axes=("heads", "embed"), dtype=dtype, rngs=rngs)
-
-    def forward(self, x: jax.Array, bias: jax.Array) -> jax.Array:
-        b, t, d = x.shape
-        q, k, v = (p(x).reshape(b, t, self.num_heads, self.head_dim) for p in (self.q_proj, self.k_proj, self.v_proj))
-        return self.o_proj(attend(q, k, v, bias=bias, scale=self.head_dim**-0.5).reshape(b, t, d))
+class MllamaVisionAttention(VisionSelfAttention):
+    output_linear, use_bias = "o_proj", False
 
 
 class MllamaVisionEncoderLayer(Site):
@@ -317,7 +303,7 @@ class MllamaVisionEncoderLayer(Site):
 
     def __init__(self, spec: MllamaVisionSpec, *, gated: bool, dtype, rngs: nnx.Rngs):
         d = spec.hidden_size
-        self.self_attn = MllamaVisionAttention(spec, dtype=dtype, rngs=rngs)
+        self.self_attn = MllamaVisionAttention(spec.hidden_size, spec.attention_heads, dtype=dtype, rngs=rngs)
         self.mlp = CLIPMLP(spec, dtype=dtype, rngs=rngs)
         self.input_layernorm = LayerNorm(d, eps=spec.norm_eps, dtype=dtype, rngs=rngs)
         self.post_attention_layernorm = LayerNorm(d, eps=spec.norm_eps, dtype=dtype, rngs=rngs)
@@ -588,6 +574,7 @@ class MllamaForConditionalGeneration(CausalLM):
     cross_attention_mask=..., attention_mask=...)`, as in transformers."""
 
     model_type, spec_class, decoder_layers = "mllama", MllamaSpec, "model.language_model.layers"
+    backbone_class = MllamaModel
     image_inputs = _IMAGE_INPUTS
     load_layout = (
         ("language_model.model.", "model.language_model."),
@@ -601,18 +588,6 @@ class MllamaForConditionalGeneration(CausalLM):
         ("model.vision_model.", "vision_model."),
         ("model.multi_modal_projector.", "multi_modal_projector."),
     )
-
-    def __init__(self, spec: MllamaSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.model = MllamaModel(spec, dtype=dtype, rngs=rngs)
-        self.lm_head = lm_head(spec.text, dtype=dtype, rngs=rngs)
-
-    @property
-    def spec(self) -> MllamaSpec:
-        return self.model.spec
-
-    @property
-    def image_token_id(self) -> int:
-        return self.spec.image_token_index
 
     @property
     def tokens_per_image(self) -> int:

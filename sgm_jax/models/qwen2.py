@@ -7,8 +7,7 @@ import dataclasses
 from typing import Any
 
 from sgm_jax.models.config import UnsupportedConfigError, check_fields, require
-from sgm_jax.models.layers import ACTIVATIONS
-from sgm_jax.models.llama import LlamaForCausalLM, LlamaSpec
+from sgm_jax.models.llama import LlamaForCausalLM, LlamaSpec, decoder_shape
 
 # The text configs of the Qwen2 family; Qwen2-VL's nests one under `text_config`.
 TEXT_TYPES = ("qwen2", "qwen2_vl_text", "qwen2_5_vl_text")
@@ -63,29 +62,12 @@ def qwen2_text_spec(cfg: dict[str, Any], *, where: str, tie_word_embeddings: boo
                 f"{where}: rope_parameters.mrope_section={list(mrope)} must be 3 numbers summing to head_dim/2 = "
                 f"{head_dim // 2}"
             )
-    require(where, "hidden_act", cfg["hidden_act"], ACTIVATIONS)
-    kv_heads = cfg.get("num_key_value_heads") or heads
-    if heads % kv_heads:
-        raise UnsupportedConfigError(
-            f"{where}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}"
-        )
     return Qwen2Spec(
-        vocab_size=cfg["vocab_size"],
-        hidden_size=cfg["hidden_size"],
-        intermediate_size=cfg["intermediate_size"],
-        num_hidden_layers=cfg["num_hidden_layers"],
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=head_dim,
-        hidden_act=cfg["hidden_act"],
-        rms_norm_eps=cfg["rms_norm_eps"],
+        **decoder_shape(cfg, where, head_dim, tie_word_embeddings),
         rope_theta=float(rope["rope_theta"]),
         attention_bias=True,
         o_proj_bias=False,
         mlp_bias=False,
-        tie_word_embeddings=bool(
-            cfg.get("tie_word_embeddings", False) if tie_word_embeddings is None else tie_word_embeddings
-        ),
         mrope_section=mrope,
     )
 

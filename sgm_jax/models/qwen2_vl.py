@@ -32,7 +32,7 @@ from sgm_jax.models.layers import (
     param,
     scatter_image_features,
 )
-from sgm_jax.models.llama import LlamaMLP, LlamaModel, lm_head
+from sgm_jax.models.llama import LlamaMLP, LlamaModel
 from sgm_jax.models.qwen2 import Qwen2Spec, qwen2_text_config, qwen2_text_spec
 from sgm_jax.models.site import OUT, Fold, ImageDomain, Site, scale_axis
 from sgm_jax.runtime.buckets import bucket_length
@@ -385,6 +385,7 @@ class Qwen2VLForConditionalGeneration(CausalLM):
     """
 
     model_type, spec_class, decoder_layers = "qwen2_vl", QwenVLSpec, "model.language_model.layers"
+    backbone_class = QwenVLModel
     image_inputs = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
     processor_name = "Qwen2VLProcessor"
     # The hub and `save_pretrained` layout (`model.` = the LM, `visual.`), then the `state_dict()` one.
@@ -396,14 +397,6 @@ class Qwen2VLForConditionalGeneration(CausalLM):
     )
     save_layout = (("model.language_model.", "model."), ("model.visual.", "visual."))
 
-    def __init__(self, spec: QwenVLSpec, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.model = QwenVLModel(spec, dtype=dtype, rngs=rngs)
-        self.lm_head = lm_head(spec.text, dtype=dtype, rngs=rngs)
-
-    @property
-    def spec(self) -> QwenVLSpec:
-        return self.model.spec
-
     @classmethod
     def processor_class(cls) -> type:
         """transformers' processor without its video slot: the stock one requires a video processor, which
@@ -411,10 +404,6 @@ class Qwen2VLForConditionalGeneration(CausalLM):
         import transformers
 
         return images_only(getattr(transformers, cls.processor_name))
-
-    @property
-    def image_token_id(self) -> int:
-        return self.spec.image_token_id
 
     # -- host side: checks and static-shape inputs ------------------------------------------------------
 
