@@ -144,8 +144,8 @@ def train_prober(
         raise DatasetError("the prober needs prompts of both labels (1 harmful, 0 benign) to train on")
     features = prompt_features(base, processor, labelled, site, pooling, batch_size=batch_size)
     mean, scale = features.mean(0), features.std(0) + 1e-6
-    x = jnp.asarray((features - mean) / scale)
-    y = jnp.asarray(labels)
+    x = jax.device_put(((features - mean) / scale).astype(np.float32))
+    y = jax.device_put(labels)
     params = {"w": jnp.zeros(x.shape[1]), "b": jnp.zeros(())}
     tx = optax.adam(learning_rate)
 

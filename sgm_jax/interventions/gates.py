@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+import jax
+import numpy as np
 from flax import nnx
 
 from sgm_jax.interventions.intervention import Intervention
@@ -47,6 +48,7 @@ def intervene(model: nnx.Module, intervention: Intervention, *, keep_identity: b
         ref = refs[site]
         node, attr = modules[ref.path], GATE_ATTRS[ref.end]
         current = getattr(node, attr)
-        value = jnp.asarray(alpha) if current is None else current[...] * jnp.asarray(alpha)
+        alpha = np.asarray(alpha, np.float32)  # multiplied on the host: an eager op would compile per width
+        value = jax.device_put(alpha if current is None else np.asarray(current[...]) * alpha)
         setattr(node, attr, Gate(value))
     return gated

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -73,7 +72,7 @@ class GateStack:
         for path, variable, base in self._flat:
             site = self._site_at.get(tuple(path))
             rows = [base * iv.alphas[site] if site in iv.alphas else base for iv in interventions]
-            leaves.append((path, variable.replace(jnp.asarray(np.stack(rows)))))
+            leaves.append((path, variable.replace(jax.device_put(np.stack(rows)))))
         return nnx.from_flat_state(leaves)
 
     def padded_state(self, interventions: Sequence[Intervention], size: int) -> nnx.State:

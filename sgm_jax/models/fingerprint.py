@@ -18,15 +18,22 @@ def model_fingerprint(model: nnx.Module) -> str:
 
     Reading a few hundred values per weight (not all 7B) tells checkpoints apart in practice, and costs
     milliseconds even when the weights live on a TPU mesh; gates are small and one changed neuron makes
-    another intervention, so each gate is hashed whole.
+    another intervention, so each gate is hashed whole. The samples are taken in one compiled program per model
+    structure (eager slicing would compile three small programs per weight shape).
     """
     digest = hashlib.sha256()
     gates = {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(nnx.state(model, Gate))}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model)):
-        name = jax.tree_util.keystr(path)
-        flat = leaf.reshape(-1)
-        if name not in gates:
-            flat = flat[:: max(1, flat.shape[0] // _SAMPLES_PER_TENSOR)][:_SAMPLES_PER_TENSOR]
+    named = [(jax.tree_util.keystr(path), leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model))]
+    samples = _samples([leaf for name, leaf in named if name not in gates])
+    for name, leaf in named:
+        flat = np.asarray(leaf).reshape(-1) if name in gates else samples.pop(0)
         digest.update(f"{name}|{leaf.shape}|{leaf.dtype}|".encode())
         digest.update(np.asarray(flat, np.float32).tobytes())
     return digest.hexdigest()[:32]
+
+
+@jax.jit
+def _samples(leaves: list[jax.Array]) -> list[jax.Array]:
+    """A strided sample of at most `_SAMPLES_PER_TENSOR` values of each array (flattened)."""
+    flats = [leaf.reshape(-1) for leaf in leaves]
+    return [flat[:: max(1, flat.shape[0] // _SAMPLES_PER_TENSOR)][:_SAMPLES_PER_TENSOR] for flat in flats]

@@ -27,12 +27,12 @@ class SAEEdit(ResidualEdit):
         self.width = sae.config.width
         self.gamma = float(gamma)
         labelled = np.flatnonzero(annotation.undesirable | annotation.desirable)
-        self.W_enc = Steering(jnp.asarray(sae.params["W_enc"]))
-        self.b_enc = Steering(jnp.asarray(sae.params["b_enc"]))
-        self.b_dec = Steering(jnp.asarray(sae.params["b_dec"]))
-        self.index = Steering(jnp.asarray(labelled, jnp.int32))
-        self.rows = Steering(jnp.asarray(sae.params["W_dec"][labelled]))
-        self.undesirable = Steering(jnp.asarray(annotation.undesirable[labelled]))
+        self.W_enc = Steering(jax.device_put(np.asarray(sae.params["W_enc"])))
+        self.b_enc = Steering(jax.device_put(np.asarray(sae.params["b_enc"])))
+        self.b_dec = Steering(jax.device_put(np.asarray(sae.params["b_dec"])))
+        self.index = Steering(jax.device_put(np.asarray(labelled, np.int32)))
+        self.rows = Steering(jax.device_put(np.asarray(sae.params["W_dec"][labelled])))
+        self.undesirable = Steering(jax.device_put(np.asarray(annotation.undesirable[labelled])))
         self.counts = (int(annotation.undesirable.sum()), int(annotation.desirable.sum()))
         self.eta = annotation.eta
 

@@ -68,10 +68,10 @@ class SparseCodingEdit(ResidualEdit):
                 f"MOP screen={settings.screen} keeps fewer atoms than the {labelled} labelled ones; use at least that"
             )
         self.screen = min(settings.screen, atoms.shape[0]) if settings.screen else 0
-        self.atoms = Steering(jnp.asarray(atoms))
-        self.center = Steering(jnp.asarray(center, jnp.float32))
-        self.undesirable = Steering(jnp.asarray(undesirable, jnp.float32))
-        self.desirable = Steering(jnp.asarray(desirable, jnp.float32))
+        self.atoms = Steering(jax.device_put(np.asarray(atoms, np.float32)))
+        self.center = Steering(jax.device_put(np.asarray(center, np.float32)))
+        self.undesirable = Steering(jax.device_put(np.asarray(undesirable, np.float32)))
+        self.desirable = Steering(jax.device_put(np.asarray(desirable, np.float32)))
         self.lipschitz = Steering(lipschitz(jnp.asarray(atoms)))
         # Gram-form iterations cost (atoms coded)^2 a row against 2 x atoms x width directly: kept when cheaper,
         # and when the [m, m] matrix stays small (a screened dictionary of 15k atoms would need 0.9 GB of it).

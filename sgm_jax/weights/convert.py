@@ -187,7 +187,8 @@ def load_into(
         _check_tied_head(files, tied_head, embed_key)
 
     dtype = jnp.dtype(dtype)
-    place = place or (lambda array, variable: jnp.asarray(array))
+    # device_put, not jnp.asarray: in this jax, asarray compiles a staging program per new shape
+    place = place or (lambda array, variable: jax.device_put(array))
     for key, array in iter_tensors(files, list(found)):
         target = found[key]
         host = np.ascontiguousarray(np.transpose(array, target.perm).astype(dtype))
