@@ -10,6 +10,9 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count=8 {QUICK_COMPILES}"
 )
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The suite compiles afresh, as CI does, and writes nothing under the user's cache folder; the cache's own test
+# turns it on in a folder of its own.
+os.environ["SGM_JAX_COMPILE_CACHE"] = "off"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import jax  # noqa: E402  (after XLA_FLAGS is set)

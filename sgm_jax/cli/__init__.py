@@ -14,7 +14,7 @@ import threading
 import traceback
 
 from sgm_jax.cli import evaluate, experts, pipeline, steering, sweep
-from sgm_jax.cli.common import join_job
+from sgm_jax.cli.common import prepare
 from sgm_jax.cli.options import OneLineParser
 from sgm_jax.runtime.errors import user_message
 
@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show the full traceback of an error (also: SGM_JAX_DEBUG=1)"
     )
+    parser.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        help="where compiled programs are kept for the next run, or 'off' (also: SGM_JAX_COMPILE_CACHE; "
+        "default: ~/.cache/sgm_jax/xla)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for commands in (pipeline, evaluate, steering, experts, sweep):
         commands.register(sub)
@@ -35,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None) -> None:
     """Run one command, letting its errors propagate (for Python callers; `main` is the command line's)."""
     args = build_parser().parse_args(argv)
-    join_job(args)
+    prepare(args)
     args.func(args)
 
 
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, interrupted)
     try:
-        join_job(args)
+        prepare(args)
         args.func(args)
         if interrupts:
             raise KeyboardInterrupt

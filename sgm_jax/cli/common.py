@@ -4,6 +4,7 @@ a job over several hosts. Each loads its work on first use, so building the pars
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from sgm_jax.runtime.errors import OptionError
@@ -166,3 +167,14 @@ def join_job(args) -> None:
         from sgm_jax.runtime import distributed
 
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
+def prepare(args) -> None:
+    """What every command does before its work: keep compiled programs for the next run (--compile-cache), and
+    join the job of several processes it belongs to."""
+    from sgm_jax.runtime import compile_cache
+
+    if args.compile_cache:
+        os.environ[compile_cache.ENV] = args.compile_cache  # what the command's own loads then see
+    compile_cache.enable()
+    join_job(args)

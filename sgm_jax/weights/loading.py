@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.config import UnsupportedConfigError
 from sgm_jax.models.registry import family
+from sgm_jax.runtime import compile_cache
 from sgm_jax.runtime.choices import DTYPE_NAMES
 from sgm_jax.runtime.errors import CheckpointError, MissingFileError
 from sgm_jax.weights import sharding
@@ -96,7 +97,9 @@ def _dtype(dtype):
 
 
 def load_model(path: str, *, dtype="float32", mesh: Mesh | None = None, rules: sharding.Rules = sharding.DEFAULT_RULES):
-    """Load an HF checkpoint as `(model, processor)`; with `mesh`, each tensor goes straight to its shards."""
+    """Load an HF checkpoint as `(model, processor)`; with `mesh`, each tensor goes straight to its shards. Turns on
+    the persistent compilation cache (`sgm_jax.runtime.compile_cache`) unless it is off."""
+    compile_cache.enable()
     directory = resolve_checkpoint(path)
     config = read_config(directory)
     model = nnx.eval_shape(lambda: build_model(config, dtype=dtype))

@@ -1,0 +1,49 @@
+"""The persistent compilation cache: a second run of a command with the same shapes compiles nothing; `off` and the
+default folder are what the README says."""
+
+from importlib.resources import files
+
+import jax
+
+from sgm_jax import cli
+from sgm_jax.data.synthetic import Composition, write_dataset
+from sgm_jax.runtime import compile_cache
+from sgm_jax.runtime.compiles import count_compiles
+
+ORGANISM = str(files("sgm_jax.bundled") / "organism")
+DATA = Composition(
+    train_shape_scenes=8,
+    train_word_scenes=4,
+    test_shape_scenes=1,
+    test_word_scenes=1,
+    mcq_train=1,
+    mcq_test=1,
+    neutral_train=1,
+    neutral_test=1,
+)
+
+
+def test_a_second_collect_loads_every_program_from_the_cache(tmp_path, monkeypatch):
+    data = write_dataset(str(tmp_path / "data"), seed=4, composition=DATA)["train.jsonl"]
+    cache = tmp_path / "xla"
+    command = ["--compile-cache", str(cache), "collect", "--model", ORGANISM, "--data", data, "--quiet", "--out"]
+    try:
+        with count_compiles() as first:
+            cli.run(command + [str(tmp_path / "first")])
+        jax.clear_caches()  # as a new process starts: no program in memory
+        with count_compiles() as second:
+            cli.run(command + [str(tmp_path / "second")])
+    finally:
+        monkeypatch.setenv(compile_cache.ENV, "off")  # the rest of the suite compiles afresh
+        compile_cache.enable()
+    assert first.count > 0 and first.cached == 0
+    assert second.count == 0 and second.cached == first.count
+    assert len(list(cache.iterdir())) >= first.count
+
+
+def test_off_turns_the_cache_off_and_the_default_is_under_the_users_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compile_cache.default_directory() == str(tmp_path / "sgm_jax" / "xla")
+    monkeypatch.setenv(compile_cache.ENV, "off")
+    assert compile_cache.enable() is None
+    assert not jax.config.jax_enable_compilation_cache
