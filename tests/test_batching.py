@@ -51,6 +51,9 @@ def test_collate_left_pads_tokens_and_concatenates_images():
 class _TextOnly(CausalLM):
     model_type = "text-only test model"
 
+    def __init__(self):  # no backbone: only the batch checks are under test
+        pass
+
 
 def test_model_batches_are_checked_and_bucketed():
     model = _TextOnly()

@@ -1,6 +1,8 @@
 """The command line's error boundary: a mistake is one line naming what and where, exit 1, no traceback; a bug
 shows its traceback and asks to be reported; `--debug` shows every traceback; an interrupt exits 130."""
 
+import sys
+
 import pytest
 
 from sgm_jax import cli
@@ -104,6 +106,26 @@ def test_an_interrupt_swallowed_by_the_work_still_exits_130(tmp_path, capsys, mo
     monkeypatch.setattr(pipeline, "cmd_score", interrupt_swallowed)
     err = _fails(capsys, ["score", "--store", str(tmp_path), "--out", str(tmp_path / "s")], code=130)
     assert err.strip() == "sgm-jax score: interrupted; rerun the same command to resume"
+
+
+def test_an_interrupt_landing_in_a_finalizer_prints_no_traceback(tmp_path, capsys, monkeypatch):
+    """A SIGINT that arrives while a finalizer runs (jax's garbage-collection callback is one): Python cannot raise it
+    there and would print its traceback; the command ends with 130 and the resume hint alone."""
+    import signal
+
+    class Finalized:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+
+    def interrupted_in_a_finalizer(args):
+        Finalized()  # collected at once, its finalizer interrupted
+
+    printed = []  # what Python's hook would print: "Exception ignored in ..." and a traceback
+    monkeypatch.setattr(sys, "unraisablehook", printed.append)
+    monkeypatch.setattr(pipeline, "cmd_score", interrupted_in_a_finalizer)
+    err = _fails(capsys, ["score", "--store", str(tmp_path), "--out", str(tmp_path / "s")], code=130)
+    assert err.strip() == "sgm-jax score: interrupted; rerun the same command to resume"
+    assert printed == []
 
 
 @pytest.mark.parametrize(

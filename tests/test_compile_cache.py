@@ -1,6 +1,7 @@
 """The persistent compilation cache: a second run of a command with the same shapes compiles nothing; `off` and the
 default folder are what the README says."""
 
+import os
 from importlib.resources import files
 
 import jax
@@ -26,6 +27,7 @@ DATA = Composition(
 def test_a_second_collect_loads_every_program_from_the_cache(tmp_path, monkeypatch):
     data = write_dataset(str(tmp_path / "data"), seed=4, composition=DATA)["train.jsonl"]
     cache = tmp_path / "xla"
+    monkeypatch.setenv(compile_cache.ENV, compile_cache.OFF)  # what the rest of the suite gets back afterwards
     command = ["--compile-cache", str(cache), "collect", "--model", ORGANISM, "--data", data, "--quiet", "--out"]
     try:
         with count_compiles() as first:
@@ -33,12 +35,13 @@ def test_a_second_collect_loads_every_program_from_the_cache(tmp_path, monkeypat
         jax.clear_caches()  # as a new process starts: no program in memory
         with count_compiles() as second:
             cli.run(command + [str(tmp_path / "second")])
-    finally:
-        monkeypatch.setenv(compile_cache.ENV, "off")  # the rest of the suite compiles afresh
+    finally:  # the command set the variable itself, as a user's does; the rest of the suite compiles afresh
+        os.environ[compile_cache.ENV] = compile_cache.OFF
         compile_cache.enable()
     assert first.count > 0 and first.cached == 0
     assert second.count == 0 and second.cached == first.count
     assert len(list(cache.iterdir())) >= first.count
+    assert not jax.config.jax_enable_compilation_cache  # off again for the tests that follow
 
 
 def test_off_turns_the_cache_off_and_the_default_is_under_the_users_cache_folder(monkeypatch, tmp_path):

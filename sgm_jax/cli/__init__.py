@@ -63,8 +63,16 @@ def main(argv: list[str] | None = None) -> None:
         interrupts.append(signum)
         raise KeyboardInterrupt
 
+    def unraisable(report) -> None:
+        # An interrupt that lands in a finalizer or a garbage-collection callback (jax has one) cannot propagate:
+        # Python would print its traceback. It is recorded above and ends the command with 130 all the same.
+        if not isinstance(report.exc_value, KeyboardInterrupt):
+            previous_hook(report)
+
+    previous_hook = sys.unraisablehook
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, interrupted)
+        sys.unraisablehook = unraisable
     try:
         prepare(args)
         args.func(args)
@@ -94,3 +102,4 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, previous)
+            sys.unraisablehook = previous_hook
