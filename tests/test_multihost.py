@@ -37,8 +37,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _job(out: Path, commands: list[list[str]], processes: int, die_after: int | None = None) -> list:
-    """Run the commands as one job of `processes` processes; their completed processes, in process order."""
+def _job(out: Path, commands: list[list[str]], processes: int, cache: Path, die_after: int | None = None) -> list:
+    """Run the commands as one job of `processes` processes, keeping compiled programs in `cache` (as a pod's hosts
+    share one, and a rerun reads it); their completed processes, in process order."""
     out.mkdir(parents=True, exist_ok=True)
     script = out / "commands.json"
     script.write_text(json.dumps(commands))
@@ -50,7 +51,7 @@ def _job(out: Path, commands: list[list[str]], processes: int, die_after: int | 
         launches = [base + job + ["--process-id", str(i)] for i in range(processes)]
         if die_after is not None:
             launches[-1] += ["--die-after", str(die_after)]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"SGM_JAX_COMPILE_CACHE": str(cache)}
     running = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for cmd in launches
     ]
@@ -88,9 +89,14 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def single(data, tmp_path_factory):
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("compiled")
+
+
+@pytest.fixture(scope="module")
+def single(data, cache, tmp_path_factory):
     root = tmp_path_factory.mktemp("single")
-    ((done, out, err),) = _job(root, _commands(data, root), 1)
+    ((done, out, err),) = _job(root, _commands(data, root), 1, cache)
     assert done.returncode == 0, err[-2000:]
     return root
 
@@ -103,8 +109,8 @@ def _store_files(root: Path) -> dict[str, bytes]:
     }
 
 
-def test_two_processes_write_what_one_process_writes(data, single, tmp_path):
-    runs = _job(tmp_path, _commands(data, tmp_path), 2)
+def test_two_processes_write_what_one_process_writes(data, single, cache, tmp_path):
+    runs = _job(tmp_path, _commands(data, tmp_path), 2, cache)
     for done, _, err in runs:
         assert done.returncode == 0, err[-2000:]
     assert "samples x" in runs[0][1] and "samples x" not in runs[1][1]  # process 0 alone reports
@@ -125,14 +131,14 @@ def test_two_processes_write_what_one_process_writes(data, single, tmp_path):
     assert (tmp_path / "sweep" / "sweep.csv").read_text() == (single / "sweep" / "sweep.csv").read_text()
 
 
-def test_a_process_lost_mid_job_leaves_a_store_the_rerun_completes(data, single, tmp_path):
+def test_a_process_lost_mid_job_leaves_a_store_the_rerun_completes(data, single, cache, tmp_path):
     collect = _commands(data, tmp_path)[:1]
-    runs = _job(tmp_path, collect, 2, die_after=1)
+    runs = _job(tmp_path, collect, 2, cache, die_after=1)
     assert runs[1][0].returncode == 3  # the lost host
     assert runs[0][0].returncode != 0 and "another process of the job stopped" in runs[0][2]
     chunks = list((tmp_path / "store" / "chunks").glob("*.safetensors"))
     assert 0 < len(chunks) < 4 and not (tmp_path / "store" / "responses").exists()
-    for done, _, err in _job(tmp_path, collect, 2):
+    for done, _, err in _job(tmp_path, collect, 2, cache):
         assert done.returncode == 0, err[-2000:]
     assert _store_files(tmp_path) == _store_files(single)
 
