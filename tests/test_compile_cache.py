@@ -2,33 +2,20 @@
 default folder are what the README says."""
 
 import os
-from importlib.resources import files
 
 import jax
 
+import hf_tiny
 from sgm_jax import cli
-from sgm_jax.data.synthetic import Composition, write_dataset
 from sgm_jax.runtime import compile_cache
 from sgm_jax.runtime.compiles import count_compiles
 
-ORGANISM = str(files("sgm_jax.bundled") / "organism")
-DATA = Composition(
-    train_shape_scenes=8,
-    train_word_scenes=4,
-    test_shape_scenes=1,
-    test_word_scenes=1,
-    mcq_train=1,
-    mcq_test=1,
-    neutral_train=1,
-    neutral_test=1,
-)
-
 
 def test_a_second_collect_loads_every_program_from_the_cache(tmp_path, monkeypatch):
-    data = write_dataset(str(tmp_path / "data"), seed=4, composition=DATA)["train.jsonl"]
+    model, data = hf_tiny.save_tiny_with_data(tmp_path, seed=4, samples=12)
     cache = tmp_path / "xla"
     monkeypatch.setenv(compile_cache.ENV, compile_cache.OFF)  # what the rest of the suite gets back afterwards
-    command = ["--compile-cache", str(cache), "collect", "--model", ORGANISM, "--data", data, "--quiet", "--out"]
+    command = ["--compile-cache", str(cache), "collect", "--model", model, "--data", data, "--quiet", "--out"]
     try:
         with count_compiles() as first:
             cli.run(command + [str(tmp_path / "first")])
