@@ -37,3 +37,25 @@ def test_off_turns_the_cache_off_and_the_default_is_under_the_users_cache_folder
     monkeypatch.setenv(compile_cache.ENV, "off")
     assert compile_cache.enable() is None
     assert not jax.config.jax_enable_compilation_cache
+
+
+def test_a_command_says_what_it_compiled_and_what_the_cache_supplied(tmp_path, monkeypatch, capsys):
+    model, data = hf_tiny.save_tiny_with_data(tmp_path, seed=5, samples=8)
+    monkeypatch.setenv(compile_cache.ENV, compile_cache.OFF)
+    command = ["--compile-cache", str(tmp_path / "xla"), "collect", "--model", model, "--data", data, "--out"]
+    jax.clear_caches()  # nothing compiled by an earlier test in this process
+    try:
+        cli.main(command + [str(tmp_path / "first")])
+        first = capsys.readouterr().err.strip().splitlines()[-1]
+        jax.clear_caches()
+        cli.main(command + [str(tmp_path / "second")])
+        second = capsys.readouterr().err.strip().splitlines()[-1]
+        cli.main(command + [str(tmp_path / "quiet"), "--quiet"])
+        quiet = capsys.readouterr().err
+    finally:
+        os.environ[compile_cache.ENV] = compile_cache.OFF
+        compile_cache.enable()
+    n = int(first.split(": ")[1].split()[0])
+    assert n > 0 and first.startswith("sgm-jax collect: ") and "loaded from the compile cache" not in first
+    assert second == f"sgm-jax collect: 0 programs compiled in 0.0 s, {n} loaded from the compile cache"
+    assert quiet == ""

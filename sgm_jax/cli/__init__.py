@@ -14,7 +14,7 @@ import threading
 import traceback
 
 from sgm_jax.cli import evaluate, experts, pipeline, steering, sweep
-from sgm_jax.cli.common import prepare
+from sgm_jax.cli.common import is_writer, prepare
 from sgm_jax.cli.options import OneLineParser
 from sgm_jax.runtime.errors import user_message
 
@@ -43,6 +43,18 @@ def run(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     prepare(args)
     args.func(args)
+
+
+def _report_compiles(args, compiled) -> None:
+    """Where a command's time to first result went: its programs compiled, and those the cache supplied (on
+    stderr, unless --quiet; process 0 of a job only)."""
+    if getattr(args, "quiet", False) or not (compiled.count or compiled.cached) or not is_writer():
+        return
+    cached = f", {compiled.cached} loaded from the compile cache" if compiled.cached else ""
+    print(
+        f"sgm-jax {args.command}: {compiled.count} programs compiled in {compiled.seconds:.1f} s{cached}",
+        file=sys.stderr,
+    )
 
 
 def _exit_interrupted(command: str) -> None:
@@ -75,9 +87,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.unraisablehook = unraisable
     try:
         prepare(args)
-        args.func(args)
+        from sgm_jax.runtime.compiles import count_compiles  # after parsing: `--help` loads no jax
+
+        with count_compiles() as compiled:
+            args.func(args)
         if interrupts:
             raise KeyboardInterrupt
+        _report_compiles(args, compiled)
     except KeyboardInterrupt:
         _exit_interrupted(args.command)
     except Exception as error:
