@@ -523,11 +523,14 @@ def test_a_full_disk_names_the_file_and_loses_nothing(tiny, tmp_path, limit, fil
 
 
 def test_an_interrupt_exits_130_and_the_rerun_finishes_the_store(tiny, tmp_path):
+    """Interrupted after its first chunk, with hundreds of one-row batches still to go (so the signal cannot land
+    after the last one, however the machine schedules the two processes), and resumed to the same store."""
     out, reference = tmp_path / "store", tmp_path / "reference"
-    argv = _collect(tiny[0], tiny[1], out, "--sites", *SITES, "--batch-size", "1")
+    data = hf_tiny.write_dataset(str(tmp_path / "data"), 300, uniform=True)
+    argv = _collect(tiny[0], data, out, "--sites", *SITES, "--batch-size", "1")
     process = _cli_process(argv)
     chunks = out / "chunks"
-    while process.poll() is None and not (chunks.is_dir() and len(os.listdir(chunks)) >= 2):
+    while process.poll() is None and not (chunks.is_dir() and os.listdir(chunks)):
         time.sleep(0.01)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=300)
@@ -537,6 +540,6 @@ def test_an_interrupt_exits_130_and_the_rerun_finishes_the_store(tiny, tmp_path)
     assert "Traceback" not in err
     assert not ResponseStore(str(out)).complete, "the run finished before it could be interrupted"
     cli.run(argv)
-    cli.run(_collect(tiny[0], tiny[1], reference, "--sites", *SITES, "--batch-size", "1"))
+    cli.run(_collect(tiny[0], data, reference, "--sites", *SITES, "--batch-size", "1"))
     for site in SITES:
         np.testing.assert_array_equal(ResponseStore(str(out)).load(site), ResponseStore(str(reference)).load(site))
