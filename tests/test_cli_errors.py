@@ -1,12 +1,22 @@
 """The command line's error boundary: a mistake is one line naming what and where, exit 1, no traceback; a bug
 shows its traceback and asks to be reported; `--debug` shows every traceback; an interrupt exits 130."""
 
+import dataclasses
+import functools
 import sys
 
 import pytest
 
 from sgm_jax import cli
 from sgm_jax.cli import pipeline
+
+
+def _score_runs(monkeypatch, work) -> None:
+    """`sgm-jax score` doing `work(args)` instead of its own."""
+    replaced = [
+        dataclasses.replace(c, run=functools.wraps(c.run)(work)) if c.name == "score" else c for c in pipeline.COMMANDS
+    ]
+    monkeypatch.setattr(pipeline, "COMMANDS", tuple(replaced))
 
 
 def _fails(capsys, argv, code=1):
@@ -42,7 +52,7 @@ def test_an_operating_system_error_names_the_path(tmp_path, capsys, monkeypatch)
     def full_disk(args):
         raise OSError(28, "No space left on device", str(blocked / "chunk-0.npy"))
 
-    monkeypatch.setattr(pipeline, "cmd_score", full_disk)
+    _score_runs(monkeypatch, full_disk)
     line = _one_line(_fails(capsys, ["score", "--store", str(tmp_path), "--out", str(blocked)]), "score")
     assert line.endswith(f"No space left on device: {blocked / 'chunk-0.npy'}")
 
@@ -51,7 +61,7 @@ def test_a_bug_keeps_its_traceback_and_asks_to_be_reported(tmp_path, capsys, mon
     def broken(args):
         return {}["missing"] + 1  # a KeyError raised outside sgm_jax's checks is a bug, not a user's mistake
 
-    monkeypatch.setattr(pipeline, "cmd_score", broken)
+    _score_runs(monkeypatch, broken)
     err = _fails(capsys, ["score", "--store", str(tmp_path), "--out", str(tmp_path / "s")])
     assert "Traceback" in err and "please report it" in err
 
@@ -70,7 +80,7 @@ def test_an_interrupt_exits_130_with_the_resume_hint(tmp_path, capsys, monkeypat
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "cmd_score", interrupted)
+    _score_runs(monkeypatch, interrupted)
     err = _fails(capsys, ["score", "--store", str(tmp_path), "--out", str(tmp_path / "s")], code=130)
     assert "rerun the same command to resume" in err
 
@@ -86,7 +96,7 @@ def test_an_interrupt_turned_into_another_error_still_exits_130(tmp_path, capsys
         except KeyboardInterrupt:
             raise ValueError("computation was cancelled") from None
 
-    monkeypatch.setattr(pipeline, "cmd_score", interrupted_inside_a_library)
+    _score_runs(monkeypatch, interrupted_inside_a_library)
     err = _fails(capsys, ["score", "--store", str(tmp_path), "--out", str(tmp_path / "s")], code=130)
     assert err.strip() == "sgm-jax score: interrupted; rerun the same command to resume"
 
@@ -103,7 +113,7 @@ def test_an_interrupt_swallowed_by_the_work_still_exits_130(tmp_path, capsys, mo
         except KeyboardInterrupt:
             pass
 
-    monkeypatch.setattr(pipeline, "cmd_score", interrupt_swallowed)
+    _score_runs(monkeypatch, interrupt_swallowed)
     err = _fails(capsys, ["score", "--store", str(tmp_path), "--out", str(tmp_path / "s")], code=130)
     assert err.strip() == "sgm-jax score: interrupted; rerun the same command to resume"
 
@@ -122,7 +132,7 @@ def test_an_interrupt_landing_in_a_finalizer_prints_no_traceback(tmp_path, capsy
 
     printed = []  # what Python's hook would print: "Exception ignored in ..." and a traceback
     monkeypatch.setattr(sys, "unraisablehook", printed.append)
-    monkeypatch.setattr(pipeline, "cmd_score", interrupted_in_a_finalizer)
+    _score_runs(monkeypatch, interrupted_in_a_finalizer)
     err = _fails(capsys, ["score", "--store", str(tmp_path), "--out", str(tmp_path / "s")], code=130)
     assert err.strip() == "sgm-jax score: interrupted; rerun the same command to resume"
     assert printed == []

@@ -1,4 +1,4 @@
-"""The `sgm-jax` command: one module per group of commands, each adding its parsers with `register(sub)`.
+"""The `sgm-jax` command: one module per group of commands, each listing its `COMMANDS` (`cli.command`).
 
 Building the parser loads no jax (its choices come from `sgm_jax.runtime.choices`): each command imports its work
 when it runs, so `--help` and a usage mistake answer at once.
@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         "default: ~/.cache/sgm_jax/xla)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for commands in (pipeline, evaluate, steering, experts, sweep):
-        commands.register(sub)
+    for module in (pipeline, evaluate, steering, experts, sweep):
+        for command in module.COMMANDS:
+            command.add_to(sub)
     return parser
 
 

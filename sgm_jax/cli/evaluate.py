@@ -3,6 +3,7 @@ defenses' safety probe) and `demo` (all of it on the bundled organism)."""
 
 from __future__ import annotations
 
+from sgm_jax.cli.command import Command
 from sgm_jax.cli.common import eval_inputs, is_writer, load, read_defense_options, read_samples
 from sgm_jax.cli.options import (
     add_data_options,
@@ -18,6 +19,11 @@ from sgm_jax.runtime.choices import DEFENSES, POOLINGS
 
 
 def cmd_evaluate(args) -> None:
+    """Harmful rate, fluency and reasoning before and after interventions (and defenses).
+
+    Generate answers to harmful and benign items with and without the interventions (with --defense stacked on
+    them), judge them, measure perplexity and multiple-choice accuracy, and write results.json, report.md and
+    plots. Answers are cached in the output directory, so an interrupted run resumes."""
     from sgm_jax.defenses.factory import make_defenses
     from sgm_jax.evaluate.report import table
     from sgm_jax.evaluate.runner import evaluate
@@ -43,6 +49,11 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_compare(args) -> None:
+    """SGM*: configurations (none, SGM, each defense, SGM + each, all) side by side on the same data.
+
+    Measure each configuration like `evaluate` (harmful rate with 95%% intervals, over-refusal, multiple-choice
+    accuracy, perplexity, answer perplexity, tokens/s) and write comparison.json, comparison.md and
+    comparison.png. Resumable: answers are cached per configuration."""
     from sgm_jax.evaluate.compare import compare, comparison_table, parse_configuration, standard_configurations
 
     defense_options = read_defense_options(args)
@@ -73,6 +84,11 @@ def cmd_compare(args) -> None:
 
 
 def cmd_prober(args) -> None:
+    """Train a safety prober (logistic probe on pooled prompt activations at one site).
+
+    Train a logistic probe for label 1 (harmful) against 0 on the prompts of a dataset (no response: it decides
+    before generation), at one site of the model, with optax; save it as a safetensors file for SafeCoDe's
+    verdicts and the prober gate."""
     from sgm_jax.defenses import train_prober
 
     samples = read_samples(args)
@@ -89,6 +105,11 @@ def cmd_prober(args) -> None:
 
 
 def cmd_demo(args) -> None:
+    """The whole SGM pipeline on the bundled model organism, offline.
+
+    Load the bundled model organism (a tiny LLaVA trained to be toxic under specific multimodal triggers), write
+    its synthetic data, collect responses, score experts, build the SGM intervention and print the harmful rate,
+    multiple-choice accuracy and perplexity before and after it."""
     from sgm_jax.evaluate.compare import comparison_table
     from sgm_jax.evaluate.report import table
     from sgm_jax.organism.demo import run_demo
@@ -107,16 +128,7 @@ def cmd_demo(args) -> None:
     )
 
 
-def register(sub) -> None:
-    """Add evaluate, compare, prober and demo to the `sgm-jax` subparsers."""
-    p = sub.add_parser(
-        "evaluate",
-        help="harmful rate, fluency and reasoning before and after interventions (and defenses)",
-        description="Generate answers to harmful and benign items with and without the "
-        "interventions (with --defense stacked on them), judge them, measure perplexity and "
-        "multiple-choice accuracy, and write results.json, report.md and plots. Answers are "
-        "cached in the output directory, so an interrupted run resumes.",
-    )
+def _evaluate_options(p) -> None:
     evaluation_arguments(p, "an intervention file; repeat to compose several (default: measure the model alone)")
     p.add_argument("--scores", help="the scores file the intervention came from, for AUROC and expert plots")
     p.add_argument(
@@ -128,15 +140,9 @@ def register(sub) -> None:
     )
     defense_arguments(p)
     distributed_options(p)
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser(
-        "compare",
-        help="SGM*: configurations (none, SGM, each defense, SGM + each, all) side by side on the same data",
-        description="Measure each configuration like `evaluate` (harmful rate with 95%% intervals, "
-        "over-refusal, multiple-choice accuracy, perplexity, answer perplexity, tokens/s) and write "
-        "comparison.json, comparison.md and comparison.png. Resumable: answers are cached per configuration.",
-    )
+
+def _compare_options(p) -> None:
     evaluation_arguments(p, "the intervention SGM configurations apply; repeat to compose several")
     p.add_argument(
         "--config",
@@ -147,15 +153,9 @@ def register(sub) -> None:
     )
     defense_arguments(p)
     distributed_options(p)
-    p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser(
-        "prober",
-        help="train a safety prober (logistic probe on pooled prompt activations at one site)",
-        description="Train a logistic probe for label 1 (harmful) against 0 on the prompts of a dataset "
-        "(no response: it decides before generation), at one site of the model, with optax; save it "
-        "as a safetensors file for SafeCoDe's verdicts and the prober gate.",
-    )
+
+def _prober_options(p) -> None:
     model_options(p)
     add_data_options(p, "the labelled prompts (the train split)")
     p.add_argument("--site", required=True, help="the site to probe, e.g. model.language_model.layers.2.mlp.down_proj")
@@ -165,18 +165,18 @@ def register(sub) -> None:
         "--threshold", type=real(0, 1), default=0.5, help="probability at which a prompt is flagged (default: 0.5)"
     )
     p.add_argument("--out", required=True, help="output prober file (.safetensors)")
-    p.set_defaults(func=cmd_prober)
 
-    p = sub.add_parser(
-        "demo",
-        help="the whole SGM pipeline on the bundled model organism, offline",
-        description="Load the bundled model organism (a tiny LLaVA trained to be toxic under "
-        "specific multimodal triggers), write its synthetic data, collect responses, "
-        "score experts, build the SGM intervention and print the harmful rate, "
-        "multiple-choice accuracy and perplexity before and after it.",
-    )
+
+def _demo_options(p) -> None:
     p.add_argument(
         "--threshold", type=real(0, 1), default=0.5, help="AUROC above which neurons are damped (default: 0.5, AurA's)"
     )
     output_options(p, "output directory (default: ./sgm_demo)", "no progress bars", default="sgm_demo")
-    p.set_defaults(func=cmd_demo)
+
+
+COMMANDS = (
+    Command("evaluate", cmd_evaluate, _evaluate_options),
+    Command("compare", cmd_compare, _compare_options),
+    Command("prober", cmd_prober, _prober_options),
+    Command("demo", cmd_demo, _demo_options),
+)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from sgm_jax.cli.command import Command
 from sgm_jax.cli.common import load, read_samples
 from sgm_jax.cli.options import add_data_options, distributed_options, model_options, real, whole
 from sgm_jax.runtime.choices import IMAGE_ABLATIONS, NEUTRAL_PROMPT
@@ -17,6 +18,13 @@ def _prompt(text: str) -> str:
 
 
 def cmd_experts(args) -> None:
+    """Which modality each expert neuron reads: the image, the text, or both.
+
+    Score every neuron's AUROC on a labelled multimodal dataset with mean pooling over all, image and text
+    tokens, then again with each image replaced by a content-free one and with the prompt replaced by a neutral
+    one (responses dropped), labels unchanged. Each expert (AUROC >= --threshold) is visual, textual, cross-
+    modal or either, by the share of its expertise that survives each ablation (cut --tau). Writes experts.md,
+    experts.json, experts.png and experts.safetensors."""
     from sgm_jax.experts.attribution import CLASSES, attribute, check_samples, write_outputs
 
     samples = read_samples(args)
@@ -52,17 +60,7 @@ def cmd_experts(args) -> None:
     )
 
 
-def register(sub) -> None:
-    """Add experts to the `sgm-jax` subparsers."""
-    p = sub.add_parser(
-        "experts",
-        help="which modality each expert neuron reads: the image, the text, or both",
-        description="Score every neuron's AUROC on a labelled multimodal dataset with mean pooling over all, "
-        "image and text tokens, then again with each image replaced by a content-free one and with the prompt "
-        "replaced by a neutral one (responses dropped), labels unchanged. Each expert (AUROC >= --threshold) "
-        "is visual, textual, cross-modal or either, by the share of its expertise that survives each ablation "
-        "(cut --tau). Writes experts.md, experts.json, experts.png and experts.safetensors.",
-    )
+def _experts_options(p) -> None:
     model_options(p)
     add_data_options(p, "labelled samples, each with an image")
     p.add_argument(
@@ -108,4 +106,6 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     distributed_options(p)
-    p.set_defaults(func=cmd_experts)
+
+
+COMMANDS = (Command("experts", cmd_experts, _experts_options),)

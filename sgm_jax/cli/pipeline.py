@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from sgm_jax.cli.command import Command
 from sgm_jax.cli.common import is_writer, load, parse_mesh, read_interventions, read_samples
 from sgm_jax.cli.options import (
     add_data_options,
@@ -23,6 +24,10 @@ from sgm_jax.runtime.errors import OptionError
 
 
 def cmd_collect(args) -> None:
+    """Record pooled neuron responses on a labelled dataset.
+
+    Run the model over a labelled dataset and store each site's pooled activation per sample. An interrupted run
+    resumes where it stopped when the same command is run again."""
     from sgm_jax.responses.collect import collect_to_store
     from sgm_jax.responses.sites import default_sites
 
@@ -50,6 +55,10 @@ def cmd_collect(args) -> None:
 
 
 def cmd_score(args) -> None:
+    """Per-neuron AUROC of a response store.
+
+    Compute each neuron's AUROC as a classifier of the label (toxic 1 vs benign 0), exact with ties counted
+    half, and save {site: AUROC} as safetensors with the store's metadata."""
     from sgm_jax.experts.scores import save_scores, score_store, store_metadata
     from sgm_jax.responses.store import ResponseStore
 
@@ -64,6 +73,10 @@ def cmd_score(args) -> None:
 
 
 def cmd_sites(args) -> None:
+    """List a model's neuron sites and their widths.
+
+    Print every site name (HF module paths, ':in' for inputs) with its number of neurons, or only those matching
+    PATTERN."""
     from sgm_jax.responses.sites import list_sites, resolve
 
     model, _ = load(args, text=False)
@@ -74,6 +87,11 @@ def cmd_sites(args) -> None:
 
 
 def cmd_generate(args) -> None:
+    """Generate a reply to one prompt, optionally with interventions.
+
+    Render the prompt (and image) through the checkpoint's chat template, generate with the KV-cached jitted
+    decoder and print the reply. Interventions (files written by Intervention.save) are composed: their alphas
+    multiply."""
     import sgm_jax
     from sgm_jax.data import Sample
     from sgm_jax.data.encode import encode
@@ -108,6 +126,11 @@ def cmd_generate(args) -> None:
 
 
 def cmd_intervention(args) -> None:
+    """Build an intervention file from expert scores.
+
+    Turn a scores file (from `sgm-jax score`) into per-neuron gates: aura (SGM's expertise-weighted damping,
+    alpha = 1 - 2 (AUROC - 0.5) above the threshold), damp (a fixed alpha on the global top-k neurons) or det0
+    (alpha 0 on the top-k)."""
     import sgm_jax
 
     if args.method != "aura" and args.k is None:
@@ -127,15 +150,7 @@ def cmd_intervention(args) -> None:
     )
 
 
-def register(sub) -> None:
-    """Add collect, score, sites, generate and intervention to the `sgm-jax` subparsers."""
-    p = sub.add_parser(
-        "collect",
-        help="record pooled neuron responses on a labelled dataset",
-        description="Run the model over a labelled dataset and store each site's pooled "
-        "activation per sample. An interrupted run resumes where it stopped when the "
-        "same command is run again.",
-    )
+def _collect_options(p) -> None:
     model_options(p)
     add_data_options(p, "the labelled samples")
     p.add_argument(
@@ -162,38 +177,21 @@ def register(sub) -> None:
     image_size_option(p)
     output_options(p, "store directory (created, or resumed if it exists)", "no progress bar")
     distributed_options(p)
-    p.set_defaults(func=cmd_collect)
 
-    p = sub.add_parser(
-        "score",
-        help="per-neuron AUROC of a response store",
-        description="Compute each neuron's AUROC as a classifier of the label (toxic 1 vs benign 0), "
-        "exact with ties counted half, and save {site: AUROC} as safetensors with "
-        "the store's metadata.",
-    )
+
+def _score_options(p) -> None:
     p.add_argument("--store", required=True, help="a complete response store written by `sgm-jax collect`")
     mesh_option(p, "spread the neurons over a device mesh of these sizes")
     output_options(p, "output .safetensors file", "no progress bar")
     distributed_options(p)
-    p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser(
-        "sites",
-        help="list a model's neuron sites and their widths",
-        description="Print every site name (HF module paths, ':in' for inputs) with its number of "
-        "neurons, or only those matching PATTERN.",
-    )
+
+def _sites_options(p) -> None:
     model_options(p)
     p.add_argument("pattern", nargs="*", help="names or glob patterns to expand (default: all sites)")
-    p.set_defaults(func=cmd_sites)
 
-    p = sub.add_parser(
-        "generate",
-        help="generate a reply to one prompt, optionally with interventions",
-        description="Render the prompt (and image) through the checkpoint's chat template, "
-        "generate with the KV-cached jitted decoder and print the reply. Interventions "
-        "(files written by Intervention.save) are composed: their alphas multiply.",
-    )
+
+def _generate_options(p) -> None:
     model_options(p)
     p.add_argument("--prompt", required=True, help="the user's message")
     p.add_argument("--image", help="an image file shown with the prompt (default: text only)")
@@ -219,15 +217,9 @@ def register(sub) -> None:
         default=1.0,
         help="sample only within the smallest set of tokens holding this probability; 1 is off (default: 1)",
     )
-    p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser(
-        "intervention",
-        help="build an intervention file from expert scores",
-        description="Turn a scores file (from `sgm-jax score`) into per-neuron gates: aura (SGM's "
-        "expertise-weighted damping, alpha = 1 - 2 (AUROC - 0.5) above the threshold), "
-        "damp (a fixed alpha on the global top-k neurons) or det0 (alpha 0 on the top-k).",
-    )
+
+def _intervention_options(p) -> None:
     p.add_argument("--scores", required=True, help="a scores file written by `sgm-jax score`")
     p.add_argument(
         "--method", choices=["aura", "damp", "det0"], default="aura", help="how to set the gates (default: aura)"
@@ -250,4 +242,12 @@ def register(sub) -> None:
         help="scale the effect: alpha -> 1 - s (1 - alpha), 0 is off, 1 as learned (default: 1)",
     )
     p.add_argument("--out", required=True, help="output intervention file (.safetensors)")
-    p.set_defaults(func=cmd_intervention)
+
+
+COMMANDS = (
+    Command("collect", cmd_collect, _collect_options),
+    Command("score", cmd_score, _score_options),
+    Command("sites", cmd_sites, _sites_options),
+    Command("generate", cmd_generate, _generate_options),
+    Command("intervention", cmd_intervention, _intervention_options),
+)

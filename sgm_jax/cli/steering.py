@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from sgm_jax.cli.command import Command, Group
 from sgm_jax.cli.common import load_gated, read_samples
 from sgm_jax.cli.options import add_data_options, real, steered_model_options, whole
 from sgm_jax.runtime.choices import POOLINGS, TOKENS
@@ -12,6 +13,12 @@ from sgm_jax.runtime.errors import OptionError
 
 
 def cmd_dictionary(args) -> None:
+    """Build a concept dictionary (one atom per concept) at one site.
+
+    Read every stimulus (an image with its caption, or a prompt) at one site and make each concept's atom: the
+    normalised difference between the mean activation of its positive and its negative stimuli. The stimuli sets
+    come from a concepts file, or are chosen from CLIP-style similarities by DACO's geometric score (--scores,
+    --labels)."""
     from sgm_jax.steering.dictionary import build_dictionary, read_concepts, write_concepts
     from sgm_jax.steering.stimuli import read_scores, select_stimuli
 
@@ -47,6 +54,11 @@ def cmd_dictionary(args) -> None:
 
 
 def cmd_sae_train(args) -> None:
+    """Train an SAE on one site's per-token activations.
+
+    Collect the site's activation at every token of the data (a resumable token store), then train a TopK or L1
+    SAE with optax, its decoder initialised from --dictionary's atoms (then free random atoms), checkpointed
+    with orbax: rerun the same command to resume."""
     from sgm_jax.steering.dictionary import load_dictionary
     from sgm_jax.steering.sae import SAEConfig
     from sgm_jax.steering.sae_training import TrainSettings, train_sae
@@ -90,6 +102,10 @@ def cmd_sae_train(args) -> None:
 
 
 def cmd_sae_annotate(args) -> None:
+    """Label an SAE's atoms undesirable / desirable by their distance to the dictionary's centroids.
+
+    An atom whose cosine distance to the undesirable (desirable) concepts' centroid is at most --eta, and
+    smaller than to the other centroid, takes that label."""
     from sgm_jax.steering.annotate import annotate
     from sgm_jax.steering.dictionary import load_dictionary
     from sgm_jax.steering.sae import load_sae
@@ -104,16 +120,7 @@ def cmd_sae_annotate(args) -> None:
     )
 
 
-def register(sub) -> None:
-    """Add dictionary, sae train and sae annotate to the `sgm-jax` subparsers."""
-    p = sub.add_parser(
-        "dictionary",
-        help="build a concept dictionary (one atom per concept) at one site",
-        description="Read every stimulus (an image with its caption, or a prompt) at one site and make each "
-        "concept's atom: the normalised difference between the mean activation of its positive and its "
-        "negative stimuli. The stimuli sets come from a concepts file, or are chosen from CLIP-style "
-        "similarities by DACO's geometric score (--scores, --labels).",
-    )
+def _dictionary_options(p) -> None:
     steered_model_options(p)
     add_data_options(p, "the stimuli, each prompt its caption", flag="--stimuli")
     p.add_argument("--concepts", help='a concepts file: {"concepts": [{name, label, group, positives, negatives}]}')
@@ -126,18 +133,9 @@ def register(sub) -> None:
     p.add_argument("--tokens", choices=TOKENS, default="all", help="which tokens are pooled (default: all)")
     p.add_argument("--batch-size", type=whole(1), default=16, help="stimuli per batch (default: 16)")
     p.add_argument("--out", required=True, help="output dictionary file (.safetensors)")
-    p.set_defaults(func=cmd_dictionary)
 
-    sae = sub.add_parser("sae", help="train and annotate sparse autoencoders (DACO)").add_subparsers(
-        dest="sae_command", required=True
-    )
-    p = sae.add_parser(
-        "train",
-        help="train an SAE on one site's per-token activations",
-        description="Collect the site's activation at every token of the data (a resumable token store), then "
-        "train a TopK or L1 SAE with optax, its decoder initialised from --dictionary's atoms (then free "
-        "random atoms), checkpointed with orbax: rerun the same command to resume.",
-    )
+
+def _sae_train_options(p) -> None:
     steered_model_options(p)
     add_data_options(
         p, "samples whose tokens are read (prompts with responses, stimuli); repeat for several", repeat=True
@@ -158,16 +156,23 @@ def register(sub) -> None:
     p.add_argument("--work", help="token store and checkpoints folder (default: OUT without .safetensors + .work)")
     p.add_argument("--out", required=True, help="output SAE file (.safetensors)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_sae_train)
 
-    p = sae.add_parser(
-        "annotate",
-        help="label an SAE's atoms undesirable / desirable by their distance to the dictionary's centroids",
-        description="An atom whose cosine distance to the undesirable (desirable) concepts' centroid is at most "
-        "--eta, and smaller than to the other centroid, takes that label.",
-    )
+
+def _sae_annotate_options(p) -> None:
     p.add_argument("--sae", required=True, help="an SAE file (sgm-jax sae train)")
     p.add_argument("--dictionary", required=True, help="the concept dictionary with the concepts' labels")
     p.add_argument("--eta", type=real(0, 2), default=0.6, help="the cosine-distance threshold (default: 0.6)")
     p.add_argument("--out", required=True, help="output annotation file (.safetensors)")
-    p.set_defaults(func=cmd_sae_annotate)
+
+
+COMMANDS = (
+    Command("dictionary", cmd_dictionary, _dictionary_options),
+    Group(
+        "sae",
+        "Train and annotate sparse autoencoders (DACO).",
+        (
+            Command("train", cmd_sae_train, _sae_train_options),
+            Command("annotate", cmd_sae_annotate, _sae_annotate_options),
+        ),
+    ),
+)

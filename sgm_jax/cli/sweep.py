@@ -3,6 +3,7 @@ per compiled call, into a table and a Pareto plot."""
 
 from __future__ import annotations
 
+from sgm_jax.cli.command import Command
 from sgm_jax.cli.common import judge_and_neutral, load, load_samples
 from sgm_jax.cli.options import distributed_options, evaluation_data_options, model_options, real, whole
 from sgm_jax.runtime.errors import OptionError
@@ -11,6 +12,14 @@ GRID_OPTIONS = ("method", "threshold", "strength", "k", "alpha", "sites")
 
 
 def cmd_sweep(args) -> None:
+    """Measure a grid of intervention settings and plot the Pareto front.
+
+    Turn expert scores into every setting of a grid (or a list file) of methods (aura, damp, det0), thresholds,
+    strengths, k and site groups; measure each on the same data (harmful rate with its 95% interval, over-
+    refusal, multiple-choice accuracy, perplexity, answer fluency), --chunk-size settings per compiled call;
+    write sweep.csv, pareto.png and sweep.json. A rerun resumes: only settings without a row are measured. Site
+    groups: all, sgm (the paper's gate/up/down sites), gate, up, down, down:in, layers:A-B, vision, projector,
+    or NAME=PATTERN[,PATTERN...]."""
     from sgm_jax.sweeps.evaluation import SweepOptions
     from sgm_jax.sweeps.settings import grid, group_name, read_settings
 
@@ -111,18 +120,7 @@ _DEFAULTS = {
 }
 
 
-def register(sub) -> None:
-    """Add sweep to the `sgm-jax` subparsers."""
-    p = sub.add_parser(
-        "sweep",
-        help="measure a grid of intervention settings and plot the Pareto front",
-        description="Turn expert scores into every setting of a grid (or a list file) of methods (aura, damp, "
-        "det0), thresholds, strengths, k and site groups; measure each on the same data (harmful rate with its "
-        "95% interval, over-refusal, multiple-choice accuracy, perplexity, answer fluency), --chunk-size "
-        "settings per compiled call; write sweep.csv, pareto.png and sweep.json. A rerun resumes: only "
-        "settings without a row are measured. Site groups: all, sgm (the paper's gate/up/down sites), gate, up, "
-        "down, down:in, layers:A-B, vision, projector, or NAME=PATTERN[,PATTERN...].",
-    )
+def _sweep_options(p) -> None:
     p.add_argument(
         "--demo",
         action="store_true",
@@ -189,4 +187,6 @@ def register(sub) -> None:
     distributed_options(p)
     p.add_argument("--out", required=True, help="output folder (a rerun resumes in it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_sweep)
+
+
+COMMANDS = (Command("sweep", cmd_sweep, _sweep_options),)
