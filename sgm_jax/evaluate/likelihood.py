@@ -50,11 +50,11 @@ class Scored:
 
 
 def scoring_batches(model: CausalLM, sequences: Sequence[dict[str, np.ndarray]], batch_size: int, pad_id: int):
-    """`(rows, batch)` pairs: the sequences grouped by length into checked model batches, each as many rows as the
-    first (the last filled with repeats: results past `len(rows)` are dropped)."""
-    plan = plan_batches([len(s["input_ids"]) for s in sequences], batch_size)
-    for rows in plan:
-        yield rows, model_batch(model, collate([sequences[i] for i in rows], pad_id, len(plan[0])), pad_id)
+    """`(rows, batch)` pairs: the sequences grouped by length into checked model batches of `batch_size` rows (a
+    short batch filled with repeats, whose results are dropped), so the scorings of one run (neutral texts, options,
+    answers, however many of each) share their compiled programs."""
+    for rows in plan_batches([len(s["input_ids"]) for s in sequences], batch_size):
+        yield rows, model_batch(model, collate([sequences[i] for i in rows], pad_id, batch_size), pad_id)
 
 
 def score_sequences(
