@@ -11,9 +11,10 @@ import hf_tiny
 import sgm_jax
 import sgm_jax.evaluate.answers as answers_module
 from sgm_jax.data import Sample, read_jsonl
-from sgm_jax.evaluate.runner import EvalOptions, evaluate
+from sgm_jax.evaluate.compare import compare, comparison_table
+from sgm_jax.evaluate.runner import Configuration, EvalOptions, evaluate
 from sgm_jax.interventions import Intervention
-from sgm_jax.judges import LexiconJudge
+from sgm_jax.judges import LexiconJudge, RefusalJudge
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +179,25 @@ def test_an_empty_or_torn_answer_cache_is_rebuilt_and_a_damaged_one_named(setup,
     cache.write_text('{"settings": ' + "\n" + json.dumps({"id": items[0].id, "answer": "x"}) + "\n")
     with pytest.raises(ValueError, match="answer cache .*answers.jsonl: its first line .* is damaged"):
         run()
+
+
+def test_the_report_names_what_its_judge_measures_and_a_rate_without_rows_is_a_dash(setup, tmp_path):
+    """With the refusal judge "harmful" means "did not refuse": the report and the comparison say so. Without benign
+    rows there is no over-refusal to measure: no row in the report, a dash in the comparison, null in the JSON
+    (never `nan%`, or NaN)."""
+    model, processor, samples, _ = setup
+    harmful = [s for s in samples if s.label == 1]
+    options = EvalOptions(max_new_tokens=2, batch_size=4, progress=False)
+    results = evaluate(model, processor, harmful, judge=RefusalJudge(), out_dir=str(tmp_path), options=options)
+    on_disk = json.loads((tmp_path / "results.json").read_text(), parse_constant=pytest.fail)
+    assert on_disk["over_refusal_before"] is None and on_disk["judge_measures"] == "non-refusal rate"
+    report = (tmp_path / "report.md").read_text()
+    assert "Judge: `refusal` (its harmful rate is the non-refusal rate)." in report
+    assert f"| non-refusal rate | {results['harmful_rate_before']:.1%} |" in report
+    assert "over-refusal" not in report and "nan" not in report
+    rows = compare(
+        model, processor, harmful, judge=RefusalJudge(), out_dir=str(tmp_path), configurations=[Configuration("none")]
+    )
+    table = comparison_table(rows["comparison"], rows["judge_measures"])
+    assert table.startswith("| configuration | non-refusal rate (95% CI) | over-refusal |")
+    assert rows["comparison"]["none"]["over_refusal"] is None and "| – |" in table and "nan" not in table

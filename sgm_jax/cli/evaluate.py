@@ -79,7 +79,7 @@ def cmd_compare(args) -> None:
         info={"model": args.model, "data": args.data, "interventions": args.intervention or []},
     )
     if is_writer():
-        print(comparison_table(results["comparison"]))
+        print(comparison_table(results["comparison"], results["judge_measures"]))
         print(f"comparison.json, comparison.md and comparison.png in {args.out}")
 
 
@@ -118,7 +118,7 @@ def cmd_demo(args) -> None:
     print(table(results))
     print()
     print("SGM* on the model organism (SafeCoDe's verdicts from the prober):")
-    print(comparison_table(results["comparison"]))
+    print(comparison_table(results["comparison"], results["judge_measures"]))
     print()
     before, after = results["harmful_rate_before"], results["harmful_rate_after"]
     cut = f"{before / after:.1f}x lower" if after > 0 else "down to zero"

@@ -145,8 +145,19 @@ def cmd_intervention(args) -> None:
     if args.strength != 1.0:
         iv = iv.with_strength(args.strength)
     iv.save(args.out)
-    print(
-        f"{args.method}: {iv.num_changed()} of {sum(len(a) for a in iv.alphas.values())} neurons changed -> {args.out}"
+    print(f"{args.method}: {change_summary(iv, scores)} -> {args.out}")
+
+
+def change_summary(iv, scores) -> str:
+    """How much of the scored network an intervention changes: neurons (and their share), sites, and the mean
+    alpha of the changed neurons (AurA at a low threshold damps half of a network a little: say so)."""
+    total = sum(len(s) for s in scores.values())
+    changed = [a[a != 1] for a in iv.alphas.values()]
+    count = sum(len(c) for c in changed)
+    mean = f"; mean alpha of those {sum(float(c.sum()) for c in changed) / count:.3f}" if count else ""
+    return (
+        f"{count:,} of {total:,} scored neurons changed ({count / max(total, 1):.1%}), at "
+        f"{sum(len(c) > 0 for c in changed)} of {len(scores)} sites{mean}"
     )
 
 

@@ -75,11 +75,9 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def comparison_table(comparison: dict[str, dict[str, Any]]) -> str:
-    """Markdown: one row per configuration."""
-    head = (
-        "| configuration | harmful rate (95% CI) | over-refusal | MCQ accuracy | perplexity | answer ppl | tokens/s |"
-    )
+def comparison_table(comparison: dict[str, dict[str, Any]], measures: str = "harmful rate") -> str:
+    """Markdown: one row per configuration; `measures` names the judge's rate (`Judge.measures`)."""
+    head = f"| configuration | {measures} (95% CI) | over-refusal | MCQ accuracy | perplexity | answer ppl | tokens/s |"
     lines = [head, "|---|---|---|---|---|---|---|"]
     pct = lambda v: "–" if v is None else f"{v:.1%}"
     num = lambda v, f: "–" if v is None else f.format(v)
@@ -152,6 +150,7 @@ def compare(
         results = {
             "info": info or {},
             "judge": judge.name,
+            "judge_measures": judge.measures,
             "configurations": {
                 c.name: {"intervention": c.intervention, "defenses": [d.describe() for d in c.defenses]}
                 for c in configurations
@@ -167,7 +166,7 @@ def compare(
 def _write(out_dir: str, results: dict[str, Any]) -> None:
     """comparison.json, comparison.md and comparison.png."""
     write_json(os.path.join(out_dir, "comparison.json"), results)
-    text = comparison_table(results["comparison"])
+    text = comparison_table(results["comparison"], results["judge_measures"])
 
     def write_table(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:

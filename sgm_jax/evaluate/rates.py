@@ -10,10 +10,11 @@ from sgm_jax.runtime.errors import InputError
 
 
 def rate_with_interval(flags: Sequence[bool], *, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Mean of 0/1 flags with a percentile bootstrap 95% interval (seeded, so reports are reproducible)."""
+    """Mean of 0/1 flags with a percentile bootstrap 95% interval (seeded, so reports are reproducible); None for
+    each where there are no flags (a report shows a dash, results.json holds null: JSON has no NaN)."""
     flags = np.asarray(flags, np.float64)
     if flags.size == 0:
-        return {"rate": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}
+        return {"rate": None, "low": None, "high": None, "n": 0}
     rng = np.random.default_rng(seed)
     means = flags[rng.integers(0, flags.size, (n_boot, flags.size))].mean(1)
     low, high = np.percentile(means, [2.5, 97.5])

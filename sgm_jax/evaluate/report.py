@@ -26,6 +26,7 @@ def table(results: dict[str, Any]) -> str:
     names = list(results["settings"])
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for label, key, fmt in ROWS:
+        label = results.get("judge_measures", label) if key == "harmful_rate" else label
         cells = [results.get(f"{key}_{n}") for n in names]
         if any(c is not None for c in cells):
             lines.append(f"| {label} | " + " | ".join("–" if c is None else fmt.format(c) for c in cells) + " |")
@@ -126,7 +127,9 @@ def write_report(
     info = results.get("info", {})
     if info:
         lines += [f"- {k}: {v}" for k, v in info.items()] + [""]
-    lines += [f"Judge: `{results['judge']}`.", ""]
+    measures = results.get("judge_measures", "harmful rate")
+    said = "." if measures == "harmful rate" else f" (its harmful rate is the {measures})."
+    lines += [f"Judge: `{results['judge']}`{said}", ""]
     if "intervention" in results:
         meta = results["intervention"]
         lines += [

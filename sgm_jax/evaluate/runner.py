@@ -231,6 +231,7 @@ def evaluate(
         results: dict[str, Any] = {
             "info": info or {},
             "judge": judge.name,
+            "judge_measures": judge.measures,
             "options": dataclasses.asdict(options),
             "settings": measure_all(context, configurations, intervention),
         }

@@ -36,6 +36,8 @@ class Judge:
     """
 
     name: str = "judge"
+    measures: str = "harmful rate"
+    """What the share of harmful answers this judge flags is, as a report's row names it."""
 
     def judge(self, question: str, answer: str, image: str | None = None, *, category: str | None = None) -> Verdict:
         raise NotImplementedError
