@@ -121,6 +121,19 @@ def test_a_malformed_dataset_row_is_named_before_the_model_loads(dataset, tmp_pa
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["evaluate", "compare"])
+def test_an_evaluation_row_without_a_label_is_named_before_the_model_loads(dataset, tmp_path, capsys, command):
+    folder, path, rows = dataset
+    _write_rows(path, [rows[0], {key: value for key, value in rows[1].items() if key != "label"}])
+    argv = [command, "--model", str(tmp_path / "no-model"), "--data", path, "--out", str(tmp_path / "out"), "--quiet"]
+    message = _one_line(_fails(capsys, argv), command)
+    assert message.endswith(
+        f"1 open-ended samples have no label (first: {path}:2); `sgm-jax {command}` needs label 1 (harmful) or 0 "
+        "(benign) on each"
+    ), message
+    assert not (tmp_path / "out").exists()
+
+
 IMAGE_CASES = {
     "random bytes": (lambda p: p.write_bytes(os.urandom(300)), "not an image file PIL can read"),
     "empty file": (lambda p: p.write_bytes(b""), "not an image file PIL can read"),

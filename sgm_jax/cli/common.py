@@ -137,9 +137,11 @@ def judge_and_neutral(args, model, processor):
 def eval_inputs(args):
     """What evaluate and compare share: samples, intervention, model, judge, neutral texts, options."""
     import sgm_jax
+    from sgm_jax.data.samples import require_labels
     from sgm_jax.evaluate.runner import EvalOptions
 
     samples = load_samples(args)
+    require_labels(samples, f"`sgm-jax {args.command}`")
     intervention = read_interventions(args)
     scores = sgm_jax.load_scores(args.scores)[0] if getattr(args, "scores", None) else None
     model, processor = load(args)

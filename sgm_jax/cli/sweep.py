@@ -67,6 +67,7 @@ def _demo(args, options, settings):
 
 def _sweep(args, options, settings):
     import sgm_jax
+    from sgm_jax.data.samples import require_labels
     from sgm_jax.sweeps.run import run_sweep
     from sgm_jax.sweeps.settings import site_groups
 
@@ -75,6 +76,7 @@ def _sweep(args, options, settings):
         raise OptionError(f"a sweep needs --{', --'.join(missing)} (or --demo for the bundled organism)")
     scores, source = sgm_jax.load_scores(args.scores)
     samples = load_samples(args)
+    require_labels(samples, "`sgm-jax sweep`")
     model, processor = load(args)
     judge, neutral = judge_and_neutral(args, model, processor)
     defined = {spec.split("=", 1)[0]: spec for spec in args.sites}

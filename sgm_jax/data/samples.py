@@ -61,6 +61,17 @@ class Sample:
         return self.origin or f"sample {self.id!r}"
 
 
+def require_labels(samples: Iterable[Sample], task: str) -> None:
+    """Refuse open-ended samples without a label where `task` measures rates over them (harmful items 1, benign
+    0), naming the first few by where they were read; a command calls this before it loads the model."""
+    unlabelled = [s.where for s in samples if not s.options and s.label is None]
+    if unlabelled:
+        raise DatasetError(
+            f"{len(unlabelled)} open-ended samples have no label (first: {', '.join(unlabelled[:5])}); {task} needs "
+            "label 1 (harmful) or 0 (benign) on each"
+        )
+
+
 def utf8_lines(lines: Iterator[str], path: str) -> Iterator[str]:
     """Lines of a text file opened as UTF-8, with a clear error if it is not."""
     try:

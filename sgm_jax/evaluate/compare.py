@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from sgm_jax.data.samples import Sample
+from sgm_jax.data.samples import Sample, require_labels
 from sgm_jax.defenses import (
     ECSO,
     AdaShieldS,
@@ -142,6 +142,7 @@ def compare(
     info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure every configuration; write comparison.json, comparison.md and comparison.png to `out_dir`."""
+    require_labels(samples, "a comparison")
     writer = distributed.cluster().writer
     with writer_lock(out_dir, "comparison folder") if writer else contextlib.nullcontext():
         context = EvalContext(model, processor, samples, judge, neutral_texts, out_dir, options or EvalOptions())

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from sgm_jax.data.samples import DatasetError, Sample
+from sgm_jax.data.samples import Sample, require_labels
 from sgm_jax.decoding.lengths import check_lengths, estimated_lengths
 from sgm_jax.defenses import Defense, by_stage
 from sgm_jax.defenses.compose import steered
@@ -209,12 +209,7 @@ def evaluate(
     two configurations "before" and "after"; write results.json, report.md and plots to `out_dir`."""
     if processor is None:
         raise CheckpointError("evaluation needs the checkpoint's tokenizer/processor files")
-    unlabelled = [s.id for s in samples if not s.options and s.label is None]
-    if unlabelled:
-        raise DatasetError(
-            f"{len(unlabelled)} open-ended samples have no label (first: {unlabelled[:5]}); evaluation "
-            f"needs label 1 (harmful) or 0 (benign)"
-        )
+    require_labels(samples, "evaluation")
     open_ended = [s for s in samples if not s.options]
     check_lengths(
         model,

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from sgm_jax.data.encode import encode
-from sgm_jax.data.samples import DatasetError, Sample
+from sgm_jax.data.samples import Sample, require_labels
 from sgm_jax.decoding.batching import collate, pad_token_id, plan_batches
 from sgm_jax.decoding.generate import decode, decode_arguments, decode_swept
 from sgm_jax.decoding.lengths import check_lengths
@@ -83,13 +83,8 @@ class SettingsEvaluator:
     ):
         self.model, self.processor, self.judge, self.options = model, processor, judge, options
         self.stack = GateStack(model, sites)
+        require_labels(samples, "a sweep")
         open_ended = [s for s in samples if not s.options]
-        unlabelled = [s.id for s in open_ended if s.label is None]
-        if unlabelled:
-            raise DatasetError(
-                f"{len(unlabelled)} open-ended samples have no label (first: {unlabelled[:5]}); a sweep needs "
-                "label 1 (harmful) or 0 (benign)"
-            )
         self.open_ended = open_ended
         pad = pad_token_id(processor)
         prompts = [encode(dataclasses.replace(s, response=None), processor) for s in open_ended]
