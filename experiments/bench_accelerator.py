@@ -16,7 +16,8 @@ device (nothing is downloaded, nothing passes through torch). One process measur
 4. a sweep (`sgm_jax.sweep`) of K interventions over the last-position logits of one batch, in settings/s.
 
 On an accelerator it runs the 7B shapes, sized to finish in under 8 minutes on one H100 or H200 with its
-compiles (a 7B program compiles in tens of seconds, so repeats stay few); on CPU it runs small shapes (256
+compiles (a 7B program compiles in 4-14 s on XLA:CPU but 40-70 s on XLA:TPU, `bench_compile.py`, so repeats stay
+few); on CPU it runs small shapes (256
 wide, 4 layers, vocab 1000) in under a minute. With several local devices (a TPU VM) the weights are sharded
 over them (fsdp), as `--mesh 1,N,1` would, and the peaks are the sum of theirs.
 

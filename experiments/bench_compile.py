@@ -1,0 +1,298 @@
+"""Compile time and compiled memory of sgm_jax's programs at a 7B recipe's shapes, ahead of time, from this host.
+
+Nothing executes and nothing is downloaded: the model is built abstractly (`nnx.eval_shape`), its weights and inputs
+are `jax.ShapeDtypeStruct`s placed on a mesh, and the library's own jitted functions are traced, lowered and
+compiled for
+
+- XLA:CPU (this host's devices), and
+- XLA:TPU, when the `libtpu` wheel is installed (the `tpu` extra: `pip install -e ".[tpu]"`, on any host): the
+  real TPU compiler driven through `jax.experimental.topologies` for one chip of a v5e or v6e, or for the recipe's
+  mesh over 8 of them, so partitioning counts too (as MaxText's `train_compile.py` does). Off a TPU VM the script
+  keeps jax on the CPU platform and tells libtpu it has no TPU hosts to find.
+
+Per program it prints the trace, lower and compile seconds, the compiled memory analysis (arguments, outputs,
+temporaries, aliased bytes) beside what the model needs in theory (its weights; the generate program's KV cache and
+one decode step's activations), and the compiler's FLOP count beside the model's (2 x matmul parameters x tokens plus
+the attention products). The programs, at batch 8 x 640 tokens (576 image tokens for LLaVA-1.5, 256 for
+Qwen2.5-VL), bfloat16:
+
+- forward: `prepared_logits`, what a forward pass over a prepared batch compiles;
+- capture: `pooled_responses` at the recipe's SGM sites (`sgm-jax collect`, one batch);
+- generate: `decode`, prefill + KV-cached greedy decoding of 128 new tokens under an SGM intervention's gates;
+- sweep: `decode_swept`, the same under K gate states at once (`sgm-jax sweep`);
+- likelihood: `target_logprobs` (perplexity, multiple choice, answer scoring).
+
+And a run's programs: which of them `collect` + `score` + `evaluate` compile, one per distinct (bucket, role).
+
+    python experiments/bench_compile.py [--model llava-1.5-7b|qwen2.5-vl-7b] [--target cpu v5e v6e]
+        [--mesh one|recipe] [--programs forward capture generate sweep likelihood] [--sweep-k 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+if "TPU_WORKER_HOSTNAMES" not in os.environ:  # not on a TPU VM: compile for TPUs without looking for any
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.update(TPU_WORKER_HOSTNAMES="localhost", TPU_ACCELERATOR_TYPE="v6e-8")
+
+import jax  # noqa: E402
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from transformers import Qwen2_5_VLConfig
+
+import sgm_jax
+from bench_accelerator import llava_shape, parameter_counts
+from sgm_jax.decoding.generate import decode, decode_arguments, decode_swept
+from sgm_jax.evaluate.likelihood import target_logprobs
+from sgm_jax.interventions.sweep import GateStack
+from sgm_jax.models.batch import model_batch
+from sgm_jax.models.causal_lm import prepared_logits
+from sgm_jax.responses.capture import CaptureSpec, _pooled_compiled, prepare_batch
+from sgm_jax.responses.sites import resolve
+from sgm_jax.weights import recipes, sharding
+
+BATCH, LENGTH, NEW_TOKENS = 8, 640, 128
+GiB = 2**30
+PROGRAMS = ("forward", "capture", "generate", "sweep", "likelihood")
+# One chip, or the 8-chip slice the recipes' `tpu-v5e-8` mesh names (fsdp over all 8), per TPU generation.
+TOPOLOGIES = {"v5e": ("v5e:1x1", "v5e:2x4"), "v6e": ("v6e:1x1", "v6e:2x4")}
+
+
+def qwen25_vl_7b() -> dict:
+    """Qwen2.5-VL-7B-Instruct's config (its config.json's sizes)."""
+    vision = dict(
+        depth=32,
+        hidden_size=1280,
+        intermediate_size=3420,
+        num_heads=16,
+        out_hidden_size=3584,
+        patch_size=14,
+        temporal_patch_size=2,
+        spatial_merge_size=2,
+        window_size=112,
+        fullatt_block_indexes=[7, 15, 23, 31],
+        hidden_act="silu",
+    )
+    text = dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=128000,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+    )
+    config = Qwen2_5_VLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=151655,
+        video_token_id=151656,
+        vision_start_token_id=151652,
+        vision_end_token_id=151653,
+        tie_word_embeddings=False,
+    )
+    return config.to_dict()
+
+
+def llava_inputs(model, rng) -> dict[str, np.ndarray]:
+    spec = model.spec
+    ids = rng.integers(3, spec.image_token_id, (BATCH, LENGTH)).astype(np.int32)
+    ids[:, 1 : 1 + spec.features_per_image] = spec.image_token_id
+    size = spec.vision.image_size
+    return {"input_ids": ids, "pixel_values": rng.standard_normal((BATCH, 3, size, size)).astype(np.float32)}
+
+
+def qwen_inputs(model, rng) -> dict[str, np.ndarray]:
+    """One 448 x 448 image per row: a 32 x 32 patch grid, 256 merged tokens between the vision markers."""
+    grid, n_image = 32, 256
+    ids = rng.integers(3, 151643, (BATCH, LENGTH)).astype(np.int32)
+    ids[:, 1], ids[:, 2 + n_image] = 151652, 151653
+    ids[:, 2 : 2 + n_image] = 151655
+    return {
+        "input_ids": ids,
+        "mm_token_type_ids": (ids == 151655).astype(np.int64),
+        "pixel_values": rng.standard_normal((BATCH * grid * grid, 3 * 2 * 14 * 14)).astype(np.float32),
+        "image_grid_thw": np.tile(np.array([[1, grid, grid]], np.int64), (BATCH, 1)),
+    }
+
+
+# (config, inputs, positions per image through the vision tower)
+MODELS = {
+    "llava-1.5-7b": (lambda: llava_shape("7b").config.to_dict(), llava_inputs, 577),
+    "qwen2.5-vl-7b": (qwen25_vl_7b, qwen_inputs, 1024),
+}
+
+
+def abstract_variables(tree: nnx.Module | nnx.State, mesh: Mesh) -> nnx.Module | nnx.State:
+    """A model (or a split-off state) with every variable an abstract array placed by its logical axes on `mesh`
+    (weights as `--mesh` shards them; gates and other state replicated)."""
+    graphdef, state = nnx.split(tree) if isinstance(tree, nnx.Module) else (None, tree)
+    for _, variable in nnx.to_flat_state(state):
+        value = variable.get_value()
+        placement = sharding.variable_sharding(variable, mesh)
+        variable.set_value(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=placement))
+    return state if graphdef is None else nnx.merge(graphdef, state)
+
+
+def abstract_inputs(tree, mesh: Mesh, split_batch: bool):
+    """Host arrays as abstract ones on `mesh`: replicated (as the library's host inputs reach a sharded model), or
+    with `split_batch` each array whose first axis is the batch split over the data axes (`batch_sharding`)."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def leaf(x):
+        x = x if isinstance(x, jax.Array) else np.asarray(x)
+        split = split_batch and x.ndim and x.shape[0] == BATCH
+        placement = sharding.batch_sharding(mesh, x.shape) if split else replicated
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement)
+
+    return jax.tree.map(leaf, tree)
+
+
+def program_calls(model: nnx.Module, inputs: dict, recipe, sweep_k: int):
+    """`{program: (jitted function, args, kwargs)}` on concrete host inputs (abstracted per target)."""
+    sites = resolve(model, recipe.default_sites)
+    widths = sgm_jax.list_sites(model)
+    alphas = {ref.name: np.full(widths[ref.name], 0.5, np.float32) for ref in sites}
+    gated = sgm_jax.intervene(model, sgm_jax.Intervention(alphas))
+    batch = model_batch(model, inputs)
+    spec = CaptureSpec(tuple(sites), "mean", "all")
+    prepared, image_rows = prepare_batch(batch, model, spec)
+    args, static = decode_arguments(gated, max_new_tokens=NEW_TOKENS, **inputs)
+    targets = np.zeros_like(batch.input_ids, bool)
+    targets[:, -64:] = True  # a 64-token answer scored after its prompt
+    stack = GateStack(model, [ref.name for ref in sites])
+    gates = stack.padded_state([], sweep_k)
+    return {
+        "forward": (prepared_logits, (model, batch), {}),
+        "capture": (_pooled_compiled, (model, prepared, image_rows), {"spec": spec}),
+        "generate": (decode, (gated, *args), static),
+        "sweep": (decode_swept, (gates, stack.rest, *args), {"graphdef": stack.graphdef, **static}),
+        "likelihood": (target_logprobs, (model, batch.replace(targets=targets)), {}),
+    }
+
+
+def theory(model: nnx.Module, counts: dict[str, int]) -> dict[str, float]:
+    """Bytes of the weights, the generate program's KV cache and one decode step's activations, in bfloat16."""
+    text = model.spec.text
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    cache = 2 * text.num_hidden_layers * BATCH * text.num_key_value_heads * (LENGTH + NEW_TOKENS) * head_dim * 2
+    step = BATCH * (4 * text.hidden_size + 3 * text.intermediate_size + 2 * text.vocab_size) * 2
+    return {"weights": 2 * sum(counts.values()), "kv_cache": cache, "step": step}
+
+
+def model_flops(model, counts: dict[str, int], program: str, vision_positions: int, sweep_k: int) -> float:
+    """Model FLOPs of a program: 2 x matmul parameters x positions through each tower (the decoder's embedding
+    table is a lookup), QK^T and PV over full score matrices, and for decoding one position per row and step
+    attending its cache."""
+    text = model.spec.text
+    layers, width = text.num_hidden_layers, text.hidden_size
+    prefill = BATCH * (2 * counts["decoder"] * LENGTH + 4 * layers * width * LENGTH**2)
+    prefill += BATCH * 2 * (counts["vision"] + counts["projector"]) * vision_positions
+    if program not in ("generate", "sweep"):
+        return prefill
+    steps = BATCH * sum(2 * counts["decoder"] + 4 * layers * width * (LENGTH + t) for t in range(NEW_TOKENS))
+    return (prefill + steps) * (sweep_k if program == "sweep" else 1)
+
+
+def compile_one(fn, args, kwargs) -> dict:
+    start = time.perf_counter()
+    traced = fn.trace(*args, **kwargs)
+    traced_at = time.perf_counter()
+    lowered = traced.lower()
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    done = time.perf_counter()
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return {
+        "trace_s": traced_at - start,
+        "lower_s": lowered_at - traced_at,
+        "compile_s": done - lowered_at,
+        "arguments": memory.argument_size_in_bytes,
+        "outputs": memory.output_size_in_bytes,
+        "temporaries": memory.temp_size_in_bytes,
+        "aliased": memory.alias_size_in_bytes,
+        "flops": (cost or {}).get("flops", float("nan")),
+    }
+
+
+def target_meshes(targets: list[str], mesh_kind: str, recipe) -> list[tuple[str, Mesh]]:
+    meshes = []
+    for target in targets:
+        if target == "cpu":
+            meshes.append(("XLA:CPU, one device", sharding.make_mesh(1, 1, 1, devices=jax.devices("cpu")[:1])))
+            continue
+        from jax.experimental import topologies
+
+        one, slice_ = TOPOLOGIES[target]
+        if mesh_kind == "one":
+            devices = topologies.get_topology_desc(one, platform="tpu", chips_per_host_bounds=(1, 1, 1)).devices
+            meshes.append((f"XLA:TPU {target}, one chip", sharding.make_mesh(1, 1, 1, devices=devices)))
+        else:
+            devices = topologies.get_topology_desc(slice_, platform="tpu").devices
+            layout = recipe.mesh.get("tpu-v5e-8", {"data": 1, "fsdp": 8, "tensor": 1})
+            mesh = sharding.make_mesh(layout["data"], layout["fsdp"], layout["tensor"], devices=devices)
+            meshes.append((f"XLA:TPU {target}, 8 chips as {dict(mesh.shape)}", mesh))
+    return meshes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="llava-1.5-7b")
+    parser.add_argument("--target", nargs="+", choices=["cpu", *TOPOLOGIES], default=["cpu"])
+    parser.add_argument("--mesh", choices=["one", "recipe"], default="one")
+    parser.add_argument("--programs", nargs="+", choices=PROGRAMS, default=list(PROGRAMS))
+    parser.add_argument("--sweep-k", type=int, default=8)
+    parser.add_argument(
+        "--inputs", choices=["replicated", "split"], default="replicated", help="how the batch reaches the mesh"
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("SGM_JAX_COMPILE_CACHE", "off")  # every program compiled afresh
+
+    config, make_inputs, vision_positions = MODELS[args.model]
+    recipe = recipes.load_recipe(args.model)
+    model = nnx.eval_shape(lambda: sgm_jax.build_model(config(), dtype="bfloat16"))
+    counts = parameter_counts(model)
+    calls = program_calls(model, make_inputs(model, np.random.default_rng(0)), recipe, args.sweep_k)
+    needs = theory(model, counts)
+    print(
+        f"{args.model}: {sum(counts.values()) / 1e9:.2f}B parameters ({needs['weights'] / GiB:.2f} GiB bf16), batch "
+        f"{BATCH} x {LENGTH} tokens, {NEW_TOKENS} new; KV cache {needs['kv_cache'] / GiB:.2f} GiB, one decode step's "
+        f"activations {needs['step'] / 2**20:.0f} MiB; jax {jax.__version__}"
+    )
+    header = "| program | trace s | lower s | compile s | arguments GiB | outputs GiB | temporaries GiB | aliased GiB |"
+    for title, mesh in target_meshes(args.target, args.mesh, recipe):
+        print(f"\n{title}\n{header} compiler GFLOP | model GFLOP |\n|" + "---|" * 10)
+        for program in args.programs:
+            fn, call_args, kwargs = calls[program]
+            placed = [
+                abstract_variables(a, mesh)
+                if isinstance(a, (nnx.Module, nnx.State))
+                else abstract_inputs(a, mesh, args.inputs == "split")
+                for a in call_args
+            ]
+            try:
+                r = compile_one(fn, placed, kwargs)
+            except jax.errors.JaxRuntimeError as error:  # the compiler's verdict is a result too (HBM too small)
+                print(f"| {program} | does not compile: {str(error).splitlines()[0][:160]} |", flush=True)
+                continue
+            print(
+                f"| {program} | {r['trace_s']:.1f} | {r['lower_s']:.1f} | {r['compile_s']:.1f} | "
+                f"{r['arguments'] / GiB:.2f} | {r['outputs'] / GiB:.3f} | {r['temporaries'] / GiB:.2f} | "
+                f"{r['aliased'] / GiB:.2f} | {r['flops'] / 1e9:,.0f} | "
+                f"{model_flops(model, counts, program, vision_positions, args.sweep_k) / 1e9:,.0f} |",
+                flush=True,
+            )
+    ratio = "temporaries of generate vs KV cache + one step"
+    print(f"\n({ratio}: see the generate row against {(needs['kv_cache'] + needs['step']) / GiB:.2f} GiB)")
+
+
+if __name__ == "__main__":
+    main()
