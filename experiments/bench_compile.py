@@ -24,7 +24,7 @@ Qwen2.5-VL), bfloat16:
 
 And a run's programs: which of them `collect` + `score` + `evaluate` compile, one per distinct (bucket, role).
 
-    python experiments/bench_compile.py [--model llava-1.5-7b|qwen2.5-vl-7b] [--target cpu v5e v6e]
+    python experiments/bench_compile.py [--model llava-1.5-7b|qwen2.5-vl-7b-instruct] [--target cpu v5e v6e]
         [--mesh one|recipe] [--programs forward capture generate sweep likelihood] [--sweep-k 8]
 """
 
@@ -125,7 +125,7 @@ def qwen_inputs(model, rng) -> dict[str, np.ndarray]:
 # (config, inputs, positions per image through the vision tower)
 MODELS = {
     "llava-1.5-7b": (lambda: llava_shape("7b").config.to_dict(), llava_inputs, 577),
-    "qwen2.5-vl-7b": (qwen25_vl_7b, qwen_inputs, 1024),
+    "qwen2.5-vl-7b-instruct": (qwen25_vl_7b, qwen_inputs, 1024),
 }
 
 
