@@ -63,14 +63,14 @@ def test_intervention_then_evaluate_from_the_command_line(checkpoint, tmp_path, 
     cli.main(["score", "--store", store_dir, "--out", scores_path, "--quiet"])
     iv_path = str(tmp_path / "iv.safetensors")
     cli.main(["intervention", "--scores", scores_path, "--threshold", "0.3", "--out", iv_path])
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().out.strip().splitlines()[-1]  # after collect's and score's lines
     iv = sgm_jax.load_intervention(iv_path)
     assert iv.metadata["threshold"] == 0.3 and iv.metadata["pooling"] == "mean" and iv.num_changed() > 0
     scores, _ = sgm_jax.load_scores(scores_path)
     total = sum(len(s) for s in scores.values())
     damped = np.concatenate([a[a != 1] for a in iv.alphas.values()])
     sites = sum(bool((a != 1).any()) for a in iv.alphas.values())
-    assert printed.strip() == (
+    assert printed == (
         f"aura: {iv.num_changed():,} of {total:,} scored neurons changed ({iv.num_changed() / total:.1%}), at "
         f"{sites} of {len(scores)} sites; mean alpha of those {damped.mean():.3f} -> {iv_path}"
     )
@@ -103,7 +103,7 @@ def test_intervention_then_evaluate_from_the_command_line(checkpoint, tmp_path, 
             "--quiet",
         ]
     )
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().out.strip().splitlines()[-1]  # after collect's and score's lines
     assert "| harmful rate |" in printed and "| perplexity (neutral text) |" in printed
     results = json.loads(open(f"{out}/results.json").read())
     assert results["settings"]["after"]["harmful_rate"]["all"]["n"] == 2  # s0 and s15 are the harmful test items
