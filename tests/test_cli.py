@@ -103,7 +103,7 @@ def test_intervention_then_evaluate_from_the_command_line(checkpoint, tmp_path, 
             "--quiet",
         ]
     )
-    printed = capsys.readouterr().out.strip().splitlines()[-1]  # after collect's and score's lines
+    printed = capsys.readouterr().out
     assert "| harmful rate |" in printed and "| perplexity (neutral text) |" in printed
     results = json.loads(open(f"{out}/results.json").read())
     assert results["settings"]["after"]["harmful_rate"]["all"]["n"] == 2  # s0 and s15 are the harmful test items
