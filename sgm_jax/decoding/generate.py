@@ -24,6 +24,7 @@ from flax import nnx
 from sgm_jax.models.batch import model_batch
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.compiled import compiled
+from sgm_jax.models.partitioning import place_batch
 from sgm_jax.runtime.errors import InputError
 
 
@@ -95,6 +96,7 @@ def decode_arguments(
     ids, mask = _prompt(input_ids, attention_mask)
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
     batch = model_batch(model, {"input_ids": ids, "attention_mask": mask, **images})
+    batch = place_batch(model, batch, len(ids))
     eos, pad = special_ids(model, processor, eos_token_id, pad_token_id)
     sampling = {
         "temperature": np.float32(temperature if temperature > 0 else 1.0),

@@ -20,6 +20,7 @@ from sgm_jax.decoding.batching import collate, pad_token_id, plan_batches
 from sgm_jax.models.batch import ModelBatch, model_batch
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.compiled import compiled
+from sgm_jax.models.partitioning import place_batch
 from sgm_jax.runtime import distributed
 from sgm_jax.runtime.errors import InputError
 
@@ -54,7 +55,8 @@ def scoring_batches(model: CausalLM, sequences: Sequence[dict[str, np.ndarray]],
     short batch filled with repeats, whose results are dropped), so the scorings of one run (neutral texts, options,
     answers, however many of each) share their compiled programs."""
     for rows in plan_batches([len(s["input_ids"]) for s in sequences], batch_size):
-        yield rows, model_batch(model, collate([sequences[i] for i in rows], pad_id, batch_size), pad_id)
+        batch = model_batch(model, collate([sequences[i] for i in rows], pad_id, batch_size), pad_id)
+        yield rows, place_batch(model, batch, batch_size)
 
 
 def score_sequences(

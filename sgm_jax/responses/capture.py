@@ -21,6 +21,7 @@ from flax import nnx
 from sgm_jax.models.batch import ModelBatch, model_batch
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.compiled import compiled
+from sgm_jax.models.partitioning import place_batch
 from sgm_jax.responses.sites import INPUT_SUFFIX, SiteRef, resolve
 from sgm_jax.runtime.choices import POOLINGS, TOKENS
 from sgm_jax.runtime.errors import InputError
@@ -190,7 +191,7 @@ def _check_pool_targets(
 def pooled_batch(model: CausalLM, batch: Mapping[str, Any] | ModelBatch, spec: CaptureSpec) -> dict[str, np.ndarray]:
     """Pooled responses of one batch (raw or prepared) as host arrays `{site: [rows, width]}`."""
     prepared, image_rows = prepare_batch(batch, model, spec)
-    out = _pooled_compiled(model, prepared, image_rows, spec=spec)
+    out = _pooled_compiled(model, place_batch(model, prepared, len(prepared.input_ids)), image_rows, spec=spec)
     return {name: np.asarray(value) for name, value in out.items()}
 
 

@@ -1,11 +1,5 @@
-"""Logical axis names -> device mesh, through one small rule table (MaxText style).
-
-Parameters carry logical names (`logical_axes` metadata: `embed`, `mlp`,
-`heads`, `kv_heads`, `vocab`, `norm`); activations use `batch`. The rules map
-each name to mesh axes of a `(data, fsdp, tensor)` mesh. A mesh axis is used at
-most once per array and only where its size divides the dimension, so small or
-odd shapes fall back to replication instead of failing.
-"""
+"""Device meshes, and weights placed on them by their logical axes (the rule table is
+`sgm_jax.models.partitioning`'s, re-exported here with `batch_sharding`)."""
 
 from __future__ import annotations
 
@@ -15,23 +9,21 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding
 
+from sgm_jax.models.partitioning import DEFAULT_RULES, MESH_AXES, Rules, batch_sharding, partition_spec
 from sgm_jax.runtime.errors import OptionError
 
-MESH_AXES = ("data", "fsdp", "tensor")
-
-Rules = tuple[tuple[str, tuple[str, ...]], ...]
-
-DEFAULT_RULES: Rules = (
-    ("batch", ("data", "fsdp")),
-    ("embed", ("fsdp",)),
-    ("mlp", ("tensor",)),
-    ("heads", ("tensor",)),
-    ("kv_heads", ("tensor",)),
-    ("vocab", ("tensor",)),
-    ("norm", ()),
-)
+__all__ = [
+    "DEFAULT_RULES",
+    "MESH_AXES",
+    "Rules",
+    "batch_sharding",
+    "make_mesh",
+    "partition_spec",
+    "shard_model",
+    "variable_sharding",
+]
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -55,34 +47,9 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
-def partition_spec(
-    axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules = DEFAULT_RULES
-) -> PartitionSpec:
-    """The mesh placement of an array whose dimensions have these logical names."""
-    table = dict(rules)
-    used: set[str] = set()
-    spec = []
-    for name, size in zip(axes, shape):
-        if name is not None and name not in table:
-            raise KeyError(f"logical axis {name!r} has no sharding rule (rules cover {sorted(table)})")
-        chosen = []
-        for mesh_axis in table.get(name, ()) if name is not None else ():
-            n = mesh.shape[mesh_axis]
-            if mesh_axis not in used and size % (n * math.prod(mesh.shape[a] for a in chosen)) == 0:
-                chosen.append(mesh_axis)
-        used.update(chosen)
-        spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
-    return PartitionSpec(*spec)
-
-
 def variable_sharding(variable: nnx.Variable, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> NamedSharding:
     axes = variable.get_metadata().get("logical_axes", (None,) * len(variable.shape))
     return NamedSharding(mesh, partition_spec(axes, variable.shape, mesh, rules))
-
-
-def batch_sharding(mesh: Mesh, shape: Sequence[int], rules: Rules = DEFAULT_RULES) -> NamedSharding:
-    """Shard an input's leading (batch) dimension over the data-parallel axes, replicate the rest."""
-    return NamedSharding(mesh, partition_spec(("batch",) + (None,) * (len(shape) - 1), shape, mesh, rules))
 
 
 def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.Module:
