@@ -12,6 +12,8 @@ from sklearn.metrics import roc_auc_score
 import hf_tiny
 import sgm_jax
 from sgm_jax import cli
+from sgm_jax.data.encode import RawText, encode
+from sgm_jax.data.samples import Sample
 from sgm_jax.experts.scores import load_scores
 from sgm_jax.responses.store import ResponseStore
 
@@ -133,3 +135,34 @@ def test_every_option_is_documented():
                 for flag in action.option_strings:
                     assert flag in out, (command, flag)
                 assert action.help, (command, action.dest)
+
+
+def test_raw_text_gives_the_prompt_as_plain_text(checkpoint, tmp_path, capsys):
+    """--raw-text: the prompt reaches the model as the tokenizer reads plain text (no chat template), in generate,
+    collect (whose store says so) and evaluate; an image has no place in raw text and is named."""
+    directory, data = checkpoint
+    model, processor = sgm_jax.load_model(directory)
+    tokenizer = processor.tokenizer
+    prompt = "a red square above"
+    cli.main(["generate", "--model", directory, "--prompt", prompt, "--raw-text", "--max-new-tokens", "4"])
+    ids = np.asarray(tokenizer(prompt)["input_ids"])[None]
+    expected = tokenizer.decode(sgm_jax.generate(model, ids, max_new_tokens=4)[0], skip_special_tokens=True)
+    assert capsys.readouterr().out.strip() == expected.strip()
+    raw = RawText(processor)
+    sample = Sample(id="x", prompt=prompt, response="a blue circle", system="be kind")
+    assert (
+        list(encode(sample, raw)["input_ids"]) == tokenizer("be kind\n\na red square above a blue circle")["input_ids"]
+    )
+    assert list(encode(sample, raw)["input_ids"]) != list(encode(sample, processor)["input_ids"])
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text(
+        "".join(json.dumps({"id": f"t{i}", "prompt": f"word {i} is", "label": i % 2}) + "\n" for i in range(4))
+    )
+    store = tmp_path / "store"
+    cli.main(["collect", "--model", directory, "--data", str(texts), "--out", str(store), "--raw-text", "--quiet"])
+    assert json.loads((store / "manifest.json").read_text())["prompts"] == "raw text"
+    with pytest.raises(SystemExit):
+        cli.main(
+            ["evaluate", "--model", directory, "--data", data, "--raw-text", "--out", str(tmp_path / "e"), "--quiet"]
+        )
+    assert "an image cannot be shown in raw text" in capsys.readouterr().err

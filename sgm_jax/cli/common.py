@@ -46,7 +46,7 @@ def load(args, *, text: bool = True):
     """The --model checkpoint as `(model, processor)`; with `text` (every command but `sites`), one without
     tokenizer files is refused before it loads."""
     import sgm_jax
-    from sgm_jax.data.encode import SquareImages
+    from sgm_jax.data.encode import RawText, SquareImages
     from sgm_jax.weights.loading import require_tokenizer
 
     if text:
@@ -54,6 +54,8 @@ def load(args, *, text: bool = True):
     model, processor = sgm_jax.load_model(args.model, dtype=args.dtype, mesh=parse_mesh(args.mesh))
     if getattr(args, "image_size", None) is not None and processor is not None:
         processor = SquareImages(processor, args.image_size)
+    if getattr(args, "raw_text", False) and processor is not None:
+        processor = RawText(processor)
     return model, processor
 
 

@@ -121,6 +121,15 @@ def image_size_option(p) -> None:
     )
 
 
+def raw_text_option(p) -> None:
+    p.add_argument(
+        "--raw-text",
+        action="store_true",
+        help="give each prompt to the model as plain text, not through the checkpoint's chat template (the "
+        "continuation protocol of RealToxicityPrompts, AurA and Linear-AcT; text-only samples)",
+    )
+
+
 def intervention_options(p, file_help: str, strength_help: str) -> None:
     """--intervention (repeatable) and --strength, as `read_interventions` reads them."""
     p.add_argument("--intervention", action="append", metavar="FILE", help=file_help)
@@ -152,6 +161,7 @@ def evaluation_data_options(p, *, required: bool = True) -> None:
     )
     p.add_argument("--limit", type=whole(1), help="only the first N samples (a quick look)")
     image_size_option(p)
+    raw_text_option(p)
 
 
 def evaluation_arguments(p, intervention_help: str) -> None:

@@ -15,6 +15,7 @@ from sgm_jax.cli.options import (
     mesh_option,
     model_options,
     output_options,
+    raw_text_option,
     real,
     sampling_options,
     whole,
@@ -186,6 +187,7 @@ def _collect_options(p) -> None:
     )
     p.add_argument("--batch-size", type=whole(1), default=8, help="samples per forward pass (default: 8)")
     image_size_option(p)
+    raw_text_option(p)
     output_options(p, "store directory (created, or resumed if it exists)", "no progress bar")
     distributed_options(p)
 
@@ -207,6 +209,7 @@ def _generate_options(p) -> None:
     p.add_argument("--prompt", required=True, help="the user's message")
     p.add_argument("--image", help="an image file shown with the prompt (default: text only)")
     image_size_option(p)
+    raw_text_option(p)
     intervention_options(
         p,
         "an intervention file to apply; repeat to compose several (default: none)",

@@ -38,6 +38,29 @@ class SquareImages:
         return self.processor(*args, images=images, **kwargs)
 
 
+class RawText:
+    """The checkpoint's tokenizer reading each prompt as plain text, without its chat template: the continuation
+    protocol of RealToxicityPrompts and of AurA's and Linear-AcT's toxicity evaluations (the model continues the
+    prompt; an instruct model's default system prompt is not added). A response follows its prompt after a space, a
+    system turn (a shield's) precedes it; the tokenizer adds its own special tokens (BOS). Text only: a sample with
+    an image is refused, as raw text has no place for it."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["processor"], name)
+
+    def __call__(self, *args, **kwargs):
+        return self.processor(*args, **kwargs)
+
+    def render(self, sample: Sample) -> str:
+        if sample.image is not None:
+            raise DatasetError(f"{sample.where}: an image cannot be shown in raw text; read the data without it")
+        text = sample.prompt if sample.system is None else f"{sample.system}\n\n{sample.prompt}"
+        return text if sample.response is None else f"{text} {sample.response}"
+
+
 def messages(sample: Sample, *, with_image: bool) -> list[dict[str, Any]]:
     """The sample as a chat: the user turn (image first, as LLaVA does) and, if given, the assistant's response."""
     if with_image:
@@ -60,6 +83,8 @@ def messages(sample: Sample, *, with_image: bool) -> list[dict[str, Any]]:
 
 def render(sample: Sample, processor) -> str:
     """The prompt text the model sees; a generation prompt follows when the sample has no response."""
+    if isinstance(processor, RawText):
+        return processor.render(sample)
     multimodal = hasattr(processor, "image_processor")
     if not getattr(processor, "chat_template", None):
         raise DatasetError(

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from sgm_jax.data.encode import SquareImages, encode
+from sgm_jax.data.encode import RawText, SquareImages, encode
 from sgm_jax.data.samples import Sample, dataset_hash
 from sgm_jax.decoding.batching import collate, pad_token_id, plan_batches
 from sgm_jax.decoding.lengths import check_lengths, estimated_lengths
@@ -65,6 +65,8 @@ def collect_to_store(
         "labels": [s.label for s in samples],
         "categories": [s.category for s in samples],
     }
+    if isinstance(processor, RawText):  # only then: stores of chat-rendered prompts keep their manifest
+        manifest["prompts"] = "raw text"
     group = distributed.cluster()
     with writer_lock(out_dir, "store") if group.writer else contextlib.nullcontext():
         plan = plan_batches(lengths, batch_size)
