@@ -29,6 +29,7 @@ from sgm_jax.defenses.safecode import _words, damp_refusals, noised_image, two_v
 from sgm_jax.models.batch import model_batch
 from sgm_jax.models.causal_lm import prepared_logits
 from sgm_jax.responses.sites import site_refs
+from sgm_jax.weights import sharding
 
 ORGANISM = str(files("sgm_jax.bundled") / "organism")
 SMALL = Composition(
@@ -240,3 +241,16 @@ def test_gated_safecode_equals_transformers_hooks_and_the_rules(organism, sample
         ours = safecode_tokens(gated, processor, samples, verdicts, settings, max_new_tokens=budget)
         for s, tokens in zip(samples, ours):
             assert tokens.tolist() == _reference(hf, model, processor, s, unsafe, settings, budget), (s.id, unsafe)
+
+
+def test_safecode_on_a_sharded_model_writes_what_one_device_writes(organism, samples):
+    """The organism over 4 devices (fsdp), both views' 12 rows split over them: SafeCoDe's tokens on both branches
+    are the single-device model's."""
+    model, processor = organism
+    mesh = sharding.make_mesh(data=1, fsdp=4, tensor=1, devices=jax.devices()[:4])
+    sharded, _ = sgm_jax.load_model(ORGANISM, mesh=mesh)
+    unsafe = np.arange(len(samples)) % 2 == 0
+    settings = SafeCoDe(FixedVerdicts(False), **GREEDY)
+    expected = safecode_tokens(model, processor, samples, unsafe, settings, max_new_tokens=8)
+    for got, want in zip(safecode_tokens(sharded, processor, samples, unsafe, settings, max_new_tokens=8), expected):
+        np.testing.assert_array_equal(got, want)

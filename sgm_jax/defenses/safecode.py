@@ -36,6 +36,7 @@ from sgm_jax.defenses.refusal_tokens import RefusalVocabulary, refusal_vocabular
 from sgm_jax.defenses.verdicts import VerdictSource
 from sgm_jax.models.batch import ModelBatch, model_batch
 from sgm_jax.models.compiled import compiled
+from sgm_jax.models.partitioning import place_batch
 from sgm_jax.runtime.buckets import bucket_rows
 from sgm_jax.runtime.errors import InputError, OptionError
 
@@ -173,6 +174,7 @@ def safecode_tokens(
         "safe": _sampling(settings.safe_temperature, settings.safe_top_p),
         "unsafe": _sampling(settings.unsafe_temperature, settings.unsafe_top_p),
     }
+    batch = place_batch(model, batch, len(batch.input_ids))  # both views' rows split over a sharded model's chips
     out, lengths = _decode(
         model,
         batch.input_ids,
