@@ -176,7 +176,8 @@ def _collect_options(p) -> None:
         "--pooling",
         choices=POOLINGS,
         default="mean",
-        help="how a site's activations are pooled over positions (default: mean, as SGM)",
+        help="how a site's activations are pooled over positions (default: mean, as SGM's release; AurA's paper "
+        "and apple/ml-aura pool with max)",
     )
     p.add_argument(
         "--tokens",
