@@ -161,8 +161,7 @@ def test_raw_text_gives_the_prompt_as_plain_text(checkpoint, tmp_path, capsys):
     store = tmp_path / "store"
     cli.main(["collect", "--model", directory, "--data", str(texts), "--out", str(store), "--raw-text", "--quiet"])
     assert json.loads((store / "manifest.json").read_text())["prompts"] == "raw text"
+    argv = ["--data", data, "--raw-text", "--out", str(tmp_path / "e"), "--quiet"]  # rows with images
     with pytest.raises(SystemExit):
-        cli.main(
-            ["evaluate", "--model", directory, "--data", data, "--raw-text", "--out", str(tmp_path / "e"), "--quiet"]
-        )
-    assert "an image cannot be shown in raw text" in capsys.readouterr().err
+        cli.main(["evaluate", "--model", str(tmp_path / "no-model"), *argv])  # refused before the model loads
+    assert f"{data}:1: an image cannot be shown in raw text" in capsys.readouterr().err

@@ -27,6 +27,16 @@ def read_samples(args, dest: str = "data") -> list[Sample]:
     samples = []
     for path in [paths] if isinstance(paths, str) else paths:
         samples += read_dataset(path, args.format, split=args.split, **image_options(args))
+    return checked_for_raw_text(args, samples)
+
+
+def checked_for_raw_text(args, samples: list[Sample]) -> list[Sample]:
+    """With --raw-text, a sample with an image is refused by its row before anything loads."""
+    if getattr(args, "raw_text", False):
+        from sgm_jax.data.encode import RawText
+
+        for sample in samples:
+            RawText.check(sample)
     return samples
 
 
@@ -90,7 +100,7 @@ def load_samples(args):
 
     samples = read_samples(args)
     if args.mcq:
-        samples += read_dataset(args.mcq, None, **image_options(args))
+        samples += checked_for_raw_text(args, read_dataset(args.mcq, None, **image_options(args)))
     return samples[: args.limit] if args.limit else samples
 
 

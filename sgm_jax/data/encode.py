@@ -54,9 +54,14 @@ class RawText:
     def __call__(self, *args, **kwargs):
         return self.processor(*args, **kwargs)
 
-    def render(self, sample: Sample) -> str:
+    @staticmethod
+    def check(sample: Sample) -> None:
+        """Refuse a sample with an image, naming its row (a command calls this before it loads the model)."""
         if sample.image is not None:
             raise DatasetError(f"{sample.where}: an image cannot be shown in raw text; read the data without it")
+
+    def render(self, sample: Sample) -> str:
+        self.check(sample)
         text = sample.prompt if sample.system is None else f"{sample.system}\n\n{sample.prompt}"
         return text if sample.response is None else f"{text} {sample.response}"
 
