@@ -194,6 +194,7 @@ def test_the_report_names_what_its_judge_measures_and_a_rate_without_rows_is_a_d
     report = (tmp_path / "report.md").read_text()
     assert "Judge: `refusal` (its harmful rate is the non-refusal rate)." in report
     assert f"| non-refusal rate | {results['harmful_rate_before']:.1%} |" in report
+    assert "| non-refusal rate, condition standard |" in report and "| harmful rate" not in report
     assert "over-refusal" not in report and "nan" not in report
     rows = compare(
         model, processor, harmful, judge=RefusalJudge(), out_dir=str(tmp_path), configurations=[Configuration("none")]

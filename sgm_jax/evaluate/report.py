@@ -30,12 +30,13 @@ def table(results: dict[str, Any]) -> str:
         cells = [results.get(f"{key}_{n}") for n in names]
         if any(c is not None for c in cells):
             lines.append(f"| {label} | " + " | ".join("–" if c is None else fmt.format(c) for c in cells) + " |")
+    measures = results.get("judge_measures", "harmful rate")
     for group in ("condition", "category"):
         keys = sorted({k for n in names for k in results.get(f"harmful_rate_by_{group}_{n}", {})})
         for key in keys:
             cells = [results.get(f"harmful_rate_by_{group}_{n}", {}).get(key) for n in names]
             lines.append(
-                f"| harmful rate, {group} {key} | " + " | ".join("–" if c is None else f"{c:.1%}" for c in cells) + " |"
+                f"| {measures}, {group} {key} | " + " | ".join("–" if c is None else f"{c:.1%}" for c in cells) + " |"
             )
     return "\n".join(lines)
 
