@@ -22,8 +22,8 @@ def cmd_experts(args) -> None:
 
     Score every neuron's AUROC on a labelled multimodal dataset with mean pooling over all, image and text
     tokens, then again with each image replaced by a content-free one and with the prompt replaced by a neutral
-    one (responses dropped), labels unchanged. Each expert (AUROC >= --threshold) is visual, textual, cross-
-    modal or either, by the share of its expertise that survives each ablation (cut --tau). Writes experts.md,
+    one (responses dropped), labels unchanged. Each expert (AUROC >= --threshold) is visual, textual,
+    cross-modal or either, by the share of its expertise that survives each ablation (cut --tau). Writes experts.md,
     experts.json, experts.png and experts.safetensors."""
     from sgm_jax.experts.attribution import CLASSES, attribute, check_samples, write_outputs
 

@@ -15,8 +15,8 @@ def cmd_sweep(args) -> None:
     """Measure a grid of intervention settings and plot the Pareto front.
 
     Turn expert scores into every setting of a grid (or a list file) of methods (aura, damp, det0), thresholds,
-    strengths, k and site groups; measure each on the same data (harmful rate with its 95% interval, over-
-    refusal, multiple-choice accuracy, perplexity, answer fluency), --chunk-size settings per compiled call;
+    strengths, k and site groups; measure each on the same data (harmful rate with its 95% interval,
+    over-refusal, multiple-choice accuracy, perplexity, answer fluency), --chunk-size settings per compiled call;
     write sweep.csv, pareto.png and sweep.json. A rerun resumes: only settings without a row are measured. Site
     groups: all, sgm (the paper's gate/up/down sites), gate, up, down, down:in, layers:A-B, vision, projector,
     or NAME=PATTERN[,PATTERN...]."""
