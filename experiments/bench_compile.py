@@ -22,10 +22,13 @@ Qwen2.5-VL), bfloat16:
 - sweep: `decode_swept`, the same under K gate states at once (`sgm-jax sweep`);
 - likelihood: `target_logprobs` (perplexity, multiple choice, answer scoring).
 
-And a run's programs: which of them `collect` + `score` + `evaluate` compile, one per distinct (bucket, role).
+With forward and generate both compiled it also says how generate's temporaries compare with the KV cache plus the
+prefill's activations (the forward's own temporaries). The batch reaches the mesh as the library places it, rows
+split over the data axes (`--inputs replicated` shows what unplaced host arrays cost).
 
     python experiments/bench_compile.py [--model llava-1.5-7b|qwen2.5-vl-7b-instruct] [--target cpu v5e v6e]
         [--mesh one|recipe] [--programs forward capture generate sweep likelihood] [--sweep-k 8]
+        [--inputs split|replicated]
 """
 
 from __future__ import annotations
@@ -178,12 +181,10 @@ def program_calls(model: nnx.Module, inputs: dict, recipe, sweep_k: int):
 
 
 def theory(model: nnx.Module, counts: dict[str, int]) -> dict[str, float]:
-    """Bytes of the weights, the generate program's KV cache and one decode step's activations, in bfloat16."""
+    """Bytes of the weights and of the generate program's KV cache, in bfloat16."""
     text = model.spec.text
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    cache = 2 * text.num_hidden_layers * BATCH * text.num_key_value_heads * (LENGTH + NEW_TOKENS) * head_dim * 2
-    step = BATCH * (4 * text.hidden_size + 3 * text.intermediate_size + 2 * text.vocab_size) * 2
-    return {"weights": 2 * sum(counts.values()), "kv_cache": cache, "step": step}
+    cache = 2 * text.num_hidden_layers * BATCH * text.num_key_value_heads * (LENGTH + NEW_TOKENS) * text.head_dim * 2
+    return {"weights": 2 * sum(counts.values()), "kv_cache": cache}
 
 
 def model_flops(model, counts: dict[str, int], program: str, vision_positions: int, sweep_k: int) -> float:
@@ -251,7 +252,11 @@ def main() -> None:
     parser.add_argument("--programs", nargs="+", choices=PROGRAMS, default=list(PROGRAMS))
     parser.add_argument("--sweep-k", type=int, default=8)
     parser.add_argument(
-        "--inputs", choices=["replicated", "split"], default="replicated", help="how the batch reaches the mesh"
+        "--inputs",
+        choices=["split", "replicated"],
+        default="split",
+        help="how the batch reaches the mesh: its rows split over the data axes, as the library places it "
+        "(`place_batch`), or replicated, as host arrays reach jit unplaced",
     )
     args = parser.parse_args()
     os.environ.setdefault("SGM_JAX_COMPILE_CACHE", "off")  # every program compiled afresh
@@ -264,12 +269,13 @@ def main() -> None:
     needs = theory(model, counts)
     print(
         f"{args.model}: {sum(counts.values()) / 1e9:.2f}B parameters ({needs['weights'] / GiB:.2f} GiB bf16), batch "
-        f"{BATCH} x {LENGTH} tokens, {NEW_TOKENS} new; KV cache {needs['kv_cache'] / GiB:.2f} GiB, one decode step's "
-        f"activations {needs['step'] / 2**20:.0f} MiB; jax {jax.__version__}"
+        f"{BATCH} x {LENGTH} tokens, {NEW_TOKENS} new; KV cache {needs['kv_cache'] / GiB:.2f} GiB; "
+        f"jax {jax.__version__}"
     )
     header = "| program | trace s | lower s | compile s | arguments GiB | outputs GiB | temporaries GiB | aliased GiB |"
     for title, mesh in target_meshes(args.target, args.mesh, recipe):
         print(f"\n{title}\n{header} compiler GFLOP | model GFLOP |\n|" + "---|" * 10)
+        temporaries = {}
         for program in args.programs:
             fn, call_args, kwargs = calls[program]
             placed = [
@@ -283,6 +289,7 @@ def main() -> None:
             except jax.errors.JaxRuntimeError as error:  # the compiler's verdict is a result too (HBM too small)
                 print(f"| {program} | does not compile: {str(error).splitlines()[0][:160]} |", flush=True)
                 continue
+            temporaries[program] = r["temporaries"]
             print(
                 f"| {program} | {r['trace_s']:.1f} | {r['lower_s']:.1f} | {r['compile_s']:.1f} | "
                 f"{r['arguments'] / GiB:.2f} | {r['outputs'] / GiB:.3f} | {r['temporaries'] / GiB:.2f} | "
@@ -290,8 +297,13 @@ def main() -> None:
                 f"{model_flops(model, counts, program, vision_positions, args.sweep_k) / 1e9:,.0f} |",
                 flush=True,
             )
-    ratio = "temporaries of generate vs KV cache + one step"
-    print(f"\n({ratio}: see the generate row against {(needs['kv_cache'] + needs['step']) / GiB:.2f} GiB)")
+        if "generate" in temporaries and "forward" in temporaries:  # the prefill's activations: forward's own
+            rows_split = mesh.shape["data"] * mesh.shape["fsdp"] if args.inputs == "split" else 1
+            cache = needs["kv_cache"] / rows_split
+            print(
+                f"generate's temporaries are {temporaries['generate'] / (cache + temporaries['forward']):.2f}x the "
+                f"KV cache ({cache / GiB:.2f} GiB per chip) plus the prefill's activations (forward's temporaries)"
+            )
 
 
 if __name__ == "__main__":
