@@ -64,6 +64,9 @@ class Site(nnx.Module):
     """
 
     record: frozenset[str] = frozenset()
+    keep: Callable[[jax.Array], jax.Array] | None = None
+    """What a recording keeps of a value, set by a capture inside its trace: pooling it where it is made means
+    no batch's activations at every site are alive at once (None keeps the value whole)."""
     gate_in: Gate | None = None
     gate_out: Gate | None = None
     edit: nnx.Module | None = None
@@ -95,14 +98,24 @@ class Site(nnx.Module):
         gate_in = None if self.gate_in is None else self.gate_in[...]
         gate_out = None if self.gate_out is None else self.gate_out[...]
         if IN in self.record:
-            self.sow(nnx.Intermediate, IN, x if gate_in is None else x * gate_in.astype(x.dtype))
+            x = self._sow(IN, x, x if gate_in is None else x * gate_in.astype(x.dtype))
         out = self.gated_forward(x, gate_in, gate_out, *args, **kwargs)
         y = out[0] if isinstance(out, tuple) else out
         if self.edit is not None:
             y = self.edit(y)
         if OUT in self.record:
-            self.sow(nnx.Intermediate, OUT, y)
+            y = self._sow(OUT, y, y)
         return (y, out[1]) if isinstance(out, tuple) else y
+
+    def _sow(self, end: str, x: jax.Array, value: jax.Array) -> jax.Array:
+        """Sow what `keep` keeps of `value`; return `x` unchanged, but only once that is computed, so the compiler
+        reduces `value` here rather than holding it to the end of the program."""
+        if self.keep is None:
+            self.sow(nnx.Intermediate, end, value)
+            return x
+        x, kept = jax.lax.optimization_barrier((x, self.keep(value)))
+        self.sow(nnx.Intermediate, end, kept)
+        return x
 
     def gated_forward(self, x: jax.Array, gate_in: jax.Array | None, gate_out: jax.Array | None, *args, **kwargs):
         """`forward` with the input and output multiplied by the gates; layers with a cheaper equivalent override it."""

@@ -3,7 +3,9 @@
 Site modules sow their activations only when asked (`Site.record`), `nnx.capture`
 collects them, and pooling happens in the same jitted function: over each row's
 valid tokens (optionally only text or only image positions) for token-domain sites,
-over each image's own positions for vision-tower and projector sites. Inputs are
+as each site makes them (`Site.keep`, so a batch's activations at every site are
+never alive at once), and over each image's own positions for vision-tower and
+projector sites, once the model has said which rows are whose. Inputs are
 padded to a few bucketed shapes so a long collection compiles a handful of times.
 """
 
@@ -58,13 +60,17 @@ def token_selection(input_ids, attention_mask, tokens: str, image_token: int | N
     return valid & (is_image if tokens == "image" else ~is_image)
 
 
-def _record(model: nnx.Module, refs: Iterable[SiteRef]) -> None:
+def _record(model: nnx.Module, refs: Iterable[SiteRef], keep=None) -> None:
+    """Ask the sites of `refs` to sow what they see; `keep` (token-domain sites only) reduces it where it is made."""
     wanted: dict[tuple, set[str]] = {}
     for ref in refs:
         wanted.setdefault(ref.path, set()).add(ref.end)
+    image_paths = {ref.path for ref in refs if ref.image_domain}
     for path, node in nnx.iter_graph(model):
         if tuple(path) in wanted:
             node.record = frozenset(wanted[tuple(path)])
+            if keep is not None and tuple(path) not in image_paths:
+                node.keep = keep
 
 
 def _pool(values: jax.Array, select: jax.Array, pooling: str) -> jax.Array:
@@ -133,18 +139,18 @@ def pooled_responses(
 
     `image_rows` is the batch row of each image slot (-1 for a padding slot), or None when there are no images.
     """
-    _record(model, spec.refs)
+    valid = token_selection(batch.input_ids, batch.attention_mask, spec.tokens, model.image_token_id)
+    _record(model, spec.refs, keep=lambda values: _pool(values, valid, spec.pooling))
     outputs, sown = nnx.capture(model.forward, nnx.Intermediate)(
         batch.input_ids, attention_mask=batch.attention_mask, **batch.inputs
     )
     sown = {tuple(path): value.get_value()[0] for path, value in nnx.to_flat_state(sown)}
 
-    valid = token_selection(batch.input_ids, batch.attention_mask, spec.tokens, model.image_token_id)
     out = {}
     for ref in spec.refs:
         values = sown[ref.path + (ref.end,)]
-        if not ref.image_domain:
-            out[ref.name] = _pool(values, valid, spec.pooling)
+        if not ref.image_domain:  # pooled where the site made it
+            out[ref.name] = values
             continue
         segments = declared_segments(ref.name, outputs.image_segments)
         per_image = _per_image(ref.name, values, segments, image_rows.shape[0], spec.pooling)
