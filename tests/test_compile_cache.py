@@ -57,5 +57,8 @@ def test_a_command_says_what_it_compiled_and_what_the_cache_supplied(tmp_path, m
         compile_cache.enable()
     n = int(first.split(": ")[1].split()[0])
     assert n > 0 and first.startswith("sgm-jax collect: ") and "loaded from the compile cache" not in first
+    assert "pooled_responses x" in first  # which programs: the capture, once per length bucket
+    counts = [int(part.rsplit(" x", 1)[1]) for part in first.split(" s (", 1)[1].rstrip(")").split(", ")]
+    assert sum(counts) == n
     assert second == f"sgm-jax collect: 0 programs compiled in 0.0 s, {n} loaded from the compile cache"
     assert quiet == ""

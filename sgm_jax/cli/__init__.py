@@ -52,8 +52,9 @@ def _report_compiles(args, compiled) -> None:
     if getattr(args, "quiet", False) or not (compiled.count or compiled.cached) or not is_writer():
         return
     cached = f", {compiled.cached} loaded from the compile cache" if compiled.cached else ""
+    which = f" ({compiled.summary()})" if compiled.count else ""
     print(
-        f"sgm-jax {args.command}: {compiled.count} programs compiled in {compiled.seconds:.1f} s{cached}",
+        f"sgm-jax {args.command}: {compiled.count} programs compiled in {compiled.seconds:.1f} s{which}{cached}",
         file=sys.stderr,
     )
 

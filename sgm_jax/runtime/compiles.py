@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 from collections.abc import Iterator
@@ -20,6 +21,13 @@ class CompileCount:
     """Seconds spent compiling them."""
     cached: int = 0
     """Programs loaded from the persistent compilation cache instead (`sgm_jax.runtime.compile_cache`)."""
+    programs: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    """How many of the compiled programs each jitted function made (one per shape bucket, model structure and
+    static arguments it met)."""
+
+    def summary(self) -> str:
+        """The compiled programs by function, most first: `decode x2, target_logprobs x6`."""
+        return ", ".join(f"{name} x{n}" for name, n in self.programs.most_common())
 
 
 @contextlib.contextmanager
@@ -33,7 +41,7 @@ def count_compiles() -> Iterator[CompileCount]:
         if event == _HIT:
             hit.append(True)
 
-    def on_duration(event: str, duration: float, **_) -> None:
+    def on_duration(event: str, duration: float, fun_name: str = "?", **_) -> None:
         if event != _EVENT:
             return
         if hit:
@@ -42,6 +50,7 @@ def count_compiles() -> Iterator[CompileCount]:
         else:
             seen.count += 1
             seen.seconds += duration
+            seen.programs[fun_name.removeprefix("jit(").removesuffix(")")] += 1
 
     jax.monitoring.register_event_listener(on_event)
     jax.monitoring.register_event_duration_secs_listener(on_duration)
