@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sgm_jax.decoding.batching import collate, plan_batches
+from sgm_jax.decoding.batching import collate, plan_batches, shared_length
 from sgm_jax.models.batch import model_batch
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.runtime.buckets import bucket_length, left_pad
@@ -24,6 +24,19 @@ def test_plans_group_similar_lengths_deterministically():
     assert plan_batches(lengths, 2) == plan
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         plan_batches(lengths, 0)
+
+
+def test_a_set_pads_to_one_length_unless_that_doubles_its_tokens():
+    short = [12, 30, 48, 20, 17, 45, 33, 26]  # neutral sentences: buckets 20 to 48; one length runs 1.4x the tokens
+    plan = plan_batches(short, 2)
+    assert len({bucket_length(max(short[i] for i in rows)) for rows in plan}) == 4
+    assert shared_length(short, plan) == 48
+    spread = [20, 24, 28, 30, 32, 36, 40, 2000]  # one long text: padding the rest to it would run 3.8x the tokens
+    plan = plan_batches(spread, 2)
+    assert shared_length(spread, plan) == 0
+    assert shared_length([], []) == 0
+    batch = collate([{"input_ids": np.array([5, 6])}], length=4)
+    assert batch["input_ids"].tolist() == [[0, 0, 5, 6]] and batch["attention_mask"].tolist() == [[0, 0, 1, 1]]
 
 
 def test_collate_left_pads_tokens_and_concatenates_images():

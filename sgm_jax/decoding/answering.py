@@ -28,18 +28,20 @@ def plain_answers(
     temperature: float = 0.0,
     seed: int = 0,
     rows: int | None = None,
+    length: int = 0,
 ) -> list[str]:
     """One batch of answers (the reference responses are never shown), stripped, special tokens dropped.
 
     The batch is padded with repeated rows to `rows` (default: the next power of two), so the subsets a
-    defense answers (flagged rows) reuse a few compiled shapes."""
+    defense answers (flagged rows) reuse a few compiled shapes, and on the left to `length` tokens at least
+    (a run's one prompt length, `sgm_jax.decoding.lengths.run_length`)."""
     if not samples:
         return []
     prompts = [dataclasses.replace(s, response=None) for s in samples]
     encoded = [encode(s, processor) for s in prompts]
     check_lengths(model, prompts, [len(e["input_ids"]) for e in encoded], new_tokens=max_new_tokens)
     n = len(encoded)
-    inputs = collate(encoded, pad_token_id(processor), rows or bucket_rows(n))
+    inputs = collate(encoded, pad_token_id(processor), rows or bucket_rows(n), length)
     tokens = generate(
         model,
         inputs.pop("input_ids"),

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from sgm_jax.data.encode import render
 from sgm_jax.data.samples import Sample
+from sgm_jax.runtime.buckets import bucket_length
 from sgm_jax.runtime.errors import SgmJaxError
 
 
@@ -22,6 +23,18 @@ def estimated_lengths(samples: Sequence[Sample], processor, image_tokens: int) -
     """Token count of each rendered sample plus its image's expansion: cheap, and enough to order samples."""
     tokenizer = getattr(processor, "tokenizer", processor)
     return [len(tokenizer(render(s, processor))["input_ids"]) + (image_tokens if s.image else 0) for s in samples]
+
+
+def run_length(model, processor, samples: Sequence[Sample]) -> int:
+    """The prompt length every generation batch of a run pads to: the bucket of its longest (estimated) prompt.
+
+    One length means one compiled generate program per model for the whole run. A decoding step costs about
+    its weight reads whatever the cache length, so the padding costs a little prefill, where a length bucket of
+    its own would cost a compile (a minute at 7B on a TPU). A batch longer than the estimate pads to its own.
+    """
+    if not samples:
+        return 0
+    return bucket_length(max(estimated_lengths(samples, processor, model.tokens_per_image)))
 
 
 def check_lengths(model, samples: Sequence[Sample], lengths: Sequence[int], *, new_tokens: int = 0) -> None:

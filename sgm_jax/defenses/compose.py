@@ -8,6 +8,7 @@ import numpy as np
 
 from sgm_jax.data.samples import Sample
 from sgm_jax.decoding.answering import plain_answers
+from sgm_jax.decoding.lengths import run_length
 from sgm_jax.defenses.base import STAGES, Defense
 from sgm_jax.interventions import intervene
 from sgm_jax.runtime.errors import OptionError
@@ -45,11 +46,13 @@ def answer_batch(
     temperature: float = 0.0,
     seed: int = 0,
     rows: int = 0,
+    length: int = 0,
 ) -> list[str]:
     """Answers of one batch: `base` is the model without the intervention, `model` the one with it (the same
     object when there is none); the steering defenses edit `model`. Every generation pass runs padded to
-    `rows` rows (at least the batch's size): a run's short last batch, and the subsets a defense answers
-    (routed or flagged rows), reuse its full batches' compiled programs."""
+    `rows` rows (at least the batch's size) and `length` tokens (the run's prompt length): a run's short last
+    batch, and the subsets a defense answers (routed or flagged rows), reuse its full batches' compiled
+    programs."""
     stages = by_stage(defenses)
     if stages["route"] and model is base:
         raise OptionError(f"the {stages['route'][0].name} routes rows to an intervention, but none is given")
@@ -59,6 +62,7 @@ def answer_batch(
         "temperature": temperature,
         "seed": seed,
         "rows": max(rows, len(samples)),
+        "length": length,
     }
 
     def run(target, rows: list[Sample]) -> list[str]:
@@ -101,6 +105,7 @@ def answer(
     stacked on it, in the samples' order: the sample-level counterpart of `sgm_jax.generate`, which works on
     token ids and so cannot host a defense that rewrites the prompt or noises the image."""
     gated = model if intervention is None else intervene(model, intervention)
+    length = run_length(model, processor, samples)
     order = sorted(range(len(samples)), key=lambda i: (len(samples[i].prompt), i))
     answers: list[str] = [""] * len(samples)
     for start in range(0, len(order), batch_size):
@@ -115,6 +120,7 @@ def answer(
             temperature=temperature,
             seed=seed,
             rows=min(batch_size, len(order)),
+            length=length,
         )
         for i, text in zip(rows, texts):
             answers[i] = text

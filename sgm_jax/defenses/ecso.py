@@ -26,7 +26,9 @@ class ECSO(Defense):
     def describe(self):
         return {"name": self.name, "check_tokens": self.check_tokens, "caption_tokens": self.caption_tokens}
 
-    def answer(self, inner, base, model, processor, samples, *, max_new_tokens, temperature, seed, rows) -> list[str]:
+    def answer(
+        self, inner, base, model, processor, samples, *, max_new_tokens, temperature, seed, rows, length
+    ) -> list[str]:
         answers = list(inner(samples))
         checks = plain_answers(
             model,
@@ -34,6 +36,7 @@ class ECSO(Defense):
             [Sample(id=s.id, prompt=CHECK_PROMPT.format(answer=a), image=s.image) for s, a in zip(samples, answers)],
             max_new_tokens=self.check_tokens,
             rows=rows,
+            length=length,
         )
         flagged = [i for i, reply in enumerate(checks) if check_says_harmful(reply) and samples[i].image]
         if not flagged:
@@ -50,6 +53,7 @@ class ECSO(Defense):
             ],
             max_new_tokens=self.caption_tokens,
             rows=rows,
+            length=length,
         )
         blind = [
             Sample(id=samples[i].id, prompt=ANSWER_PROMPT.format(caption=c, question=samples[i].prompt))

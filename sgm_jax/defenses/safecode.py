@@ -93,11 +93,11 @@ class SafeCoDe(Defense):
         return int(unsafe), int(self.safe_tokens)
 
     def answer(
-        self, base, model, processor, samples: Sequence[Sample], *, max_new_tokens, seed, rows, **_
+        self, base, model, processor, samples: Sequence[Sample], *, max_new_tokens, seed, rows, length, **_
     ) -> list[str]:
         unsafe = self.verdicts.flags(base, processor, samples)
         tokens = safecode_tokens(
-            model, processor, samples, unsafe, self, max_new_tokens=max_new_tokens, seed=seed, rows=rows
+            model, processor, samples, unsafe, self, max_new_tokens=max_new_tokens, seed=seed, rows=rows, length=length
         )
         tokenizer = getattr(processor, "tokenizer", processor)
         return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in tokens]
@@ -114,9 +114,9 @@ def noised_image(image: Image.Image, std: float, seed: int, sample_id: str) -> I
     return Image.fromarray(np.round(noisy * 255.0).astype(np.uint8))
 
 
-def two_view_batch(model, processor, samples: Sequence[Sample], settings: SafeCoDe) -> ModelBatch:
+def two_view_batch(model, processor, samples: Sequence[Sample], settings: SafeCoDe, length: int = 0) -> ModelBatch:
     """Rows `[real..., noised...]`: the same prompts, the second half with the noised image (a text-only
-    sample repeats its own row, so its contrast is `(1 - alpha) z`)."""
+    sample repeats its own row, so its contrast is `(1 - alpha) z`), left-padded to `length` tokens at least."""
     prompts = [dataclasses.replace(s, response=None) for s in samples]
     real = [encode(s, processor) for s in prompts]
     noised = [
@@ -125,7 +125,7 @@ def two_view_batch(model, processor, samples: Sequence[Sample], settings: SafeCo
         else r
         for s, r in zip(prompts, real)
     ]
-    return model_batch(model, collate(real + noised, pad_token_id(processor)), pad_token_id(processor))
+    return model_batch(model, collate(real + noised, pad_token_id(processor), length=length), pad_token_id(processor))
 
 
 def safecode_tokens(
@@ -138,18 +138,20 @@ def safecode_tokens(
     max_new_tokens: int | None = None,
     seed: int = 0,
     rows: int = 0,
+    length: int = 0,
 ) -> list[np.ndarray]:
     """The new tokens of each sample under SafeCoDe (numpy, each row trimmed to what was written).
 
     `unsafe` is the verdict per sample. `max_new_tokens`, when given, bounds every answer (guided tokens
     included) on top of the verdict's budget, so a comparison gives each configuration the same room. The
-    batch is decoded padded to `rows` rows (default: the next power of two) with repeated rows, then dropped.
+    batch is decoded padded to `rows` rows (default: the next power of two) with repeated rows, then dropped,
+    and to `length` tokens at least.
     """
     n = len(samples)
     padded = list(samples) + [samples[-1]] * ((rows or bucket_rows(n)) - n)
     unsafe = np.resize(np.asarray(unsafe, bool), len(padded))
     unsafe[n:] = unsafe[n - 1]
-    batch = two_view_batch(model, processor, padded, settings)
+    batch = two_view_batch(model, processor, padded, settings, length)
     k = int(settings.max_steps)
     caps = np.asarray(settings.budgets(model), np.int32)
     buffer = k + int(caps.max())

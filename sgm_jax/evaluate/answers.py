@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from sgm_jax.data.encode import SquareImages, render
 from sgm_jax.data.samples import Sample
+from sgm_jax.decoding.lengths import run_length
 from sgm_jax.defenses import Defense, answer_batch, by_stage
 from sgm_jax.models.fingerprint import model_fingerprint
 from sgm_jax.runtime import distributed
@@ -94,6 +95,7 @@ def generate_answers(
     todo = [s for s in samples if s.id not in answers]
     order = sorted(todo, key=lambda s: (len(s.prompt), s.id))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    length = run_length(model, processor, samples)
 
     def answered(batch: list[Sample]) -> dict:
         start = time.perf_counter()
@@ -107,6 +109,7 @@ def generate_answers(
             temperature=temperature,
             seed=seed,
             rows=len(batches[0]),
+            length=length,
         )
         return {"texts": texts, "seconds": (time.perf_counter() - start) / len(batch)}
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
-from sgm_jax.decoding.batching import collate, pad_token_id, plan_batches
+from sgm_jax.decoding.batching import collate, pad_token_id, plan_batches, shared_length
 from sgm_jax.models.batch import ModelBatch, model_batch
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.compiled import compiled
@@ -52,10 +52,14 @@ class Scored:
 
 def scoring_batches(model: CausalLM, sequences: Sequence[dict[str, np.ndarray]], batch_size: int, pad_id: int):
     """`(rows, batch)` pairs: the sequences grouped by length into checked model batches of `batch_size` rows (a
-    short batch filled with repeats, whose results are dropped), so the scorings of one run (neutral texts, options,
-    answers, however many of each) share their compiled programs."""
-    for rows in plan_batches([len(s["input_ids"]) for s in sequences], batch_size):
-        batch = model_batch(model, collate([sequences[i] for i in rows], pad_id, batch_size), pad_id)
+    short batch filled with repeats, whose results are dropped) and, unless the lengths spread too far, of one
+    length (`shared_length`), so the scorings of one run (neutral texts, options, answers, however many of each)
+    share a few compiled programs."""
+    lengths = [len(s["input_ids"]) for s in sequences]
+    plan = plan_batches(lengths, batch_size)
+    length = shared_length(lengths, plan)
+    for rows in plan:
+        batch = model_batch(model, collate([sequences[i] for i in rows], pad_id, batch_size, length), pad_id)
         yield rows, place_batch(model, batch, batch_size)
 
 

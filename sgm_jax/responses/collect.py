@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from sgm_jax.data.encode import RawText, SquareImages, encode
 from sgm_jax.data.samples import Sample, dataset_hash
-from sgm_jax.decoding.batching import collate, pad_token_id, plan_batches
+from sgm_jax.decoding.batching import collate, pad_token_id, plan_batches, shared_length
 from sgm_jax.decoding.lengths import check_lengths, estimated_lengths
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.fingerprint import model_fingerprint
@@ -70,6 +70,7 @@ def collect_to_store(
     group = distributed.cluster()
     with writer_lock(out_dir, "store") if group.writer else contextlib.nullcontext():
         plan = plan_batches(lengths, batch_size)
+        length = shared_length(lengths, plan)
         store = ResponseStore.create_or_resume(out_dir, manifest) if group.writer else None
         todo = distributed.broadcast_json(_todo(store, plan) if store is not None else None)
         pad_id = pad_token_id(processor)
@@ -78,7 +79,8 @@ def collect_to_store(
             rows = plan[index]
             encoded = [encode(samples[i], processor) for i in rows]
             check_lengths(model, [samples[i] for i in rows], [len(e["input_ids"]) for e in encoded])
-            pooled = pooled_batch(model, collate(encoded, pad_id, len(plan[0])), spec)  # the last batch filled
+            # the last batch filled to the plan's rows, every batch to its length (a program or few for the run)
+            pooled = pooled_batch(model, collate(encoded, pad_id, len(plan[0]), length), spec)
             return {site: values[: len(rows)] for site, values in pooled.items()}
 
         bar = tqdm(desc="collect", unit="batch", disable=not progress, initial=len(plan) - len(todo), total=len(plan))

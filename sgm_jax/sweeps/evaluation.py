@@ -89,10 +89,13 @@ class SettingsEvaluator:
         pad = pad_token_id(processor)
         prompts = [encode(dataclasses.replace(s, response=None), processor) for s in open_ended]
         check_lengths(model, open_ended, [len(e["input_ids"]) for e in prompts], new_tokens=options.max_new_tokens)
-        self.prompt_batches = []  # (rows, decode's arguments): padded and checked once, whatever the settings
+        # (rows, decode's arguments): padded and checked once, whatever the settings; every batch as long as the
+        # longest, so the sweep compiles one decode program (see `sgm_jax.decoding.lengths.run_length`)
+        self.prompt_batches = []
         plan = plan_batches([len(e["input_ids"]) for e in prompts], options.batch_size)
+        longest = max([len(e["input_ids"]) for e in prompts], default=0)
         for rows in plan:
-            batch = collate([prompts[i] for i in rows], pad, len(plan[0]))
+            batch = collate([prompts[i] for i in rows], pad, len(plan[0]), longest)
             arguments = decode_arguments(
                 model,
                 batch.pop("input_ids"),
