@@ -8,7 +8,7 @@ import sgm_jax
 import sgm_jax.evaluate.mcq as mcq
 from sgm_jax.data import Sample, read_jsonl
 from sgm_jax.decoding.batching import collate
-from sgm_jax.evaluate.likelihood import Scored, encode_response, response_scores, text_scores
+from sgm_jax.evaluate.likelihood import LOGIT_POSITIONS, Scored, encode_response, response_scores, text_scores
 from sgm_jax.evaluate.rates import distinct_n, grouped_rates, rate_with_interval
 
 
@@ -34,12 +34,15 @@ def test_a_uniform_model_has_perplexity_equal_to_its_vocabulary(checkpoint):
 
 def test_text_and_response_scores_equal_the_model_logits(checkpoint):
     model, processor, samples = checkpoint
-    text = "three green triangles on the left"
-    ids = np.asarray(processor.tokenizer(text)["input_ids"])
-    logits = np.asarray(model(ids[None]))[0].astype(np.float64)
-    expected = _log_softmax(logits)[np.arange(len(ids) - 1), ids[1:]].sum()
-    got = text_scores(model, processor.tokenizer, [text])
-    assert got.tokens[0] == len(ids) - 1 and got.logprob[0] == pytest.approx(expected, abs=1e-4)
+    # the long text spans several of the LM head's position chunks, and its last one only in part
+    texts = ["three green triangles on the left", "a red square above a blue circle, " * 30]
+    got = text_scores(model, processor.tokenizer, texts)
+    for row, text in enumerate(texts):
+        ids = np.asarray(processor.tokenizer(text)["input_ids"])
+        logits = np.asarray(model(ids[None]))[0].astype(np.float64)
+        expected = _log_softmax(logits)[np.arange(len(ids) - 1), ids[1:]].sum()
+        assert got.tokens[row] == len(ids) - 1 and got.logprob[row] == pytest.approx(expected, abs=1e-4)
+    assert got.tokens[1] > 2 * LOGIT_POSITIONS and got.tokens[1] % LOGIT_POSITIONS
 
     sample = samples[0]
     encoded = encode_response(sample, processor)
