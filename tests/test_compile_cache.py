@@ -1,12 +1,19 @@
 """The persistent compilation cache: a second run of a command with the same shapes compiles nothing; `off` and the
-default folder are what the README says."""
+default folder are what the README says; a run compiles one program per role where padding is cheap."""
 
+import dataclasses
 import os
 
 import jax
 
 import hf_tiny
+import sgm_jax
 from sgm_jax import cli
+from sgm_jax.data import read_jsonl
+from sgm_jax.data.encode import encode
+from sgm_jax.decoding.answering import plain_answers
+from sgm_jax.evaluate.answers import generate_answers
+from sgm_jax.runtime.buckets import bucket_length
 from sgm_jax.runtime import compile_cache
 from sgm_jax.runtime.compiles import count_compiles
 
@@ -62,3 +69,22 @@ def test_a_command_says_what_it_compiled_and_what_the_cache_supplied(tmp_path, m
     assert sum(counts) == n
     assert second == f"sgm-jax collect: 0 programs compiled in 0.0 s, {n} loaded from the compile cache"
     assert quiet == ""
+
+
+def test_an_evaluation_compiles_one_generate_program_whatever_its_prompt_lengths(tmp_path):
+    directory, data = hf_tiny.save_tiny_with_data(tmp_path, seed=6, samples=4)
+    model, processor = sgm_jax.load_model(directory)
+    short = read_jsonl(data)
+    # the same prompts, and a second batch whose long prompts would pad to a bucket of their own
+    long = [dataclasses.replace(s, id=f"{s.id}-long", prompt=s.prompt + " and the picture" * 12) for s in short[:2]]
+    samples = short[:2] + long
+    lengths = [len(encode(s, processor)["input_ids"]) for s in samples]
+    assert bucket_length(max(lengths[:2])) < bucket_length(max(lengths[2:]))
+    jax.clear_caches()
+    with count_compiles() as compiled:
+        answers = generate_answers(
+            model, processor, samples, cache_path=str(tmp_path / "answers.jsonl"), batch_size=2, progress=False
+        )
+    assert compiled.programs["decode"] == 1
+    # padded further left than its own batch needs, a prompt is answered as it would be alone
+    assert [answers[s.id] for s in short[:2]] == plain_answers(model, processor, short[:2], max_new_tokens=32)
