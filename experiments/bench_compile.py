@@ -26,6 +26,10 @@ With forward and generate both compiled it also says how generate's temporaries 
 prefill's activations (the forward's own temporaries). The batch reaches the mesh as the library places it, rows
 split over the data axes (`--inputs replicated` shows what unplaced host arrays cost).
 
+It ends with its model of a whole run, `sgm-jax collect` + `score` + `evaluate` on 1,000 image prompts at the
+recipe's image size: the programs the library's own batch planning makes of them, one per distinct (role, padded
+shape, model), and what they cost at the compile times measured above.
+
     python experiments/bench_compile.py [--model llava-1.5-7b|qwen2.5-vl-7b-instruct] [--target cpu v5e v6e]
         [--mesh one|recipe] [--programs forward capture generate sweep likelihood] [--sweep-k 8]
         [--inputs split|replicated]
@@ -49,6 +53,7 @@ from transformers import Qwen2_5_VLConfig
 
 import sgm_jax
 from bench_accelerator import llava_shape, parameter_counts
+from sgm_jax.decoding.batching import plan_batches, shared_length
 from sgm_jax.decoding.generate import decode, decode_arguments, decode_swept
 from sgm_jax.evaluate.likelihood import target_logprobs
 from sgm_jax.interventions.sweep import GateStack
@@ -56,6 +61,7 @@ from sgm_jax.models.batch import model_batch
 from sgm_jax.models.causal_lm import prepared_logits
 from sgm_jax.responses.capture import CaptureSpec, _pooled_compiled, prepare_batch
 from sgm_jax.responses.sites import resolve
+from sgm_jax.runtime.buckets import bucket_length
 from sgm_jax.weights import recipes, sharding
 
 BATCH, LENGTH, NEW_TOKENS = 8, 640, 128
@@ -125,10 +131,10 @@ def qwen_inputs(model, rng) -> dict[str, np.ndarray]:
     }
 
 
-# (config, inputs, positions per image through the vision tower)
+# (config, inputs, positions per image through the vision tower, tokens per image in the prompt)
 MODELS = {
-    "llava-1.5-7b": (lambda: llava_shape("7b").config.to_dict(), llava_inputs, 577),
-    "qwen2.5-vl-7b-instruct": (qwen25_vl_7b, qwen_inputs, 1024),
+    "llava-1.5-7b": (lambda: llava_shape("7b").config.to_dict(), llava_inputs, 577, 576),
+    "qwen2.5-vl-7b-instruct": (qwen25_vl_7b, qwen_inputs, 1024, 256),
 }
 
 
@@ -201,6 +207,52 @@ def model_flops(model, counts: dict[str, int], program: str, vision_positions: i
     return (prefill + steps) * (sweep_k if program == "sweep" else 1)
 
 
+def run_programs(image_tokens: int, seed: int = 0, samples: int = 1000) -> dict[str, list[tuple]]:
+    """The programs a run compiles, by role: `[(model, padded length), ...]` as the library plans its batches.
+
+    The data are drawn, not read: `samples` prompts of 8-64 text tokens, each with one image and a 16-128 token
+    response (collect reads prompt + response), 40 chat-template tokens, an answer of up to 32 tokens, half the
+    prompts with 4 options of 1-8 tokens, and 200 neutral sentences of 12-48 tokens, batches of 8 (the CLI's
+    default). Lengths a batch pads to follow `plan_batches` and `shared_length` (capture, likelihood) and
+    `run_length`'s one length per run (generation); a program is one (function, model, shape)."""
+    rng = np.random.default_rng(seed)
+    prompts = 40 + image_tokens + rng.integers(8, 65, samples)
+    responses = rng.integers(16, 129, samples)
+    answers = rng.integers(1, 33, samples)
+    options = (prompts[: samples // 2, None] + rng.integers(1, 9, (samples // 2, 4))).ravel()
+    neutral = rng.integers(12, 49, 200)
+
+    def padded(lengths) -> set[int]:  # the lengths one scoring or capture call pads its batches to
+        lengths = [int(n) for n in lengths]
+        plan = plan_batches(lengths, BATCH)
+        return {shared_length(lengths, plan) or bucket_length(max(lengths[i] for i in rows)) for rows in plan}
+
+    return {
+        "capture (collect)": [("plain", n) for n in sorted(padded(prompts + responses))],
+        "generate (evaluate: before, after)": [(m, bucket_length(int(prompts.max()))) for m in ("plain", "gated")],
+        "likelihood (answers, multiple choice, neutral text)": sorted(
+            {("plain", n) for n in padded(prompts + answers)}
+            | {(m, n) for m in ("plain", "gated") for n in padded(options)}
+            | {(f"{m} text-only", n) for m in ("plain", "gated") for n in padded(neutral)}
+        ),
+    }
+
+
+def print_run_model(image_tokens: int, compile_seconds: dict[str, float]) -> None:
+    """The run model's programs, and their compile time at this target's measured seconds per program."""
+    total, seconds = 0, 0.0
+    print(f"\nA run (collect + score + evaluate; score's AUROC is one small program), {image_tokens} image tokens:")
+    print("| role | programs | (model, padded length) |\n|---|---|---|")
+    for role, programs in run_programs(image_tokens).items():
+        print(f"| {role} | {len(programs)} | {', '.join(f'{m} {n}' for m, n in programs)} |")
+        total += len(programs)
+        measured = compile_seconds.get(role.split()[0])
+        seconds += len(programs) * measured if measured is not None else float("nan")
+    cost = f"at this table's compile times about {seconds / 60:.0f} minutes" if seconds == seconds else "(compile"
+    cost += ", once: a rerun loads them" if seconds == seconds else " capture, generate and likelihood for their time)"
+    print(f"{total} programs {cost}")
+
+
 def compile_one(fn, args, kwargs) -> dict:
     start = time.perf_counter()
     traced = fn.trace(*args, **kwargs)
@@ -261,7 +313,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("SGM_JAX_COMPILE_CACHE", "off")  # every program compiled afresh
 
-    config, make_inputs, vision_positions = MODELS[args.model]
+    config, make_inputs, vision_positions, image_tokens = MODELS[args.model]
     recipe = recipes.load_recipe(args.model)
     model = nnx.eval_shape(lambda: sgm_jax.build_model(config(), dtype="bfloat16"))
     counts = parameter_counts(model)
@@ -275,7 +327,7 @@ def main() -> None:
     header = "| program | trace s | lower s | compile s | arguments GiB | outputs GiB | temporaries GiB | aliased GiB |"
     for title, mesh in target_meshes(args.target, args.mesh, recipe):
         print(f"\n{title}\n{header} compiler GFLOP | model GFLOP |\n|" + "---|" * 10)
-        temporaries = {}
+        temporaries, seconds = {}, {}
         for program in args.programs:
             fn, call_args, kwargs = calls[program]
             placed = [
@@ -289,7 +341,7 @@ def main() -> None:
             except jax.errors.JaxRuntimeError as error:  # the compiler's verdict is a result too (HBM too small)
                 print(f"| {program} | does not compile: {str(error).splitlines()[0][:160]} |", flush=True)
                 continue
-            temporaries[program] = r["temporaries"]
+            temporaries[program], seconds[program] = r["temporaries"], r["compile_s"]
             print(
                 f"| {program} | {r['trace_s']:.1f} | {r['lower_s']:.1f} | {r['compile_s']:.1f} | "
                 f"{r['arguments'] / GiB:.2f} | {r['outputs'] / GiB:.3f} | {r['temporaries'] / GiB:.2f} | "
@@ -304,6 +356,7 @@ def main() -> None:
                 f"generate's temporaries are {temporaries['generate'] / (cache + temporaries['forward']):.2f}x the "
                 f"KV cache ({cache / GiB:.2f} GiB per chip) plus the prefill's activations (forward's temporaries)"
             )
+        print_run_model(image_tokens, seconds)
 
 
 if __name__ == "__main__":
