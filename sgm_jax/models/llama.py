@@ -227,6 +227,8 @@ class LlamaAttention(Site):
             entry = entry.write(k, v, context.write_at)
             k, v = entry.keys, entry.values
         out = attend(q, k, v, mask=context.masks[CAUSAL], scale=self.head_dim**-0.5)
+        if entry is not None:  # the layer's cache write done before the layer's output is: new keys die here
+            out, entry = jax.lax.optimization_barrier((out, entry))
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), entry
 
 
