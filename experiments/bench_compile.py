@@ -138,17 +138,6 @@ MODELS = {
 }
 
 
-def abstract_variables(tree: nnx.Module | nnx.State, mesh: Mesh) -> nnx.Module | nnx.State:
-    """A model (or a split-off state) with every variable an abstract array placed by its logical axes on `mesh`
-    (weights as `--mesh` shards them; gates and other state replicated)."""
-    graphdef, state = nnx.split(tree) if isinstance(tree, nnx.Module) else (None, tree)
-    for _, variable in nnx.to_flat_state(state):
-        value = variable.get_value()
-        placement = sharding.variable_sharding(variable, mesh)
-        variable.set_value(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=placement))
-    return state if graphdef is None else nnx.merge(graphdef, state)
-
-
 def abstract_inputs(tree, mesh: Mesh, split_batch: bool):
     """Host arrays as abstract ones on `mesh`: replicated (as the library's host inputs reach a sharded model), or
     with `split_batch` each array whose first axis is the batch split over the data axes (`batch_sharding`)."""
@@ -331,7 +320,7 @@ def main() -> None:
         for program in args.programs:
             fn, call_args, kwargs = calls[program]
             placed = [
-                abstract_variables(a, mesh)
+                sharding.abstract_placed(a, mesh)
                 if isinstance(a, (nnx.Module, nnx.State))
                 else abstract_inputs(a, mesh, args.inputs == "split")
                 for a in call_args

@@ -52,21 +52,29 @@ def parse_mesh(text: str | None):
     return make_mesh(data, fsdp, tensor)
 
 
-def load(args, *, text: bool = True):
+def load(args, *, text: bool = True, warm=None):
     """The --model checkpoint as `(model, processor)`; with `text` (every command but `sites`), one without
-    tokenizer files is refused before it loads."""
+    tokenizer files is refused before it loads. `warm(model, processor)` compiles while the weights load
+    (`sgm_jax.load_model`), given the processor as the command will use it."""
     import sgm_jax
-    from sgm_jax.data.encode import RawText, SquareImages
     from sgm_jax.weights.loading import require_tokenizer
 
     if text:
         require_tokenizer(args.model)
-    model, processor = sgm_jax.load_model(args.model, dtype=args.dtype, mesh=parse_mesh(args.mesh))
+    warming = None if warm is None else (lambda model, processor: warm(model, _as_asked(args, processor)))
+    model, processor = sgm_jax.load_model(args.model, dtype=args.dtype, mesh=parse_mesh(args.mesh), warm=warming)
+    return model, _as_asked(args, processor)
+
+
+def _as_asked(args, processor):
+    """The processor with the command's --image-size and --raw-text."""
+    from sgm_jax.data.encode import RawText, SquareImages
+
     if getattr(args, "image_size", None) is not None and processor is not None:
         processor = SquareImages(processor, args.image_size)
     if getattr(args, "raw_text", False) and processor is not None:
         processor = RawText(processor)
-    return model, processor
+    return processor
 
 
 def load_gated(args):

@@ -29,11 +29,17 @@ def cmd_collect(args) -> None:
 
     Run the model over a labelled dataset and store each site's pooled activation per sample. An interrupted run
     resumes where it stopped when the same command is run again."""
-    from sgm_jax.responses.collect import collect_to_store
+    from sgm_jax.responses.collect import collect_to_store, warm_capture
     from sgm_jax.responses.sites import default_sites
 
     samples = read_samples(args)
-    model, processor = load(args)
+    capture = {"pooling": args.pooling, "tokens": args.tokens, "batch_size": args.batch_size}
+    model, processor = load(
+        args,
+        warm=lambda shapes, processor: warm_capture(
+            shapes, processor, samples, sites=args.sites or default_sites(shapes), **capture
+        ),
+    )
     sites = args.sites or default_sites(model)
     store = collect_to_store(
         model,
@@ -41,9 +47,7 @@ def cmd_collect(args) -> None:
         samples,
         args.out,
         sites=sites,
-        pooling=args.pooling,
-        tokens=args.tokens,
-        batch_size=args.batch_size,
+        **capture,
         model_name=args.model,
         dataset_name=os.path.abspath(args.data) + (f"#{args.split}" if args.split else ""),
         progress=not args.quiet,

@@ -16,10 +16,12 @@ from sgm_jax.decoding.batching import collate, pad_token_id, plan_batches, share
 from sgm_jax.decoding.lengths import check_lengths, estimated_lengths
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.fingerprint import model_fingerprint
-from sgm_jax.responses.capture import CaptureSpec, pooled_batch
+from sgm_jax.models.partitioning import place_batch
+from sgm_jax.responses.capture import CaptureSpec, _pooled_compiled, pooled_batch, prepare_batch
 from sgm_jax.responses.sites import resolve
 from sgm_jax.responses.store import ResponseStore
 from sgm_jax.runtime import distributed
+from sgm_jax.runtime.buckets import bucket_length
 from sgm_jax.runtime.errors import CheckpointError, OptionError
 from sgm_jax.runtime.locks import writer_lock
 
@@ -69,18 +71,15 @@ def collect_to_store(
         manifest["prompts"] = "raw text"
     group = distributed.cluster()
     with writer_lock(out_dir, "store") if group.writer else contextlib.nullcontext():
-        plan = plan_batches(lengths, batch_size)
-        length = shared_length(lengths, plan)
+        plan, length = _plan(lengths, batch_size)
         store = ResponseStore.create_or_resume(out_dir, manifest) if group.writer else None
         todo = distributed.broadcast_json(_todo(store, plan) if store is not None else None)
-        pad_id = pad_token_id(processor)
 
         def pooled(index: int) -> dict[str, np.ndarray]:
             rows = plan[index]
             encoded = [encode(samples[i], processor) for i in rows]
             check_lengths(model, [samples[i] for i in rows], [len(e["input_ids"]) for e in encoded])
-            # the last batch filled to the plan's rows, every batch to its length (a program or few for the run)
-            pooled = pooled_batch(model, collate(encoded, pad_id, len(plan[0]), length), spec)
+            pooled = pooled_batch(model, _batch(encoded, processor, plan, length), spec)
             return {site: values[: len(rows)] for site, values in pooled.items()}
 
         bar = tqdm(desc="collect", unit="batch", disable=not progress, initial=len(plan) - len(todo), total=len(plan))
@@ -96,6 +95,38 @@ def collect_to_store(
     if store is not None or not os.path.exists(os.path.join(out_dir, "manifest.json")):
         return store
     return ResponseStore(out_dir)
+
+
+def _plan(lengths: list[int], batch_size: int) -> tuple[list[list[int]], int]:
+    """The batches of a collection, and the one length they pad to (0: each its own bucket)."""
+    plan = plan_batches(lengths, batch_size)
+    return plan, shared_length(lengths, plan)
+
+
+def _batch(encoded: list[dict], processor, plan: list[list[int]], length: int) -> dict[str, np.ndarray]:
+    """A planned batch as the capture takes it: the last batch filled to the plan's rows, every batch padded to the
+    plan's length (a program or few for the run)."""
+    return collate(encoded, pad_token_id(processor), len(plan[0]), length)
+
+
+def warm_capture(
+    model: CausalLM, processor, samples: Sequence[Sample], *, sites, pooling: str, tokens: str, batch_size: int
+) -> None:
+    """Compile, ahead of time, each capture program `collect_to_store` will run on `samples` (one per padded
+    shape), for the compile cache to hand over; `model` may be abstract (`load_model(warm=...)`)."""
+    spec = CaptureSpec(tuple(resolve(model, sites)), pooling, tokens)
+    lengths = estimated_lengths(samples, processor, model.tokens_per_image)
+    plan, length = _plan(lengths, batch_size)
+    buckets = set()
+    for rows in plan:  # one batch encoded per padded length: the others share its program
+        bucket = length or bucket_length(max(lengths[i] for i in rows))
+        if bucket in buckets:
+            continue
+        buckets.add(bucket)
+        batch = _batch([encode(samples[i], processor) for i in rows], processor, plan, length)
+        prepared, image_rows = prepare_batch(batch, model, spec)
+        placed = place_batch(model, prepared, len(prepared.input_ids))
+        _pooled_compiled.trace(model, placed, image_rows, spec=spec).lower().compile()
 
 
 def _todo(store: ResponseStore, plan: list[list[int]]) -> list[int]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -96,20 +98,51 @@ def _dtype(dtype):
     return dtype
 
 
-def load_model(path: str, *, dtype="float32", mesh: Mesh | None = None, rules: sharding.Rules = sharding.DEFAULT_RULES):
+def load_model(
+    path: str,
+    *,
+    dtype="float32",
+    mesh: Mesh | None = None,
+    rules: sharding.Rules = sharding.DEFAULT_RULES,
+    warm: Callable[[CausalLM, Any], None] | None = None,
+):
     """Load an HF checkpoint as `(model, processor)`; with `mesh`, each tensor goes straight to its shards. Turns on
-    the persistent compilation cache (`sgm_jax.runtime.compile_cache`) unless it is off."""
-    compile_cache.enable()
+    the persistent compilation cache (`sgm_jax.runtime.compile_cache`) unless it is off.
+
+    `warm(model, processor)` runs while the weights load, on a model of abstract arrays placed as the weights will
+    be: a command compiles there, ahead of time, the programs it will run (`sgm_jax.responses.collect.warm_capture`),
+    and the compile cache hands them to its real calls. On a TPU a 7B program compiles in about a minute, as long
+    as its checkpoint takes to read. Without the cache a compile could not be handed over, so `warm` is skipped.
+    """
+    cache = compile_cache.enable()
     directory = resolve_checkpoint(path)
     config = read_config(directory)
     model = nnx.eval_shape(lambda: build_model(config, dtype=dtype))
+    processor = load_processor(directory, type(model))
+    warming = None
+    if warm is not None and cache is not None:
+        shapes = nnx.eval_shape(lambda: build_model(config, dtype=dtype))  # its own: loading fills `model`
+        shapes = shapes if mesh is None else sharding.abstract_placed(shapes, mesh, rules)
+        warming = threading.Thread(target=_warm_quietly, args=(warm, shapes, processor), daemon=True)
+        warming.start()
     place = None
     if mesh is not None:
         place = lambda array, variable: jax.device_put(array, sharding.variable_sharding(variable, mesh, rules))
     load_into(model, directory, type(model).load_layout, dtype=_dtype(dtype), place=place)
     model.special_tokens = special_tokens(directory)
     model.max_positions = max_positions(config)
-    return model, load_processor(directory, type(model))
+    if warming is not None:
+        warming.join()
+    return model, processor
+
+
+def _warm_quietly(warm, shapes: CausalLM, processor) -> None:
+    """`warm`, whose failure loses nothing but time: the command meets the same error, with its own message, when
+    it runs the program for real."""
+    try:
+        warm(shapes, processor)
+    except Exception:  # noqa: BLE001 - see the docstring
+        pass
 
 
 def max_positions(config: dict[str, Any]) -> int | None:

@@ -52,6 +52,17 @@ def variable_sharding(variable: nnx.Variable, mesh: Mesh, rules: Rules = DEFAULT
     return NamedSharding(mesh, partition_spec(axes, variable.shape, mesh, rules))
 
 
+def abstract_placed(tree, mesh: Mesh, rules: Rules = DEFAULT_RULES):
+    """`tree` (a model, or state split off one) with every variable an abstract array placed by its logical axes
+    on `mesh`, as loading and `shard_model` place weights: what compiling ahead of time needs, without weights."""
+    graphdef, state = nnx.split(tree) if isinstance(tree, nnx.Module) else (None, tree)
+    for _, variable in nnx.to_flat_state(state):
+        value = variable.get_value()
+        placement = variable_sharding(variable, mesh, rules)
+        variable.set_value(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=placement))
+    return state if graphdef is None else nnx.merge(graphdef, state)
+
+
 def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.Module:
     """Move every parameter of `model` onto `mesh` according to its logical axes (in place; returns `model`)."""
     for _, variable in nnx.iter_graph(model):
