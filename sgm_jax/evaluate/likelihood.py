@@ -24,7 +24,6 @@ from sgm_jax.models.partitioning import place_batch
 from sgm_jax.runtime import distributed
 from sgm_jax.runtime.errors import InputError
 
-
 LOGIT_POSITIONS = 128
 """Positions whose logits over the vocabulary exist at once: the LM head runs over the sequence this many
 positions at a time, so a long batch's float32 logits (8 x 640 x 152k for Qwen2-VL: 3.1 GB) never exist whole."""
