@@ -160,20 +160,21 @@ def eval_inputs(args):
     from sgm_jax.data.samples import require_labels
     from sgm_jax.evaluate.runner import EvalOptions
 
+    from sgm_jax.evaluate.answers import warm_answers
+
     samples = load_samples(args)
     require_labels(samples, f"`sgm-jax {args.command}`")
     intervention = read_interventions(args)
     scores = sgm_jax.load_scores(args.scores)[0] if getattr(args, "scores", None) else None
-    model, processor = load(args)
+    decoding = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed}
+
+    def warm(shapes, processor):  # the plain and the intervened model's generate programs, while weights load
+        models = [shapes] + ([sgm_jax.intervene(shapes, intervention)] if intervention is not None else [])
+        warm_answers(models, processor, samples, batch_size=args.batch_size, **decoding)
+
+    model, processor = load(args, warm=warm)
     judge, neutral = judge_and_neutral(args, model, processor)
-    options = EvalOptions(
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        temperature=args.temperature,
-        seed=args.seed,
-        circular=args.circular,
-        progress=not args.quiet,
-    )
+    options = EvalOptions(**decoding, batch_size=args.batch_size, circular=args.circular, progress=not args.quiet)
     return samples, intervention, scores, model, processor, judge, neutral, options
 
 

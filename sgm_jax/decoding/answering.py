@@ -37,11 +37,7 @@ def plain_answers(
     (a run's one prompt length, `sgm_jax.decoding.lengths.run_length`)."""
     if not samples:
         return []
-    prompts = [dataclasses.replace(s, response=None) for s in samples]
-    encoded = [encode(s, processor) for s in prompts]
-    check_lengths(model, prompts, [len(e["input_ids"]) for e in encoded], new_tokens=max_new_tokens)
-    n = len(encoded)
-    inputs = collate(encoded, pad_token_id(processor), rows or bucket_rows(n), length)
+    inputs = answer_inputs(model, processor, samples, max_new_tokens=max_new_tokens, rows=rows, length=length)
     tokens = generate(
         model,
         inputs.pop("input_ids"),
@@ -53,4 +49,14 @@ def plain_answers(
         **inputs,
     )
     tokenizer = getattr(processor, "tokenizer", processor)
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in np.asarray(tokens)[:n]]
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in np.asarray(tokens)[: len(samples)]]
+
+
+def answer_inputs(
+    model, processor, samples: Sequence[Sample], *, max_new_tokens: int, rows: int | None = None, length: int = 0
+) -> dict[str, np.ndarray]:
+    """The prompts of `samples` (responses never shown) as one checked batch, padded as `plain_answers` says."""
+    prompts = [dataclasses.replace(s, response=None) for s in samples]
+    encoded = [encode(s, processor) for s in prompts]
+    check_lengths(model, prompts, [len(e["input_ids"]) for e in encoded], new_tokens=max_new_tokens)
+    return collate(encoded, pad_token_id(processor), rows or bucket_rows(len(encoded)), length)

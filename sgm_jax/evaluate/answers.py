@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 
 from sgm_jax.data.encode import SquareImages, render
 from sgm_jax.data.samples import Sample
+from sgm_jax.decoding.answering import answer_inputs
+from sgm_jax.decoding.generate import decode, decode_arguments
 from sgm_jax.decoding.lengths import run_length
 from sgm_jax.defenses import Defense, answer_batch, by_stage
 from sgm_jax.models.fingerprint import model_fingerprint
@@ -126,6 +128,39 @@ def generate_answers(
                 bar.update()
         bar.close()
     return {s.id: answers[s.id] for s in samples}
+
+
+def warm_answers(
+    models: Sequence[nnx.Module],
+    processor,
+    samples: Sequence[Sample],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> None:
+    """Compile, ahead of time, the generate program `generate_answers` runs on `samples` for each of `models`
+    (abstract ones too: `sgm_jax.load_model(warm=...)`): one per model, at the run's one prompt length and batch
+    rows, for the compile cache to hand over. Defenses that rewrite prompts or decode their own way are not warmed."""
+    open_ended = sorted((s for s in samples if not s.options), key=lambda s: (len(s.prompt), s.id))
+    if not open_ended or not models:
+        return
+    first = open_ended[:batch_size]
+    length = run_length(models[0], processor, open_ended)
+    for model in models:
+        inputs = answer_inputs(model, processor, first, max_new_tokens=max_new_tokens, rows=len(first), length=length)
+        args, static = decode_arguments(
+            model,
+            inputs.pop("input_ids"),
+            attention_mask=inputs.pop("attention_mask"),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            processor=processor,
+            **inputs,
+        )
+        decode.trace(model, *args, **static).lower().compile()
 
 
 def answer_seconds(cache_path: str, ids) -> float:

@@ -110,18 +110,22 @@ def load_model(
     the persistent compilation cache (`sgm_jax.runtime.compile_cache`) unless it is off.
 
     `warm(model, processor)` runs while the weights load, on a model of abstract arrays placed as the weights will
-    be: a command compiles there, ahead of time, the programs it will run (`sgm_jax.responses.collect.warm_capture`),
-    and the compile cache hands them to its real calls. On a TPU a 7B program compiles in about a minute, as long
-    as its checkpoint takes to read. Without the cache a compile could not be handed over, so `warm` is skipped.
+    be: a command compiles there, ahead of time, the programs it will run (`sgm_jax.responses.collect.warm_capture`,
+    `sgm_jax.evaluate.answers.warm_answers`), and jax hands them to its real calls: from memory when the abstract
+    model is the loaded one's exact signature, else from the persistent compile cache. On a TPU a 7B program
+    compiles in about a minute, as long as its checkpoint takes to read. With the compile cache off `warm` is
+    skipped: a program the memory did not match would compile twice.
     """
     cache = compile_cache.enable()
     directory = resolve_checkpoint(path)
     config = read_config(directory)
     model = nnx.eval_shape(lambda: build_model(config, dtype=dtype))
+    model.special_tokens, model.max_positions = special_tokens(directory), max_positions(config)
     processor = load_processor(directory, type(model))
     warming = None
     if warm is not None and cache is not None:
         shapes = nnx.eval_shape(lambda: build_model(config, dtype=dtype))  # its own: loading fills `model`
+        shapes.special_tokens, shapes.max_positions = model.special_tokens, model.max_positions
         shapes = shapes if mesh is None else sharding.abstract_placed(shapes, mesh, rules)
         warming = threading.Thread(target=_warm_quietly, args=(warm, shapes, processor), daemon=True)
         warming.start()
@@ -129,8 +133,6 @@ def load_model(
     if mesh is not None:
         place = lambda array, variable: jax.device_put(array, sharding.variable_sharding(variable, mesh, rules))
     load_into(model, directory, type(model).load_layout, dtype=_dtype(dtype), place=place)
-    model.special_tokens = special_tokens(directory)
-    model.max_positions = max_positions(config)
     if warming is not None:
         warming.join()
     return model, processor
