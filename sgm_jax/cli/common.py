@@ -158,9 +158,8 @@ def eval_inputs(args):
     """What evaluate and compare share: samples, intervention, model, judge, neutral texts, options."""
     import sgm_jax
     from sgm_jax.data.samples import require_labels
-    from sgm_jax.evaluate.runner import EvalOptions
-
     from sgm_jax.evaluate.answers import warm_answers
+    from sgm_jax.evaluate.runner import EvalOptions
 
     samples = load_samples(args)
     require_labels(samples, f"`sgm-jax {args.command}`")
