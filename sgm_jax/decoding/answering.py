@@ -14,12 +14,24 @@ import numpy as np
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
 from sgm_jax.decoding.batching import collate, pad_token_id
-from sgm_jax.decoding.generate import generate
+from sgm_jax.decoding.generate import decode, decode_arguments
 from sgm_jax.decoding.lengths import check_lengths
 from sgm_jax.runtime.buckets import bucket_rows
 
 
-def plain_answers(
+def plain_answers(model, processor, samples: Sequence[Sample], **options) -> list[str]:
+    """One batch of answers (the reference responses are never shown), stripped, special tokens dropped;
+    `options` are `answer_arguments`' (`max_new_tokens`, `temperature`, `seed`, `rows`, `length`)."""
+    if not samples:
+        return []
+    args, static = answer_arguments(model, processor, samples, **options)
+    tokens, steps = decode(model, *args, **static)
+    tokens = np.asarray(tokens)[:, : int(steps)]
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in np.asarray(tokens)[: len(samples)]]
+
+
+def answer_arguments(
     model,
     processor,
     samples: Sequence[Sample],
@@ -29,16 +41,18 @@ def plain_answers(
     seed: int = 0,
     rows: int | None = None,
     length: int = 0,
-) -> list[str]:
-    """One batch of answers (the reference responses are never shown), stripped, special tokens dropped.
+) -> tuple[tuple, dict]:
+    """`decode`'s `(args, static)` for the prompts of `samples` (responses never shown): what `plain_answers` runs,
+    and what a warm-up compiles ahead of time (`evaluate.answers.warm_answers`).
 
-    The batch is padded with repeated rows to `rows` (default: the next power of two), so the subsets a
-    defense answers (flagged rows) reuse a few compiled shapes, and on the left to `length` tokens at least
-    (a run's one prompt length, `sgm_jax.decoding.lengths.run_length`)."""
-    if not samples:
-        return []
-    inputs = answer_inputs(model, processor, samples, max_new_tokens=max_new_tokens, rows=rows, length=length)
-    tokens = generate(
+    The batch is padded with repeated rows to `rows` (default: the next power of two), so the subsets a defense
+    answers (flagged rows) reuse a few compiled shapes, and on the left to `length` tokens at least (a run's one
+    prompt length, `sgm_jax.decoding.lengths.run_length`)."""
+    prompts = [dataclasses.replace(s, response=None) for s in samples]
+    encoded = [encode(s, processor) for s in prompts]
+    check_lengths(model, prompts, [len(e["input_ids"]) for e in encoded], new_tokens=max_new_tokens)
+    inputs = collate(encoded, pad_token_id(processor), rows or bucket_rows(len(encoded)), length)
+    return decode_arguments(
         model,
         inputs.pop("input_ids"),
         attention_mask=inputs.pop("attention_mask"),
@@ -48,15 +62,3 @@ def plain_answers(
         processor=processor,
         **inputs,
     )
-    tokenizer = getattr(processor, "tokenizer", processor)
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in np.asarray(tokens)[: len(samples)]]
-
-
-def answer_inputs(
-    model, processor, samples: Sequence[Sample], *, max_new_tokens: int, rows: int | None = None, length: int = 0
-) -> dict[str, np.ndarray]:
-    """The prompts of `samples` (responses never shown) as one checked batch, padded as `plain_answers` says."""
-    prompts = [dataclasses.replace(s, response=None) for s in samples]
-    encoded = [encode(s, processor) for s in prompts]
-    check_lengths(model, prompts, [len(e["input_ids"]) for e in encoded], new_tokens=max_new_tokens)
-    return collate(encoded, pad_token_id(processor), rows or bucket_rows(len(encoded)), length)

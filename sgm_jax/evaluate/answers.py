@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from sgm_jax.data.encode import SquareImages, render
 from sgm_jax.data.samples import Sample
-from sgm_jax.decoding.answering import answer_inputs
-from sgm_jax.decoding.generate import decode, decode_arguments
+from sgm_jax.decoding.answering import answer_arguments
+from sgm_jax.decoding.generate import decode
 from sgm_jax.decoding.lengths import run_length
 from sgm_jax.defenses import Defense, answer_batch, by_stage
 from sgm_jax.models.fingerprint import model_fingerprint
@@ -148,18 +148,9 @@ def warm_answers(
         return
     first = open_ended[:batch_size]
     length = run_length(models[0], processor, open_ended)
+    decoding = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
     for model in models:
-        inputs = answer_inputs(model, processor, first, max_new_tokens=max_new_tokens, rows=len(first), length=length)
-        args, static = decode_arguments(
-            model,
-            inputs.pop("input_ids"),
-            attention_mask=inputs.pop("attention_mask"),
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            seed=seed,
-            processor=processor,
-            **inputs,
-        )
+        args, static = answer_arguments(model, processor, first, **decoding, rows=len(first), length=length)
         decode.trace(model, *args, **static).lower().compile()
 
 
