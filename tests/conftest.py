@@ -15,6 +15,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # The suite compiles afresh, as CI does, and writes nothing under the user's cache folder; the cache's own test
 # turns it on in a folder of its own.
 os.environ["SGM_JAX_COMPILE_CACHE"] = "off"
+os.environ["SGM_JAX_ANSWER_CACHE"] = "off"  # no test reuses another's answers, nor writes to the user's cache
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import jax  # noqa: E402  (after XLA_FLAGS is set)

@@ -202,3 +202,39 @@ def test_the_report_names_what_its_judge_measures_and_a_rate_without_rows_is_a_d
     table = comparison_table(rows["comparison"], rows["judge_measures"])
     assert table.startswith("| configuration | non-refusal rate (95% CI) | over-refusal |")
     assert rows["comparison"]["none"]["over_refusal"] is None and "| – |" in table and "nan" not in table
+
+
+def test_a_baseline_is_answered_once_for_every_output_folder(setup, tmp_path, monkeypatch):
+    model, processor, samples, _ = setup
+    open_ended = [s for s in samples if not s.options]
+    monkeypatch.setenv(answers_module.SHARED_ENV, str(tmp_path / "shared"))
+    answered, answer_batch = [], answers_module.answer_batch
+
+    def counted(base, model, processor, batch, *args, **kwargs):
+        answered.extend(s.id for s in batch)
+        return answer_batch(base, model, processor, batch, *args, **kwargs)
+
+    monkeypatch.setattr(answers_module, "answer_batch", counted)
+
+    def answers_in(folder: str, rows, **settings):
+        (tmp_path / folder).mkdir()
+        path = str(tmp_path / folder / "answers_before.jsonl")
+        return answers_module.generate_answers(model, processor, rows, cache_path=path, progress=False, **settings)
+
+    first = answers_in("first", open_ended, max_new_tokens=4)
+    assert sorted(answered) == sorted(s.id for s in open_ended)
+    # another folder, another selection of the same prompts and one edited prompt: only that one is answered
+    edited = dataclasses.replace(open_ended[0], id="edited", prompt=open_ended[0].prompt + " now")
+    answered.clear()
+    second = answers_in("second", open_ended[1:] + [edited], max_new_tokens=4)
+    assert answered == ["edited"]
+    assert all(second[s.id] == first[s.id] for s in open_ended[1:])
+    with open(tmp_path / "second" / "answers_before.jsonl") as f:  # the folder holds every answer it gave
+        assert {json.loads(line)["id"] for line in f.readlines()[1:]} == set(second)
+    answered.clear()
+    answers_in("other-settings", open_ended, max_new_tokens=5)  # other settings: another baseline
+    assert sorted(answered) == sorted(s.id for s in open_ended)
+    monkeypatch.setenv(answers_module.SHARED_ENV, "off")
+    answered.clear()
+    answers_in("off", open_ended, max_new_tokens=4)
+    assert sorted(answered) == sorted(s.id for s in open_ended)

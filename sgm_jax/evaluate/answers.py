@@ -28,7 +28,8 @@ from sgm_jax.decoding.lengths import run_length
 from sgm_jax.defenses import Defense, answer_batch, by_stage
 from sgm_jax.models.fingerprint import model_fingerprint
 from sgm_jax.runtime import distributed
-from sgm_jax.runtime.atomic import jsonl_appender, read_jsonl_log
+from sgm_jax.runtime.atomic import atomic_write, jsonl_appender, read_jsonl_log
+from sgm_jax.runtime.compile_cache import user_cache
 from sgm_jax.runtime.errors import CacheError
 
 
@@ -94,6 +95,19 @@ def generate_answers(
     keys = {s.id: answer_key(s, processor) for s in samples}
     cached = distributed.broadcast_json(_read_cache(cache_path, settings) if writer else None)
     answers = {i: answer for i, (key, answer) in cached.items() if key == keys.get(i)}
+    shared_path = None if defenses else _shared_path(settings)
+    shared = distributed.broadcast_json(_read_shared(shared_path, settings) if writer and shared_path else None) or {}
+    reused = [
+        {
+            "id": s.id,
+            "key": keys[s.id],
+            "answer": shared[keys[s.id]]["answer"],
+            "seconds": shared[keys[s.id]]["seconds"],
+        }
+        for s in samples
+        if s.id not in answers and keys[s.id] in shared
+    ]
+    answers.update({row["id"]: row["answer"] for row in reused})
     todo = [s for s in samples if s.id not in answers]
     order = sorted(todo, key=lambda s: (len(s.prompt), s.id))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -116,6 +130,8 @@ def generate_answers(
         return {"texts": texts, "seconds": (time.perf_counter() - start) / len(batch)}
 
     with jsonl_appender(cache_path, {"settings": settings}, write=writer) as append:
+        if reused:
+            append(reused)  # the output folder holds all its answers, wherever they came from
         bar = tqdm(total=len(batches), desc="generate", unit="batch", disable=not progress)
         for results in distributed.rounds(batches, answered):
             for position, result in results:
@@ -124,10 +140,64 @@ def generate_answers(
                     for sample, text in zip(batches[position], result["texts"])
                 ]
                 answers.update({row["id"]: row["answer"] for row in rows})
+                shared.update({row["key"]: row for row in rows})
                 append(rows)
                 bar.update()
         bar.close()
+    if writer and shared_path is not None and batches:
+        _write_shared(shared_path, settings, shared)
     return {s.id: answers[s.id] for s in samples}
+
+
+SHARED_ENV = "SGM_JAX_ANSWER_CACHE"
+
+
+def shared_directory() -> str | None:
+    """Where the answers of configurations without defenses are kept for every output folder (a baseline, the
+    same intervention): `$SGM_JAX_ANSWER_CACHE`, else the user's cache folder (`~/.cache/sgm_jax/answers`); `off`
+    keeps answers in each output folder only. One file per settings (model fingerprint, decoding, image size),
+    its rows keyed by the prompt's content (`answer_key`), so another dataset or folder reuses what matches."""
+    chosen = os.environ.get(SHARED_ENV)
+    if chosen == "off":
+        return None
+    return os.path.abspath(os.path.expanduser(chosen)) if chosen else user_cache("answers")
+
+
+def _shared_path(settings: dict) -> str | None:
+    directory = shared_directory()
+    if directory is None:
+        return None
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+    return os.path.join(directory, f"{digest}.jsonl")
+
+
+def _read_shared(path: str, settings: dict) -> dict[str, dict]:
+    """`{answer key: row}` of a shared answers file; a missing, damaged or foreign one is empty (it only saves
+    time, and is written whole again after the run)."""
+    try:
+        header, rows = read_jsonl_log(path, lambda: CacheError(path))
+    except (CacheError, OSError):
+        return {}
+    if not isinstance(header, dict) or header.get("settings") != settings:
+        return {}
+    return {row["key"]: row for row in rows if isinstance(row, dict) and {"key", "answer", "seconds"} <= set(row)}
+
+
+def _write_shared(path: str, settings: dict, rows: dict[str, dict]) -> None:
+    """The shared answers file, written whole and atomically (two runs at once leave one complete file); a folder
+    that cannot be written costs the reuse, never the run."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"settings": settings}) + "\n")
+            for row in rows.values():
+                f.write(json.dumps({k: row[k] for k in ("key", "answer", "seconds")}) + "\n")
+
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write(path, write)
+    except OSError:
+        pass
 
 
 def warm_answers(

@@ -16,9 +16,14 @@ ENV = "SGM_JAX_COMPILE_CACHE"
 OFF = "off"
 
 
-def default_directory() -> str:
+def user_cache(name: str) -> str:
+    """`name`'s folder in sgm_jax's part of the user's cache folder (`$XDG_CACHE_HOME`, else `~/.cache`)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "sgm_jax", "xla")
+    return os.path.join(base, "sgm_jax", name)
+
+
+def default_directory() -> str:
+    return user_cache("xla")
 
 
 def enable(directory: str | None = None) -> str | None:
