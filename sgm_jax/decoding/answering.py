@@ -26,9 +26,9 @@ def plain_answers(model, processor, samples: Sequence[Sample], **options) -> lis
         return []
     args, static = answer_arguments(model, processor, samples, **options)
     tokens, steps = decode(model, *args, **static)
-    tokens = np.asarray(tokens)[:, : int(steps)]
     tokenizer = getattr(processor, "tokenizer", processor)
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in np.asarray(tokens)[: len(samples)]]
+    rows = np.asarray(tokens)[: len(samples), : int(steps)]
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
 
 
 def answer_arguments(

@@ -111,7 +111,7 @@ def generate_answers(
     todo = [s for s in samples if s.id not in answers]
     order = sorted(todo, key=lambda s: (len(s.prompt), s.id))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    length = run_length(model, processor, samples)
+    length = run_length(model, processor, samples) if batches else 0  # all samples: a resumed run pads alike
 
     def answered(batch: list[Sample]) -> dict:
         start = time.perf_counter()

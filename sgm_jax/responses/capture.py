@@ -194,11 +194,20 @@ def _check_pool_targets(
             raise InputError(f"batch rows {missing} have no image, but sites {image_refs[:3]} pool over images")
 
 
+def _pooled_arguments(model: CausalLM, batch: Mapping[str, Any] | ModelBatch, spec: CaptureSpec) -> tuple:
+    prepared, image_rows = prepare_batch(batch, model, spec)
+    return model, place_batch(model, prepared, len(prepared.input_ids)), image_rows
+
+
 def pooled_batch(model: CausalLM, batch: Mapping[str, Any] | ModelBatch, spec: CaptureSpec) -> dict[str, np.ndarray]:
     """Pooled responses of one batch (raw or prepared) as host arrays `{site: [rows, width]}`."""
-    prepared, image_rows = prepare_batch(batch, model, spec)
-    out = _pooled_compiled(model, place_batch(model, prepared, len(prepared.input_ids)), image_rows, spec=spec)
+    out = _pooled_compiled(*_pooled_arguments(model, batch, spec), spec=spec)
     return {name: np.asarray(value) for name, value in out.items()}
+
+
+def compile_pooled(model: CausalLM, batch: Mapping[str, Any] | ModelBatch, spec: CaptureSpec) -> None:
+    """Compile, ahead of time, the program `pooled_batch` runs on `batch`; `model` may be abstract."""
+    _pooled_compiled.trace(*_pooled_arguments(model, batch, spec), spec=spec).lower().compile()
 
 
 def collect_responses(

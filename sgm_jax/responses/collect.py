@@ -16,8 +16,7 @@ from sgm_jax.decoding.batching import collate, pad_token_id, plan_batches, share
 from sgm_jax.decoding.lengths import check_lengths, estimated_lengths
 from sgm_jax.models.causal_lm import CausalLM
 from sgm_jax.models.fingerprint import model_fingerprint
-from sgm_jax.models.partitioning import place_batch
-from sgm_jax.responses.capture import CaptureSpec, _pooled_compiled, pooled_batch, prepare_batch
+from sgm_jax.responses.capture import CaptureSpec, compile_pooled, pooled_batch
 from sgm_jax.responses.sites import resolve
 from sgm_jax.responses.store import ResponseStore
 from sgm_jax.runtime import distributed
@@ -123,10 +122,7 @@ def warm_capture(
         if bucket in buckets:
             continue
         buckets.add(bucket)
-        batch = _batch([encode(samples[i], processor) for i in rows], processor, plan, length)
-        prepared, image_rows = prepare_batch(batch, model, spec)
-        placed = place_batch(model, prepared, len(prepared.input_ids))
-        _pooled_compiled.trace(model, placed, image_rows, spec=spec).lower().compile()
+        compile_pooled(model, _batch([encode(samples[i], processor) for i in rows], processor, plan, length), spec)
 
 
 def _todo(store: ResponseStore, plan: list[list[int]]) -> list[int]:
