@@ -14,7 +14,17 @@ if TYPE_CHECKING:
     from sgm_jax.defenses import answer
     from sgm_jax.experts.auroc import auroc
     from sgm_jax.experts.scores import load_scores
-    from sgm_jax.interventions import Intervention, aura, compose, damp, det0, intervene, load_intervention, sweep
+    from sgm_jax.interventions import (
+        Intervention,
+        aura,
+        compose,
+        damp,
+        det0,
+        intervene,
+        load_intervention,
+        sweep,
+        transport,
+    )
     from sgm_jax.responses.capture import collect_responses
     from sgm_jax.responses.sites import list_sites
     from sgm_jax.weights.export import export_hf
@@ -38,6 +48,7 @@ __all__ = [
     "load_model",
     "load_scores",
     "sweep",
+    "transport",
 ]
 
 _SOURCES = {
@@ -58,6 +69,7 @@ _SOURCES = {
     "load_model": "sgm_jax.weights.loading",
     "load_scores": "sgm_jax.experts.scores",
     "sweep": "sgm_jax.interventions",
+    "transport": "sgm_jax.interventions",
 }
 
 

@@ -148,23 +148,38 @@ def llava_and_reference(directory, seed: int, **config):
 
 
 @contextlib.contextmanager
-def gate_hooks(hf: torch.nn.Module, alphas: dict):
+def gate_hooks(hf: torch.nn.Module, alphas: dict, transports: dict | None = None):
     """transformers' side of sgm_jax's gates: each site's alphas multiply the output of the HF module it names.
 
     A `:in` site multiplies the module's input instead (a forward pre-hook); attention, which returns
-    (output, weights), has its output multiplied. The hooks are removed on leaving the block.
+    (output, weights), has its output multiplied. A transport (`[4, width]`: scale, shift, low, high) then maps
+    the output as apple/ml-act's hooks do: `scale a + shift` where `low < a < high`. The hooks are removed on
+    leaving the block.
     """
     modules, handles = dict(hf.named_modules()), []
+
+    def changed(out, alpha, transport):
+        if alpha is not None:
+            out = out * alpha
+        if transport is not None:
+            scale, shift, low, high = transport
+            inside = ((low < out) & (out < high)).to(out.dtype)
+            out = inside * (out * scale + shift) + (1 - inside) * out
+        return out
+
+    transports = transports or {}
     try:
-        for site, alpha in alphas.items():
-            module, alpha = modules[site.removesuffix(":in")], torch.tensor(alpha)
+        for site in dict.fromkeys([*alphas, *transports]):
+            module = modules[site.removesuffix(":in")]
+            alpha = torch.tensor(alphas[site]) if site in alphas else None
+            transport = torch.tensor(transports[site]) if site in transports else None
             if site.endswith(":in"):
                 handles.append(module.register_forward_pre_hook(lambda m, args, a=alpha: (args[0] * a,)))
             else:
                 handles.append(
                     module.register_forward_hook(
-                        lambda m, args, out, a=alpha: (
-                            (out[0] * a,) + tuple(out[1:]) if isinstance(out, tuple) else out * a
+                        lambda m, args, out, a=alpha, t=transport: (
+                            (changed(out[0], a, t),) + tuple(out[1:]) if isinstance(out, tuple) else changed(out, a, t)
                         )
                     )
                 )
@@ -350,13 +365,13 @@ def assert_generate_matches(model, hf, batch: dict, iv, *, eos: int, pad: int, n
     import sgm_jax
 
     images = {k: v for k, v in batch.items() if k != "input_ids"}
-    for gated, alphas in ((model, {}), (sgm_jax.intervene(model, iv), iv.alphas)):
+    for gated, alphas, transports in ((model, {}, {}), (sgm_jax.intervene(model, iv), iv.alphas, iv.transports)):
         ours = sgm_jax.generate(
             gated, batch["input_ids"], max_new_tokens=new_tokens, eos_token_id=eos, pad_token_id=pad, **images
         )
         if before is not None:
             before()
-        with gate_hooks(hf, alphas), torch.no_grad():
+        with gate_hooks(hf, alphas, transports), torch.no_grad():
             ref = hf.generate(
                 **{k: torch.tensor(v) for k, v in batch.items()},
                 max_new_tokens=new_tokens,

@@ -3,12 +3,13 @@
 
 Against transformers (fp32, eager attention): logits and every intermediate (vision states, projector, each
 decoder hidden state) to 1e-4 on every config variant, and on a batch without images; site names are transformers'
-module names, with their widths; greedy generation token for token, without and with gates (forward hooks on
-transformers' side); pooled capture equals forward hooks pooled the same way; an export with the gates folded loads
-in transformers and gives the gated logits (with the head tied and untied). Of sgm_jax alone: the key layouts a
-family's checkpoints come in (the hub's, `save_pretrained`'s, transformers' in-memory names) load to the same
-logits; an 8-device mesh gives the one-device logits; inputs that do not fit and config values the port does not
-implement are refused by name; a gated model round-trips through orbax exactly; bfloat16 loads and runs.
+module names, with their widths; greedy generation token for token, without and with gates and a Linear-AcT
+transport (forward hooks on transformers' side); pooled capture equals forward hooks pooled the same way; an export
+with the gates folded loads in transformers and gives the gated logits (with the head tied and untied). Of sgm_jax
+alone: the key layouts a family's checkpoints come in (the hub's, `save_pretrained`'s, transformers' in-memory
+names) load to the same logits; an 8-device mesh gives the one-device logits; inputs that do not fit and config
+values the port does not implement are refused by name; a gated model round-trips through orbax exactly; bfloat16
+loads and runs.
 
 Each family's checkpoint is built once (module-scoped); its tests run together and its compiled programs are
 dropped after them. Family-specific behaviour (tile layouts, M-RoPE positions, cross masks, ...) is tested in the
@@ -32,7 +33,7 @@ from safetensors.torch import save_file
 import hf_tiny
 import sgm_jax
 from families import FAMILIES, our_activations, tokenizer_of
-from sgm_jax.interventions import Intervention
+from sgm_jax.interventions import Intervention, compose
 from sgm_jax.models.config import UnsupportedConfigError
 from sgm_jax.responses.sites import list_sites, resolve, site_refs
 from sgm_jax.weights import sharding
@@ -105,6 +106,23 @@ def _gates(family: Family, seed: int, *, inputs: bool = True) -> Intervention:
     return Intervention({name: rng.uniform(0.2, 1.5, widths[name]).astype(np.float32) for name in names})
 
 
+def _gates_and_transport(family: Family, seed: int) -> Intervention:
+    """`_gates`, then a Linear-AcT-style transport at a decoder MLP site: each neuron moved only on one side
+    of 0 (its support), so values inside and outside the support both occur."""
+    site = f"{family.model.decoder_layers}.1.mlp.up_proj"
+    width, rng = list_sites(family.model)[site], np.random.default_rng(seed)
+    below = np.arange(width) % 2 == 0
+    transport = np.stack(
+        [
+            rng.uniform(0.3, 1.6, width),
+            rng.normal(0, 0.05, width),
+            np.where(below, -np.inf, 0.0),
+            np.where(below, 0.0, np.inf),
+        ]
+    )
+    return compose(_gates(family, seed), Intervention({}, transports={site: transport}))
+
+
 @over(VARIANTS)
 def test_logits_and_every_intermediate_match_transformers(family):
     case, batch = family.case, family.batch()
@@ -148,13 +166,13 @@ def test_sites_are_transformers_module_names_with_their_widths(family):
 
 
 @over(DEFAULTS)
-def test_greedy_generate_equals_transformers_with_and_without_gates(family):
+def test_greedy_generate_equals_transformers_with_and_without_gates_and_a_transport(family):
     tokenizer, reset = tokenizer_of(family.processor), family.case.reset_reference
     hf_tiny.assert_generate_matches(
         family.model,
         family.hf,
         family.batch(seed=1),
-        _gates(family, 7),
+        _gates_and_transport(family, 7),
         eos=tokenizer.eos_token_id,
         pad=tokenizer.pad_token_id,
         before=reset and functools.partial(reset, family.hf),

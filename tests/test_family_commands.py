@@ -28,6 +28,7 @@ from sgm_jax.data import read_jsonl
 from sgm_jax.data.encode import encode
 from sgm_jax.data.samples import Sample
 from sgm_jax.defenses import load_prober
+from sgm_jax.experts.transport import transport_maps
 from sgm_jax.responses.features import prompt_features
 from sgm_jax.responses.store import ResponseStore
 from sgm_jax.steering.annotate import load_annotation
@@ -162,6 +163,30 @@ def test_intervention(row):
     for site, auroc in scores.items():  # AurA's rule at the SGM release's threshold; sites left alone are omitted
         alpha = iv.alphas.get(site, np.ones_like(auroc))
         np.testing.assert_allclose(alpha, np.where(auroc > 0.3, 1 - 2 * (auroc - 0.5), 1.0), atol=1e-6, err_msg=site)
+
+
+def test_transport(row, tmp_path, capsys):
+    """`transport` fits Linear-AcT on the store's responses as the library does, and its file is an intervention
+    like any other: `generate` answers with it as the API does."""
+    out, store = str(tmp_path / "act.safetensors"), row.store()
+    capsys.readouterr()  # what making the store printed
+    cli.main(["transport", "--store", store, "--out", out, "--quiet"])
+    assert capsys.readouterr().out.startswith("linear-act: ")
+    iv = sgm_jax.load_intervention(out)
+    store = ResponseStore(store)
+    labels = np.asarray(store.labels)
+    for site in list(FAMILIES[row.family].image_sites)[:1] + ["model.language_model.layers.0.mlp.up_proj"]:
+        responses = store.load(site)
+        np.testing.assert_array_equal(
+            iv.transports[site], transport_maps(responses[labels == 1], responses[labels == 0])
+        )
+    assert iv.num_changed() > 0
+    cli.main(["generate", "--model", row.directory, "--prompt", PROMPT, "--intervention", out, "--max-new-tokens", "3"])
+    printed = capsys.readouterr().out.strip()
+    model, processor = row.model
+    encoded = encode(Sample(id="x", prompt=PROMPT), processor)
+    tokens = sgm_jax.generate(sgm_jax.intervene(model, iv), encoded["input_ids"][None], max_new_tokens=3)
+    assert printed == processor.tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
 
 
 def test_generate(row, tmp_path, capsys):

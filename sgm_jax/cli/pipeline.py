@@ -153,16 +153,47 @@ def cmd_intervention(args) -> None:
     print(f"{args.method}: {change_summary(iv, scores)} -> {args.out}")
 
 
-def change_summary(iv, scores) -> str:
+def cmd_transport(args) -> None:
+    """Build a Linear-AcT or Mean-AcT intervention from a response store.
+
+    Fit each neuron's transport from the responses of the samples labelled 1 (the behaviour to remove) to those
+    labelled 0: linear-act, the least-squares line through their sorted responses, applied inside the source's
+    range (Rodriguez et al., ICLR 2025; their paper and apple/ml-act pool with mean); mean-act, the shift of the
+    means. --strength is lambda: lambda T(a) + (1 - lambda) a."""
+    import sgm_jax
+    from sgm_jax.experts.scores import store_metadata
+    from sgm_jax.experts.transport import transport_store
+    from sgm_jax.responses.store import ResponseStore
+
+    store = ResponseStore(args.store)
+    maps = transport_store(store, args.method, mesh=parse_mesh(args.mesh), progress=not args.quiet)
+    if not is_writer():
+        return
+    iv = sgm_jax.transport(maps, args.method, strength=args.strength, source=store_metadata(store))
+    iv.save(args.out)
+    print(f"{args.method}: {change_summary(iv, maps)} -> {args.out}")
+
+
+def change_summary(iv, scored) -> str:
     """How much of the scored network an intervention changes: neurons (and their share), sites, and the mean
-    alpha of the changed neurons (AurA at a low threshold damps half of a network a little: say so)."""
-    total = sum(len(s) for s in scores.values())
-    changed = [a[a != 1] for a in iv.alphas.values()]
-    count = sum(len(c) for c in changed)
-    mean = f"; mean alpha of those {sum(float(c.sum()) for c in changed) / count:.3f}" if count else ""
+    alpha of the changed neurons (AurA at a low threshold damps half of a network a little: say so), or for a
+    transport its mean scale and shift."""
+    import numpy as np
+
+    total = sum(s.shape[-1] for s in scored.values())
+    masks = iv.changed()
+    count = sum(int(m.sum()) for m in masks.values())
+    touched = sum(bool(m.any()) for m in masks.values())
+    mean = ""
+    if count and iv.transports:
+        scales = np.concatenate([t[0][masks[s]] for s, t in iv.transports.items()])
+        shifts = np.concatenate([t[1][masks[s]] for s, t in iv.transports.items()])
+        mean = f"; mean scale of those {scales.mean():.3f}, mean shift {shifts.mean():+.3g}"
+    elif count:
+        mean = f"; mean alpha of those {np.concatenate([a[masks[s]] for s, a in iv.alphas.items()]).mean():.3f}"
     return (
         f"{count:,} of {total:,} scored neurons changed ({count / max(total, 1):.1%}), at "
-        f"{sum(len(c) > 0 for c in changed)} of {len(scores)} sites{mean}"
+        f"{touched} of {len(scored)} sites{mean}"
     )
 
 
@@ -263,10 +294,31 @@ def _intervention_options(p) -> None:
     p.add_argument("--out", required=True, help="output intervention file (.safetensors)")
 
 
+def _transport_options(p) -> None:
+    p.add_argument("--store", required=True, help="a complete, labelled response store written by `sgm-jax collect`")
+    p.add_argument(
+        "--method",
+        choices=["linear-act", "mean-act"],
+        default="linear-act",
+        help="linear-act: an affine map per neuron inside the source's range; mean-act: a shift of the means "
+        "(default: linear-act)",
+    )
+    p.add_argument(
+        "--strength",
+        type=real(0, 1),
+        default=1.0,
+        help="lambda: lambda T(a) + (1 - lambda) a, 0 is off, 1 as fitted (default: 1)",
+    )
+    mesh_option(p, "spread the neurons over a device mesh of these sizes")
+    output_options(p, "output intervention file (.safetensors)", "no progress bar")
+    distributed_options(p)
+
+
 COMMANDS = (
     Command("collect", cmd_collect, _collect_options),
     Command("score", cmd_score, _score_options),
     Command("sites", cmd_sites, _sites_options),
     Command("generate", cmd_generate, _generate_options),
     Command("intervention", cmd_intervention, _intervention_options),
+    Command("transport", cmd_transport, _transport_options),
 )

@@ -13,25 +13,20 @@ one integer sort per column:
   ends), and U = R1 - n1 (n1 + 1) / 2 with R1 the positives' rank sum, kept as the
   integer 2 R1 until the final division.
 
-Columns go in chunks (padded to one width, so one compiled program serves them all)
-across a few host threads: XLA:CPU sorts on one core, so this keeps every core busy.
-With a mesh, each chunk's columns are split over its devices.
+Columns go in chunks (`sgm_jax.experts.columns`): one compiled program for all of them,
+every core busy, and with a mesh each chunk's columns split over its devices.
 """
 
 from __future__ import annotations
-
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from sgm_jax.experts.columns import map_columns
 from sgm_jax.runtime.errors import InputError, SgmJaxError
 
-_CHUNK_ELEMENTS = 1 << 19  # responses per chunk: a few MB of sort keys, cache-sized on CPU
-_THREADS = min(8, os.cpu_count() or 1)
 _SHOWN = 5  # bad columns / rows named in an error
 
 
@@ -61,28 +56,11 @@ def auroc(responses, labels, *, chunk_size: int | None = None, mesh: Mesh | None
     if n_neurons == 0:
         return np.zeros(0, np.float32)
 
-    devices = 1 if mesh is None else mesh.size
-    width = min(chunk_size or max(1, _CHUNK_ELEMENTS // n_samples), n_neurons)
-    width = -(-width // devices) * devices
     if mesh is not None:
-        columns = NamedSharding(mesh, PartitionSpec(None, mesh.axis_names))
         labels = jax.device_put(labels, NamedSharding(mesh, PartitionSpec()))
-
-    def one_chunk(start: int) -> tuple[np.ndarray, np.ndarray]:
-        block = responses[:, start : start + width]
-        taken = block.shape[1]
-        if taken < width:
-            block = np.pad(block, ((0, 0), (0, width - taken)))
-        with jax.enable_x64(True):
-            if mesh is not None:
-                block = jax.device_put(block, columns)
-            twice_r1, finite = _twice_rank_sum(block, labels)
-            return np.asarray(twice_r1)[:taken], np.asarray(finite)[:taken]
-
-    with ThreadPoolExecutor(_THREADS) as pool:
-        chunks = list(pool.map(one_chunk, range(0, n_neurons, width)))
-    twice_r1 = np.concatenate([c[0] for c in chunks])
-    finite = np.concatenate([c[1] for c in chunks])
+    twice_r1, finite = map_columns(
+        lambda block: _twice_rank_sum(block, labels), [responses], chunk_size=chunk_size, mesh=mesh
+    )
     if not finite.all():
         raise NonFiniteError(_non_finite_message(responses, np.flatnonzero(~finite)))
     return ((twice_r1 - n1 * (n1 + 1)) / (2.0 * n1 * n0)).astype(np.float32)

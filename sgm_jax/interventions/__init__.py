@@ -2,8 +2,8 @@
 
 from sgm_jax.interventions.gates import intervene
 from sgm_jax.interventions.intervention import Intervention, compose, load_intervention
-from sgm_jax.interventions.methods import aura, damp, det0
-from sgm_jax.interventions.sweep import GateStack, sweep, swept_sites
+from sgm_jax.interventions.methods import aura, damp, det0, transport
+from sgm_jax.interventions.sweep import GateStack, sweep, swept_sites, transported_sites
 
 __all__ = [
     "GateStack",
@@ -16,4 +16,6 @@ __all__ = [
     "load_intervention",
     "sweep",
     "swept_sites",
+    "transport",
+    "transported_sites",
 ]

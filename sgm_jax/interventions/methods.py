@@ -1,4 +1,5 @@
-"""The methods that turn expert scores (per-neuron AUROC) into interventions: AurA/SGM, Damp, Det0."""
+"""The methods that turn expert scores (per-neuron AUROC) into interventions: AurA/SGM, Damp, Det0; and
+Linear-AcT / Mean-AcT, whose transports come from the responses themselves."""
 
 from __future__ import annotations
 
@@ -83,3 +84,12 @@ def det0(scores: Mapping[str, Any], k: int, *, source: Mapping[str, Any] | None 
     iv.metadata.update(method="det0")
     del iv.metadata["alpha"]
     return iv
+
+
+def transport(
+    transports: Mapping[str, Any], method: str, *, strength: float = 1.0, source: Mapping[str, Any] | None = None
+) -> Intervention:
+    """Linear-AcT or Mean-AcT: the `[4, width]` transports of `sgm_jax.experts.transport` as an intervention at
+    strength `lambda` (`lambda T(a) + (1 - lambda) a`; 1 as fitted)."""
+    iv = Intervention({}, {"method": method, **_provenance(source)}, dict(transports))
+    return iv.with_strength(strength) if strength != 1.0 else iv

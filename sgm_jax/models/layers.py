@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sgm_jax.models.site import OUT, Fold, Site, scale_axis
+from sgm_jax.models.site import OUT, Fold, Site, add_to, scale_axis
 
 Axes = tuple[str | None, ...]
 
@@ -63,6 +63,9 @@ class Linear(Site):
                 scale_axis(self.bias, alpha, 0)
 
         return fold
+
+    def shift_folder(self) -> Fold | None:
+        return None if self.bias is None else lambda shift: add_to(self.bias, shift)
 
     def forward(self, x: jax.Array) -> jax.Array:
         return self.gated_forward(x, None, None)
@@ -130,6 +133,9 @@ class LayerNorm(Site):
         if end != OUT:
             return None
         return lambda alpha: (scale_axis(self.scale, alpha, 0), scale_axis(self.bias, alpha, 0))
+
+    def shift_folder(self) -> Fold:
+        return lambda shift: add_to(self.bias, shift)
 
     def forward(self, x: jax.Array) -> jax.Array:
         h = x.astype(jnp.float32)

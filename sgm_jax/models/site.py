@@ -1,7 +1,8 @@
 """Neuron sites: modules whose output (and input, the `:in` site) can be gated and recorded by their HF name.
 
 A site module runs `forward` between two optional per-neuron gates (`Gate`
-variables, multiplied into its input and output), then an optional edit of its
+variables, multiplied into its input and output), then an optional affine
+transport of its output (`Transport`, Linear-AcT), then an optional edit of its
 output (`edit`, a module whose arrays are `Steering` variables: a concept
 dictionary, an SAE), and, only when a capture
 configuration asks for it, sows what it saw and gave as `nnx.Intermediate` for
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -25,6 +27,18 @@ GATE_ATTRS = {OUT: "gate_out", IN: "gate_in"}
 
 class Gate(nnx.Variable):
     """Per-neuron multipliers of a site (float32 `[width]`); its own type, so gates split apart from `nnx.Param`."""
+
+
+class Transport(Gate):
+    """Per-neuron affine map of a site's gated output (float32 `[4, width]`: scale, shift, low, high), applied
+    where `low < a < high`; a `Gate` too, so it travels with the gates (split, stacked, swept)."""
+
+
+def transported(y: jax.Array, transport: jax.Array) -> jax.Array:
+    """`scale y + shift` where `low < y < high` (compared in float32), `y` elsewhere."""
+    scale, shift, low, high = transport
+    inside = (y.astype(jnp.float32) > low) & (y.astype(jnp.float32) < high)
+    return jnp.where(inside, y * scale.astype(y.dtype) + shift.astype(y.dtype), y)
 
 
 class Steering(nnx.Variable):
@@ -39,6 +53,11 @@ def scale_axis(variable: nnx.Variable, alpha: np.ndarray, axis: int) -> None:
     shape = [1] * variable[...].ndim
     shape[axis] = -1
     variable.set_value(variable[...] * alpha.reshape(shape).astype(variable.dtype))
+
+
+def add_to(variable: nnx.Variable, shift: np.ndarray) -> None:
+    """Add `shift` to a vector variable (how a transport's shift folds into a bias)."""
+    variable.set_value(variable[...] + shift.astype(variable.dtype))
 
 
 def child(module: nnx.Module, dotted: str) -> nnx.Module:
@@ -69,6 +88,8 @@ class Site(nnx.Module):
     no batch's activations at every site are alive at once (None keeps the value whole)."""
     gate_in: Gate | None = None
     gate_out: Gate | None = None
+    transport_out: Transport | None = None
+    """An affine map of the gated output (Linear-AcT, Mean-AcT); absent until set, like the gates."""
     edit: nnx.Module | None = None
     """`h -> f(h)` on the (gated) output at every position: a pure function of its own state (see steering/)."""
     output_linear: ClassVar[str | None] = None
@@ -94,6 +115,10 @@ class Site(nnx.Module):
             return lambda alpha: [fold(alpha) for fold in folds]
         return None
 
+    def shift_folder(self) -> Fold | None:
+        """How to fold a shift of this site's output into its weights (a bias to add it to); None without one."""
+        return child(self, self.output_linear).shift_folder() if self.output_linear else None
+
     def __call__(self, x: jax.Array, *args, **kwargs):
         gate_in = None if self.gate_in is None else self.gate_in[...]
         gate_out = None if self.gate_out is None else self.gate_out[...]
@@ -101,6 +126,8 @@ class Site(nnx.Module):
             x = self._sow(IN, x, x if gate_in is None else x * gate_in.astype(x.dtype))
         out = self.gated_forward(x, gate_in, gate_out, *args, **kwargs)
         y = out[0] if isinstance(out, tuple) else out
+        if self.transport_out is not None:
+            y = transported(y, self.transport_out[...])
         if self.edit is not None:
             y = self.edit(y)
         if OUT in self.record:

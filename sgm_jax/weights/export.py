@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from sgm_jax.interventions.intervention import transport_changes
 from sgm_jax.models.copying import shallow_copy
 from sgm_jax.models.layers import Activation, Embedding
 from sgm_jax.models.site import GATE_ATTRS, IN, OUT, Fold, Site, child
@@ -79,10 +80,52 @@ def fold_gates(model: nnx.Module) -> nnx.Module:
             f"these gates have no exact equivalent in the weights (residual streams, inputs "
             f"of norms or activations, tied embeddings): {refused}"
         )
+    shifts = _transport_plan(nodes, tied, plan)
     for node, attr, fold, alpha in plan:
         fold(alpha)
         delattr(node, attr)
+    for fold, shift in shifts:  # after the scales, which also scale the bias a shift adds to
+        fold(shift)
     return folded
+
+
+def _transport_plan(nodes: dict[tuple, nnx.Module], tied: bool, plan: list) -> list[tuple[Fold, np.ndarray]]:
+    """Fold transports: each scale joins `plan` as a gate, each shift is returned with the bias it adds to.
+
+    Only a transport over all reals is affine (Mean-AcT); Linear-AcT's, applied inside the source's range only,
+    is not, and a shift needs a bias at the site's output (Llama's MLP has one only with `mlp_bias`)."""
+    bounded, unbiased, shifts = [], [], []
+    for path, node in nodes.items():
+        if not isinstance(node, Site) or node.transport_out is None:
+            continue
+        name = ".".join(map(str, path))
+        scale, shift, low, high = np.asarray(node.transport_out[...], np.float32)
+        moved = transport_changes(np.stack([scale, shift, low, high]))
+        if not moved.any():  # an identity transport (a sweep's frame) folds to nothing
+            plan.append((node, "transport_out", lambda alpha: None, scale))
+            continue
+        if np.isfinite(low[moved]).any() or np.isfinite(high[moved]).any():
+            bounded.append(name)
+            continue
+        fold = _folder(node, _owner(nodes, path), OUT, tied)
+        add = node.shift_folder() if shift.any() else None
+        if fold is None or (shift.any() and add is None):
+            unbiased.append(name)
+            continue
+        plan.append((node, "transport_out", fold, np.where(moved, scale, 1.0).astype(np.float32)))
+        if add is not None:
+            shifts.append((add, np.where(moved, shift, 0.0).astype(np.float32)))
+    if bounded:
+        raise NotFoldableError(
+            f"these transports act only inside a range of values (Linear-AcT's support), which no weight can "
+            f"hold: {bounded}; export needs a transport over all reals (Mean-AcT)"
+        )
+    if unbiased:
+        raise NotFoldableError(
+            f"these transports shift a site whose output has no bias to hold the shift, or no exact fold (the "
+            f"checkpoint's config carries no bias there, e.g. Llama with mlp_bias false): {unbiased}"
+        )
+    return shifts
 
 
 def export_hf(model: nnx.Module, out_dir: str, *, processor=None, max_shard_bytes: int = 5 << 30) -> str:

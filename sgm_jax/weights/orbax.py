@@ -17,6 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sgm_jax.interventions import Intervention, intervene
+from sgm_jax.interventions.intervention import identity_transport
 from sgm_jax.models.site import GATE_ATTRS, IN, Site
 from sgm_jax.runtime.atomic import write_json
 from sgm_jax.runtime.errors import MissingFileError
@@ -26,15 +27,19 @@ from sgm_jax.weights.loading import build_model
 MANIFEST = "sgm_jax_model.json"
 
 
-def _gated_sites(model: nnx.Module) -> dict[str, int]:
-    sites = {}
+def _gated_sites(model: nnx.Module) -> tuple[dict[str, int], dict[str, int]]:
+    """`({site: width} of the gates, {site: width} of the transports)` a model carries."""
+    gates, transports = {}, {}
     for path, node in nnx.iter_graph(model):
         if isinstance(node, Site):
+            name = ".".join(map(str, path))
             for end, attr in GATE_ATTRS.items():
                 gate = getattr(node, attr)
                 if gate is not None:
-                    sites[".".join(map(str, path)) + (":in" if end == IN else "")] = gate.shape[0]
-    return sites
+                    gates[name + (":in" if end == IN else "")] = gate.shape[0]
+            if node.transport_out is not None:
+                transports[name] = node.transport_out.shape[1]
+    return gates, transports
 
 
 def save_checkpoint(model: nnx.Module, directory: str) -> None:
@@ -48,12 +53,14 @@ def save_checkpoint(model: nnx.Module, directory: str) -> None:
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(state_dir, nnx.state(model))
         checkpointer.wait_until_finished()
+    gates, transports = _gated_sites(model)
     write_json(
         os.path.join(directory, MANIFEST),
         {
             "config": model.spec.to_hf(),
             "dtype": dtype.pop(),
-            "gates": _gated_sites(model),
+            "gates": gates,
+            "transports": transports,
             "special_tokens": dict(model.special_tokens),
             "max_positions": model.max_positions,
         },
@@ -71,8 +78,12 @@ def load_checkpoint(
     with open(path) as f:
         manifest = json.load(f)
     abstract = nnx.eval_shape(lambda: build_model(manifest["config"], dtype=manifest["dtype"]))
-    if manifest["gates"]:
-        ones = Intervention({site: np.ones(width, np.float32) for site, width in manifest["gates"].items()})
+    transports = manifest.get("transports", {})
+    if manifest["gates"] or transports:
+        ones = Intervention(
+            {site: np.ones(width, np.float32) for site, width in manifest["gates"].items()},
+            transports={site: identity_transport(width) for site, width in transports.items()},
+        )
         abstract = intervene(abstract, ones, keep_identity=True)
     graphdef, state = nnx.split(abstract)
     for _, variable in nnx.to_flat_state(state):
