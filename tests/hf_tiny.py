@@ -189,6 +189,55 @@ def gate_hooks(hf: torch.nn.Module, alphas: dict, transports: dict | None = None
             handle.remove()
 
 
+@contextlib.contextmanager
+def direction_hooks(hf: torch.nn.Module, layers: str, writers=(), ablate=None, add=None):
+    """andyrdt/refusal_direction's hooks on transformers: with `ablate` (a direction), `x - (x . r) r` (`r` unit)
+    on the input of every decoder layer under `layers` and on the output of each of `writers`; with
+    `add` = (layer, vector), the vector added to that layer's input. Removed on leaving the block."""
+    modules, handles = dict(hf.named_modules()), []
+
+    def project(x, r):
+        return x - (x @ r).unsqueeze(-1) * r
+
+    try:
+        if ablate is not None:
+            r = torch.tensor(np.asarray(ablate) / np.linalg.norm(ablate), dtype=torch.float32)
+            for name, module in modules.items():
+                if name.startswith(layers + ".") and name[len(layers) + 1 :].isdigit():
+                    handles.append(
+                        module.register_forward_pre_hook(_first_input(lambda x: project(x, r)), with_kwargs=True)
+                    )
+            for name in writers:
+                handles.append(
+                    modules[name].register_forward_hook(
+                        lambda m, a, out: (
+                            (project(out[0], r),) + tuple(out[1:]) if isinstance(out, tuple) else project(out, r)
+                        )
+                    )
+                )
+        if add is not None:
+            layer, vector = add
+            v = torch.tensor(np.asarray(vector), dtype=torch.float32)
+            handles.append(
+                modules[f"{layers}.{layer}"].register_forward_pre_hook(_first_input(lambda x: x + v), with_kwargs=True)
+            )
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _first_input(change):
+    """A pre-hook (with kwargs) changing a decoder layer's hidden states, passed positionally or by name."""
+
+    def hook(module, args, kwargs):
+        if args:
+            return (change(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": change(kwargs["hidden_states"])}
+
+    return hook
+
+
 def generate_positions(mask: np.ndarray) -> np.ndarray:
     """Position ids as transformers `generate` builds them for left-padded rows."""
     pos = np.cumsum(mask, axis=-1) - 1

@@ -4,7 +4,8 @@
 Against transformers (fp32, eager attention): logits and every intermediate (vision states, projector, each
 decoder hidden state) to 1e-4 on every config variant, and on a batch without images; site names are transformers'
 module names, with their widths; greedy generation token for token, without and with gates and a Linear-AcT
-transport (forward hooks on transformers' side); pooled capture equals forward hooks pooled the same way; an export
+transport (forward hooks on transformers' side); the refusal direction's ablation and addition equal
+andyrdt/refusal_direction's hooks; pooled capture equals forward hooks pooled the same way; an export
 with the gates folded loads in transformers and gives the gated logits (with the head tied and untied). Of sgm_jax
 alone: the key layouts a family's checkpoints come in (the hub's, `save_pretrained`'s, transformers' in-memory
 names) load to the same logits; an 8-device mesh gives the one-device logits; inputs that do not fit and config
@@ -35,7 +36,8 @@ import sgm_jax
 from families import FAMILIES, our_activations, tokenizer_of
 from sgm_jax.interventions import Intervention, compose
 from sgm_jax.models.config import UnsupportedConfigError
-from sgm_jax.responses.sites import list_sites, resolve, site_refs
+from sgm_jax.responses.sites import list_sites, resolve, site_refs, stream_writers
+from sgm_jax.steering.refusal import ablated, added
 from sgm_jax.weights import sharding
 from sgm_jax.weights.export import export_hf
 from sgm_jax.weights.orbax import load_checkpoint, save_checkpoint
@@ -177,6 +179,30 @@ def test_greedy_generate_equals_transformers_with_and_without_gates_and_a_transp
         pad=tokenizer.pad_token_id,
         before=reset and functools.partial(reset, family.hf),
     )
+
+
+@over(DEFAULTS)
+def test_refusal_direction_ablation_and_addition_equal_transformers_hooks(family):
+    """The refusal direction's edits: ablation at the first layer's input and every attention and MLP output, and
+    addition at one layer's input, against andyrdt/refusal_direction's hooks (which also project every layer's
+    input: the same, since the stream is the sum of those writes)."""
+    model, case = family.model, family.case
+    batch, rng = family.batch(seed=4), np.random.default_rng(4)
+    direction = rng.normal(size=model.spec.text.hidden_size if hasattr(model.spec, "text") else model.spec.hidden_size)
+    writers = stream_writers(model)
+    assert any(w.endswith(".mlp") for w in writers) and any(w.endswith("attn") for w in writers)
+    valid, plain = _valid(batch), np.asarray(model(**batch))
+    for ours, hooks in (
+        (ablated(model, direction), dict(ablate=direction, writers=writers)),
+        (added(model, direction, 1), dict(add=(1, direction))),
+    ):
+        with hf_tiny.direction_hooks(family.hf, model.decoder_layers, **hooks):
+            if case.reset_reference:
+                case.reset_reference(family.hf)
+            ref = case.reference(family.hf, batch)["logits"]
+        logits = np.asarray(ours(**batch))
+        _assert_close(logits, ref, f"logits with {sorted(hooks)}", valid)
+        assert np.abs(logits - plain)[valid].max() > 1e-3, "the edit changed nothing"
 
 
 @over(DEFAULTS)

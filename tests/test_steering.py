@@ -312,7 +312,7 @@ def test_steer_refuses_wrong_sites_and_widths(tiny):
     sae = random_sae(model.spec.text.hidden_size, 12)
     with pytest.raises(SiteError, match="nearest"):
         steer(model, {"model.language_model.layers.9": SAEEdit(sae, labelled(sae, [0], []))})
-    with pytest.raises(OptionError, match="output, not its input"):
+    with pytest.raises(OptionError, match="is 56 wide, the edit is for width 32"):  # the MLP's neurons, not the stream
         steer(model, {"model.language_model.layers.0.mlp.down_proj:in": SAEEdit(sae, labelled(sae, [0], []))})
     once = steer(model, {SITE: SAEEdit(sae, labelled(sae, [0], []))})
     with pytest.raises(OptionError, match="already carries"):

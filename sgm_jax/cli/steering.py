@@ -1,4 +1,4 @@
-"""The concept-steering commands of `sgm-jax`: `dictionary`, `sae train`, `sae annotate`."""
+"""The steering commands of `sgm-jax`: `dictionary`, `sae train`, `sae annotate`, `refusal-direction`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,16 @@ import json
 import os
 
 from sgm_jax.cli.command import Command, Group
-from sgm_jax.cli.common import load_gated, read_samples
-from sgm_jax.cli.options import add_data_options, real, steered_model_options, whole
+from sgm_jax.cli.common import is_writer, load, load_gated, read_samples
+from sgm_jax.cli.options import (
+    add_data_options,
+    model_options,
+    output_options,
+    raw_text_option,
+    real,
+    steered_model_options,
+    whole,
+)
 from sgm_jax.runtime.choices import POOLINGS, TOKENS
 from sgm_jax.runtime.errors import OptionError
 
@@ -165,6 +173,123 @@ def _sae_annotate_options(p) -> None:
     p.add_argument("--out", required=True, help="output annotation file (.safetensors)")
 
 
+def cmd_refusal_direction(args) -> None:
+    """Find the refusal direction of a model (Arditi et al., NeurIPS 2024).
+
+    Take the mean difference of the residual stream entering each decoder layer between harmful and harmless
+    instructions, at each of the chat template's tokens after the instruction; score every candidate on the
+    last --val instructions of each file (refusal score with the direction ablated and added, KL on harmless
+    ones) and choose by the paper's rule. Write the direction and every candidate's scores; with --export, a
+    text decoder's weights orthogonalised to it as a plain Hugging Face checkpoint."""
+    import numpy as np
+
+    from sgm_jax.steering import refusal
+
+    harmful, harmless = _instructions(args.harmful, "--harmful"), _instructions(args.harmless, "--harmless")
+    for flag, items in (("--harmful", harmful), ("--harmless", harmless)):
+        if len(items) <= args.val:
+            raise OptionError(f"{flag} holds {len(items)} instructions; --val {args.val} leaves none to fit on")
+    model, processor = load(args)
+    positions = args.positions or refusal.instruction_positions(processor)
+    batched = {
+        name: refusal.prompts(model, processor, items, batch_size=args.batch_size)
+        for name, items in (
+            ("harmful", harmful[: -args.val]),
+            ("harmless", harmless[: -args.val]),
+            ("harmful_val", harmful[-args.val :]),
+            ("harmless_val", harmless[-args.val :]),
+        )
+    }
+    candidates = refusal.candidate_directions(model, batched["harmful"], batched["harmless"], positions)
+    tokens = refusal.refusal_tokens(processor, args.refusal_words)
+    selection = refusal.select_direction(
+        model,
+        candidates,
+        batched["harmful_val"],
+        batched["harmless_val"],
+        tokens,
+        kl_threshold=args.kl_threshold,
+        induce_threshold=args.induce_threshold,
+        prune_layers=args.prune_layers,
+        progress=not args.quiet,
+    )
+    if not is_writer():
+        return
+    metadata = {
+        "model": args.model,
+        "harmful": os.path.abspath(args.harmful),
+        "harmless": os.path.abspath(args.harmless),
+        "train": [len(harmful) - args.val, len(harmless) - args.val],
+        "val": args.val,
+        "positions": positions,
+        "refusal_tokens": tokens,
+    }
+    refusal.save_direction(args.out, selection, candidates, metadata)
+    chosen = selection.metadata()
+    print(
+        f"refusal direction: layer {selection.layer}, position {selection.position} of {positions} "
+        f"(norm {np.linalg.norm(selection.direction):.3g}); refusal score of harmful instructions "
+        f"{chosen['baseline_harmful']:.2f} -> {chosen['ablation_refusal']:.2f} ablated, of harmless ones "
+        f"{chosen['baseline_harmless']:.2f} -> {chosen['addition_refusal']:.2f} added; KL {chosen['ablation_kl']:.3f}"
+        f" -> {args.out}"
+    )
+    if args.export:
+        from sgm_jax.weights.export import export_hf
+        from sgm_jax.weights.orthogonalize import orthogonalized
+
+        export_hf(
+            orthogonalized(model, selection.direction), args.export, processor=getattr(processor, "base", processor)
+        )
+        print(f"orthogonalised checkpoint -> {args.export}")
+
+
+def _instructions(path: str, flag: str) -> list[str]:
+    """One instruction per line of a text file, or the prompts of a dataset file (JSONL, CSV)."""
+    if not os.path.exists(path):
+        raise OptionError(f"{flag} {path}: no such file")
+    if path.endswith(".txt"):
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    from sgm_jax.data.readers.dispatch import read_dataset
+
+    return [sample.prompt for sample in read_dataset(path)]
+
+
+def _refusal_direction_options(p) -> None:
+    model_options(p)
+    p.add_argument("--harmful", required=True, help="harmful instructions: a .txt file (one per line) or a dataset")
+    p.add_argument("--harmless", required=True, help="harmless instructions, in the same forms")
+    p.add_argument(
+        "--val", type=whole(1), default=32, help="the last N instructions of each file score the candidates (32)"
+    )
+    p.add_argument(
+        "--positions",
+        type=whole(1),
+        help="how many last prompt tokens to take candidates at (default: the chat template's tokens after the "
+        "instruction, as the paper)",
+    )
+    p.add_argument(
+        "--refusal-words",
+        nargs="+",
+        default=["I", "As"],
+        help="words whose first token starts a refusal, for the refusal score (default: I As)",
+    )
+    p.add_argument("--kl-threshold", type=real(0), default=0.1, help="drop candidates above this KL (default 0.1)")
+    p.add_argument(
+        "--induce-threshold",
+        type=real(),
+        default=0.0,
+        help="drop candidates whose addition leaves the harmless refusal score below this (default 0)",
+    )
+    p.add_argument(
+        "--prune-layers", type=real(0, 1), default=0.2, help="drop candidates from the last share of layers (0.2)"
+    )
+    p.add_argument("--batch-size", type=whole(1), default=16, help="instructions per forward pass (default: 16)")
+    raw_text_option(p)
+    p.add_argument("--export", metavar="DIR", help="also write the orthogonalised checkpoint here (text decoders)")
+    output_options(p, "output direction file (.safetensors)", "no progress bar")
+
+
 COMMANDS = (
     Command("dictionary", cmd_dictionary, _dictionary_options),
     Group(
@@ -175,4 +300,5 @@ COMMANDS = (
             Command("annotate", cmd_sae_annotate, _sae_annotate_options),
         ),
     ),
+    Command("refusal-direction", cmd_refusal_direction, _refusal_direction_options),
 )

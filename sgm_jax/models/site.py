@@ -92,6 +92,8 @@ class Site(nnx.Module):
     """An affine map of the gated output (Linear-AcT, Mean-AcT); absent until set, like the gates."""
     edit: nnx.Module | None = None
     """`h -> f(h)` on the (gated) output at every position: a pure function of its own state (see steering/)."""
+    edit_in: nnx.Module | None = None
+    """`x -> f(x)` on the input before anything else sees it (a residual stream entering a decoder layer)."""
     output_linear: ClassVar[str | None] = None
     input_linears: ClassVar[tuple[str, ...]] = ()
     activation_feeds: ClassVar[str | None] = None
@@ -120,6 +122,8 @@ class Site(nnx.Module):
         return child(self, self.output_linear).shift_folder() if self.output_linear else None
 
     def __call__(self, x: jax.Array, *args, **kwargs):
+        if self.edit_in is not None:
+            x = self.edit_in(x)
         gate_in = None if self.gate_in is None else self.gate_in[...]
         gate_out = None if self.gate_out is None else self.gate_out[...]
         if IN in self.record:

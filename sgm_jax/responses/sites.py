@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from flax import nnx
 
-from sgm_jax.models.site import IN, OUT, ImageDomain, Site
+from sgm_jax.models.site import IN, OUT, ImageDomain, Site, child
 from sgm_jax.runtime.errors import SgmJaxError
 
 INPUT_SUFFIX = ":in"
@@ -95,3 +95,15 @@ def nearest(pattern: str, names: Iterable[str], n: int = 5) -> list[str]:
 def default_sites(model: nnx.Module) -> list[str]:
     """SGM's sites (as in ml-aura-vl): the outputs of the three MLP projections in every decoder layer."""
     return [f"{model.decoder_layers}.*.mlp.{name}" for name in ("gate_proj", "up_proj", "down_proj")]
+
+
+WRITERS = ("self_attn", "cross_attn", "mlp")
+"""The children of a decoder layer whose outputs are added to the residual stream (transformers' names in every
+family)."""
+
+
+def stream_writers(model: nnx.Module) -> list[str]:
+    """The sites whose outputs the decoder adds to its residual stream: each layer's attention and MLP."""
+    layers, refs = child(model, model.decoder_layers), site_refs(model)
+    names = [f"{model.decoder_layers}.{i}.{w}" for i, layer in enumerate(layers) for w in WRITERS if hasattr(layer, w)]
+    return [name for name in names if name in refs]

@@ -18,6 +18,7 @@ from sgm_jax.runtime.errors import MissingFileError
 SCORES, INTERVENTION, RESPONSES = "scores", "intervention", "responses"
 DICTIONARY, SAE, ANNOTATION, TOKENS = "dictionary", "sae", "annotation", "tokens"
 EXPERTS = "experts"
+DIRECTION = "direction"
 KIND_KEY = "sgm_jax.kind"
 
 NOUNS = {
@@ -29,6 +30,7 @@ NOUNS = {
     ANNOTATION: "atom annotation",
     TOKENS: "token activation store",
     EXPERTS: "expert attribution",
+    DIRECTION: "refusal direction",
 }
 _DESCRIPTIONS = {
     SCORES: "an sgm_jax scores file (AUROC per neuron)",
@@ -39,6 +41,7 @@ _DESCRIPTIONS = {
     ANNOTATION: "an sgm_jax atom annotation (labels of an SAE's atoms)",
     TOKENS: "an sgm_jax token activation store (activations per token)",
     EXPERTS: "an sgm_jax expert attribution (which modality each expert neuron reads)",
+    DIRECTION: "an sgm_jax refusal direction (a residual-stream direction and its candidates' scores)",
 }
 _HINTS = {
     DICTIONARY: "build one with `sgm-jax dictionary`",
@@ -46,6 +49,7 @@ _HINTS = {
     ANNOTATION: "make one with `sgm-jax sae annotate`",
     TOKENS: "`sgm-jax sae train` collects one with --data",
     EXPERTS: "make one with `sgm-jax experts`",
+    DIRECTION: "find one with `sgm-jax refusal-direction`",
 }
 # Header keys of files written before KIND_KEY, most specific first.
 _LEGACY_KEYS = (("sgm_jax.intervention", INTERVENTION), ("sgm_jax", SCORES))

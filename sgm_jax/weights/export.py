@@ -57,7 +57,11 @@ def fold_gates(model: nnx.Module) -> nnx.Module:
     nodes = {tuple(path): node for path, node in nnx.iter_graph(folded) if isinstance(node, nnx.Module)}
     tied = getattr(folded, "lm_head", True) is None
     plan, refused = [], []
-    edited = [".".join(map(str, p)) for p, n in nodes.items() if isinstance(n, Site) and n.edit is not None]
+    edited = [
+        ".".join(map(str, p))
+        for p, n in nodes.items()
+        if isinstance(n, Site) and (n.edit is not None or n.edit_in is not None)
+    ]
     if edited:
         raise NotFoldableError(
             f"these sites carry steering edits (MOP, DACO), a function of each token's state that no weight "
