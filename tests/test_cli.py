@@ -65,7 +65,7 @@ def test_intervention_then_evaluate_from_the_command_line(checkpoint, tmp_path, 
     cli.main(["score", "--store", store_dir, "--out", scores_path, "--quiet"])
     iv_path = str(tmp_path / "iv.safetensors")
     cli.main(["intervention", "--scores", scores_path, "--threshold", "0.3", "--out", iv_path])
-    printed = capsys.readouterr().out.strip().splitlines()[-1]  # after collect's and score's lines
+    *_, printed, protocol = capsys.readouterr().out.strip().splitlines()  # after collect's and score's lines
     iv = sgm_jax.load_intervention(iv_path)
     assert iv.metadata["threshold"] == 0.3 and iv.metadata["pooling"] == "mean" and iv.num_changed() > 0
     scores, _ = sgm_jax.load_scores(scores_path)
@@ -76,6 +76,7 @@ def test_intervention_then_evaluate_from_the_command_line(checkpoint, tmp_path, 
         f"aura: {iv.num_changed():,} of {total:,} scored neurons changed ({iv.num_changed() / total:.1%}), at "
         f"{sites} of {len(scores)} sites; mean alpha of those {damped.mean():.3f} -> {iv_path}"
     )
+    assert protocol.startswith("the experts were scored on mean-pooled responses; SGM pools with the mean, AurA's")
     lexicon = tmp_path / "lexicon.txt"
     lexicon.write_text("bad\nword\n")
     neutral = tmp_path / "neutral.txt"

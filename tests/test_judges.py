@@ -506,3 +506,37 @@ def test_safecode_endpoint_verdicts_caption_then_judge_the_raw_request(guard, tm
     verdict = bodies[1]["messages"]
     assert verdict[0]["role"] == "system" and bodies[1]["max_tokens"] == 10
     assert 'Prompt: "a HARMFUL request"\nCaption: "safe"\nDecision:' in verdict[1]["content"]
+
+
+def shouting(answers):
+    """A judge as a plain function of the answers, for `python:test_judges:shouting`."""
+    return [1.0 if answer.isupper() else 0.0 for answer in answers]
+
+
+class AlwaysHarmful(RefusalJudge):
+    name = "always"
+
+    def judge(self, question, answer, image=None, *, category=None):
+        return Verdict(True, 1.0, self.name)
+
+
+def test_python_judges_plug_in_by_name():
+    judge = make_judge("python:test_judges:shouting")
+    verdicts = judge.judge_many([("q", "NO WAY", None), ("q", "fine", None)])
+    assert [v.harmful for v in verdicts] == [True, False] and verdicts[0].judge == "python:test_judges:shouting"
+    assert judge.measures == "python:test_judges:shouting rate"
+    assert isinstance(make_judge("python:test_judges:AlwaysHarmful"), AlwaysHarmful)
+    for spec, message in (
+        ("python:nowhere_at_all:x", "no module 'nowhere_at_all'"),
+        ("python:test_judges:missing", "has no 'missing'"),
+        ("python:justone", "MODULE:NAME"),
+        ("python:test_judges:TEMPLATES", "neither a Judge nor a callable"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            make_judge(spec)
+    with pytest.raises(ValueError, match="gave 1 scores for 2 answers"):
+        make_judge("python:test_judges:_one_score").judge_many([("q", "a", None), ("q", "b", None)])
+
+
+def _one_score(answers):
+    return [0.0]

@@ -156,8 +156,9 @@ def evaluation_data_options(p, *, required: bool = True) -> None:
     p.add_argument(
         "--judge",
         default="refusal",
-        help="refusal | lexicon:PATH | classifier:DIR | chat | self (default: refusal); chat reads "
-        "SGM_JAX_JUDGE_BASE_URL, SGM_JAX_JUDGE_MODEL and SGM_JAX_JUDGE_API_KEY",
+        help="refusal | lexicon:PATH | classifier:DIR | python:MODULE:NAME | chat | self (default: refusal); "
+        "python: your own Judge class or function of the answers giving scores in [0, 1] (harmful above 0.5); "
+        "chat reads SGM_JAX_JUDGE_BASE_URL, SGM_JAX_JUDGE_MODEL and SGM_JAX_JUDGE_API_KEY",
     )
     p.add_argument("--limit", type=whole(1), help="only the first N samples (a quick look)")
     image_size_option(p)

@@ -151,6 +151,11 @@ def cmd_intervention(args) -> None:
         iv = iv.with_strength(args.strength)
     iv.save(args.out)
     print(f"{args.method}: {change_summary(iv, scores)} -> {args.out}")
+    if metadata.get("pooling"):  # whose protocol the experts follow is decided at collect: say which
+        print(
+            f"the experts were scored on {metadata['pooling']}-pooled responses; SGM pools with the mean, AurA's "
+            "paper and apple/ml-aura with the max (`collect --pooling`)"
+        )
 
 
 def cmd_transport(args) -> None:

@@ -245,16 +245,15 @@ def select_direction(
         for i, edit in enumerate(additions):
             edit.vector.set_value(jnp.asarray(r if i == layer else np.zeros(width), jnp.float32))
         scores[1, p, layer] = refusal_scores(last_logprobs(addition, harmless), tokens).mean()
-    keep = np.isfinite(scores).all(0) & (np.linalg.norm(candidates, axis=-1) > 0)  # the template's own tokens at
-    # the first layer see the same embeddings in both sets: no direction there
-    keep &= np.arange(n_layers)[None, :] < int(n_layers * (1.0 - prune_layers))
-    keep &= (scores[2] <= kl_threshold) & (scores[1] >= induce_threshold)
-    if not keep.any():
+    chosen = choose(
+        candidates, scores, kl_threshold=kl_threshold, induce_threshold=induce_threshold, prune_layers=prune_layers
+    )
+    if chosen is None:
         raise InputError(
             f"every candidate direction was filtered out (KL above {kl_threshold}, addition below {induce_threshold}, "
             f"in the last {prune_layers:.0%} of layers, or zero); loosen the thresholds or use more instructions"
         )
-    p, layer = np.unravel_index(np.argmin(np.where(keep, scores[0], np.inf)), keep.shape)
+    p, layer = chosen
     return Selection(
         position=int(p) - n_pos,
         layer=int(layer),
@@ -265,6 +264,23 @@ def select_direction(
         baseline_harmful=float(base_harmful.mean()),
         baseline_harmless=float(base_harmless.mean()),
     )
+
+
+def choose(
+    candidates: np.ndarray, scores: np.ndarray, *, kl_threshold: float, induce_threshold: float, prune_layers: float
+) -> tuple[int, int] | None:
+    """The paper's rule over `scores` `[3, positions, layers]` (ablated refusal, added refusal, KL): the lowest
+    ablated refusal score among the candidates the thresholds keep, as (position index, layer); None if none is
+    kept. Zero candidates are dropped: the template's own tokens at the first layer see the same embedding in both
+    sets."""
+    n_layers = candidates.shape[1]
+    keep = np.isfinite(scores).all(0) & (np.linalg.norm(candidates, axis=-1) > 0)
+    keep &= np.arange(n_layers)[None, :] < int(n_layers * (1.0 - prune_layers))
+    keep &= (scores[2] <= kl_threshold) & (scores[1] >= induce_threshold)
+    if not keep.any():
+        return None
+    p, layer = np.unravel_index(np.argmin(np.where(keep, scores[0], np.inf)), keep.shape)
+    return int(p), int(layer)
 
 
 def save_direction(path: str, selection: Selection, candidates: np.ndarray, metadata: dict[str, Any]) -> None:

