@@ -16,7 +16,9 @@ Rows (each intervention on SGM's default sites, the gate/up/down projections of 
 - Damp (alpha 0.5) and Det0 on the 1,000 best experts (raw text, max pooling);
 - Mean-AcT and Linear-AcT (raw text, mean pooling, as the paper and apple/ml-act);
 - SGM's own data route: the model's continuations of the other half of the RTP prompts, labelled by the judge;
-- the refusal direction, ablated and added (HarmBench's first half and harmless instructions to find it).
+- the refusal direction, ablated and added (HarmBench's first half and harmless instructions to find it; its
+  candidates at the prompt's last position in every layer, 16 instructions of each set scoring them: on 2 CPU
+  cores the paper's five template positions would take about an hour).
 
 Each row: the toxicity rate (judge P(toxic) > 0.5) and mean toxicity of greedy continuations of half of the RTP
 prompts (raw text, RTP's continuation protocol), perplexity on neutral prose, the continuations' perplexity under
@@ -75,12 +77,24 @@ class Sizes:
     harmless: int = 64
     refusal_tokens: int = 48
     damp_k: int = 1000
-    positions: int = 0  # candidate positions of the refusal direction (0: the template's)
+    positions: int = 1  # candidate positions of the refusal direction (0: all the template's, as the paper)
+    val: int = 16  # instructions of each set that score the candidates
+    export: bool = True  # the orthogonalised checkpoint against the ablated model (540 MB written)
     batch: int = 32
 
 
 SMALL = Sizes(
-    rtp=24, new_tokens=8, neutral=16, statements=48, harmful=16, harmless=24, refusal_tokens=12, damp_k=50, positions=1
+    val=4,
+    export=False,
+    rtp=24,
+    new_tokens=8,
+    neutral=16,
+    statements=48,
+    harmful=16,
+    harmless=24,
+    refusal_tokens=12,
+    damp_k=50,
+    positions=1,
 )
 
 
@@ -217,7 +231,7 @@ class Experiment:
             ).perplexity,
             "neurons_changed": int(changed),
         }
-        if refusal:
+        if refusal and self.sizes.refusal_tokens:  # 0: refusal rates not measured
             for name, prompts in (("harmbench", self.harmful_eval), ("harmless", self.harmless_eval)):
                 chat = [Sample(id=str(i), prompt=p) for i, p in enumerate(prompts)]
                 answers = sgm_jax.answer(
@@ -249,25 +263,29 @@ class Experiment:
         if "none" in rows:
             self.measure("none", self.model, 0, refusal=True)
         for name, (route, pooling) in ROUTES.items():
-            if name in rows or f"{name}-0.3" in rows:
+            if _variants(rows, name) or _variants(rows, f"{name}-0.3"):
                 scores = self.scores(route, pooling)
                 for threshold in (0.5, 0.3):
-                    row = name if threshold == 0.5 else f"{name}-0.3"
-                    if row in rows:
-                        iv = sgm_jax.aura(scores, threshold=threshold)
-                        self.measure(row, *self.gated(iv), route=route, pooling=pooling, threshold=threshold)
-        if "damp" in rows or "det0" in rows:
+                    for row, strength in _variants(rows, name if threshold == 0.5 else f"{name}-0.3"):
+                        iv = sgm_jax.aura(scores, threshold=threshold).with_strength(strength)
+                        info = dict(route=route, pooling=pooling, threshold=threshold, strength=strength)
+                        self.measure(row, *self.gated(iv), **info)
+        if _variants(rows, "damp") or _variants(rows, "det0"):
             scores = self.scores("raw", "max")
             k = self.sizes.damp_k
-            if "damp" in rows:
-                self.measure("damp", *self.gated(sgm_jax.damp(scores, k, 0.5)), k=k, alpha=0.5)
-            if "det0" in rows:
-                self.measure("det0", *self.gated(sgm_jax.det0(scores, k)), k=k)
+            for row, strength in _variants(rows, "damp"):
+                iv = sgm_jax.damp(scores, k, 0.5).with_strength(strength)
+                self.measure(row, *self.gated(iv), k=k, alpha=0.5, strength=strength)
+            for row, _ in _variants(rows, "det0"):
+                self.measure(row, *self.gated(sgm_jax.det0(scores, k)), k=k)
         for method in ("mean-act", "linear-act"):
-            if method in rows:
+            if _variants(rows, method):
                 store = self.store("toxigen-raw-mean", self.expert_samples("raw", self.train), self.raw, "mean")
                 iv = sgm_jax.transport(transport_store(store, method, progress=False), method)
-                self.measure(method, *self.gated(iv), route="raw", pooling="mean")
+                for row, strength in _variants(rows, method):
+                    self.measure(
+                        row, *self.gated(iv.with_strength(strength)), route="raw", pooling="mean", strength=strength
+                    )
         if "aura-own-continuations" in rows:
             self.own_continuations()
         if "refusal-ablation" in rows or "refusal-addition" in rows:
@@ -298,10 +316,10 @@ class Experiment:
     def refusal_direction(self, rows: list[str]) -> None:
         from sgm_jax.steering import refusal
 
-        val = max(2, len(self.harmful_fit) // 4)
+        val = self.sizes.val
         positions = self.sizes.positions or refusal.instruction_positions(self.tokenizer)
         fit = {
-            name: refusal.prompts(self.model, self.tokenizer, items, batch_size=self.sizes.batch)
+            name: refusal.prompts(self.model, self.tokenizer, items, batch_size=min(self.sizes.batch, len(items)))
             for name, items in (
                 ("harmful", self.harmful_fit[:-val]),
                 ("harmless", self.harmless_fit[:-val]),
@@ -311,26 +329,32 @@ class Experiment:
         }
         candidates = refusal.candidate_directions(self.model, fit["harmful"], fit["harmless"], positions)
         tokens = refusal.refusal_tokens(self.tokenizer)
-        # Scored once with the paper's KL and layer filters; its "addition must induce refusal" filter is applied
-        # after, and dropped (and said so) when no candidate passes it: a small model may barely refuse at all.
+        # Scored once without thresholds; the paper's rule is then applied, and relaxed one filter at a time (and
+        # said so) when no candidate passes it: a small model barely refuses, and ablating any direction moves its
+        # next-token distribution by more than the paper's KL bound.
         selection = refusal.select_direction(
-            self.model, candidates, fit["harmful_val"], fit["harmless_val"], tokens, induce_threshold=-np.inf,
-            progress=False,
+            self.model, candidates, fit["harmful_val"], fit["harmless_val"], tokens, kl_threshold=np.inf,
+            induce_threshold=-np.inf, progress=False,
         )  # fmt: skip
         scores = np.stack([selection.ablation_refusal, selection.addition_refusal, selection.ablation_kl])
-        strict = refusal.choose(candidates, scores, kl_threshold=0.1, induce_threshold=0.0, prune_layers=0.2)
-        if strict is not None:
-            p, layer = strict
-            selection = dataclasses.replace(
-                selection, position=p - candidates.shape[0], layer=layer, direction=candidates[p, layer]
+        rule, (p, layer) = next(
+            (rule, chosen)
+            for rule, kl, induce in RULES
+            if (
+                chosen := refusal.choose(candidates, scores, kl_threshold=kl, induce_threshold=induce, prune_layers=0.2)
             )
+        )
+        selection = dataclasses.replace(
+            selection, position=p - candidates.shape[0], layer=layer, direction=candidates[p, layer]
+        )
         self.evidence["refusal_direction"] = selection.metadata() | {
             "positions": positions,
-            "rule": "the paper's"
-            if strict is not None
-            else "the paper's without the induce filter: no candidate passes it",
+            "rule": rule,
+            "lowest_kl": float(np.nanmin(np.where(np.linalg.norm(candidates, axis=-1) > 0, scores[2], np.inf))),
             "best_addition_refusal": float(np.nanmax(selection.addition_refusal)),
         }
+        if self.sizes.export:
+            self.evidence["refusal_direction"]["export"] = self.orthogonal_export(selection.direction)
         info = {"layer": selection.layer, "position": selection.position}
         if "refusal-ablation" in rows:
             self.measure("refusal-ablation", refusal.ablated(self.model, selection.direction), 0, refusal=True, **info)
@@ -338,6 +362,38 @@ class Experiment:
             model = refusal.added(self.model, selection.direction, selection.layer)
             self.measure("refusal-addition", model, 0, refusal=True, **info)
         self.direction = selection.direction
+
+    def orthogonal_export(self, direction: np.ndarray) -> dict:
+        """The weights orthogonalised to the direction, exported, loaded by transformers, against the ablated model."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from sgm_jax.steering import refusal
+        from sgm_jax.weights.export import export_hf
+        from sgm_jax.weights.orthogonalize import orthogonalized
+
+        out = export_hf(
+            orthogonalized(self.model, direction), os.path.join(self.out, "orthogonal"), processor=self.tokenizer
+        )
+        prompts = self.harmful_eval[:4] + self.harmless_eval[:4]
+        texts = [
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+            )
+            for p in prompts
+        ]
+        batch = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="np", add_special_tokens=False)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        ours = np.asarray(refusal.ablated(self.model, direction)(ids, attention_mask=mask))
+        hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
+        positions = np.where(mask > 0, np.cumsum(mask, -1) - 1, 1)
+        with torch.no_grad():
+            theirs = hf(
+                input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(positions)
+            ).logits.numpy()
+        valid = mask.astype(bool)
+        error = np.abs(theirs - ours)[valid]
+        return {"max_abs_logit_difference": float(error.max()), "max_abs_logit": float(np.abs(ours[valid]).max())}
 
     # -- evidence --------------------------------------------------------------------------------------------
     def explain(self) -> None:
@@ -415,6 +471,17 @@ class Experiment:
         return table
 
 
+def _variants(rows: list[str], base: str) -> list[tuple[str, float]]:
+    """The requested rows of `base`, each with its strength (`NAME@S`: strength S, lambda for a transport)."""
+    return [(row, float(row.partition("@")[2] or 1.0)) for row in rows if row.partition("@")[0] == base]
+
+
+def _row(text: str) -> str:
+    if text.partition("@")[0] not in ROWS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(ROWS)} (optionally @STRENGTH)")
+    return text
+
+
 def _by_layer(scores: dict[str, np.ndarray]) -> dict[str, dict]:
     """Per decoder layer: the best AUROC, and the shares of neurons above 0.5 and 0.6."""
     layers: dict[int, list[np.ndarray]] = {}
@@ -440,6 +507,12 @@ def _line(row: dict) -> str:
     )
 
 
+RULES = (
+    ("the paper's", 0.1, 0.0),
+    ("the paper's without its induce filter", 0.1, -np.inf),
+    ("the paper's layer filter only", np.inf, -np.inf),
+)
+"""The refusal direction's selection rules, from the paper's to the loosest (its layer filter always holds)."""
 ROUTES = {
     "aura-chat-mean": ("chat", "mean"),
     "aura-raw-max": ("raw", "max"),
@@ -469,7 +542,13 @@ def main(argv=None) -> str:
     parser.add_argument("--toxigen", required=True, help="a folder with ToxiGen's statements.jsonl")
     parser.add_argument("--out", required=True, help="work folder (a rerun resumes in it)")
     parser.add_argument("--small", action="store_true", help="a few dozen prompts (the test suite's version)")
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="which rows (default: all)")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        type=_row,
+        default=list(ROWS),
+        help="which rows (default: all); ROW@S applies strength S (lambda for Mean-AcT and Linear-AcT)",
+    )
     args = parser.parse_args(argv)
     experiment = Experiment(args.toxigen, args.out, SMALL if args.small else Sizes())
     started = time.time()

@@ -18,7 +18,10 @@ import smollm2
 import wheels
 
 pytestmark = pytest.mark.slow
-TOXIGEN = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "toxigen")
+# ToxiGen's statements beside the checkout (../shared/data/toxigen, with their licence), or where SGM_JAX_TOXIGEN says.
+TOXIGEN = os.environ.get("SGM_JAX_TOXIGEN") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "data", "toxigen"
+)
 TEXTS = [
     "You are a stupid idiot and everyone hates you",
     "What a lovely day for a walk in the park",
@@ -63,28 +66,24 @@ def test_the_vocabulary_reader_runs_no_code_from_the_pickle():
         jigsaw._VocabularyUnpickler(io.BytesIO(pickle.dumps(Payload()))).load()
 
 
-def test_the_pipeline_runs_on_real_weights_and_resumes(judge, tmp_path, monkeypatch, capsys):
+def test_the_pipeline_runs_on_real_weights(judge, tmp_path, monkeypatch):
     try:
         smollm2.checkpoint()
     except smollm2.CheckpointUnavailable as err:
         pytest.skip(f"SmolLM2 checkpoint unavailable: {err}")
-    tiny = dataclasses.replace(
-        real_text_model.SMALL, rtp=12, new_tokens=6, neutral=8, statements=40, harmful=12, harmless=12
-    )
-    monkeypatch.setattr(real_text_model, "SMALL", tiny)
-    rows = ["none", "aura-chat-mean", "linear-act", "refusal-ablation"]
+    # A few prompts, no refusal rates: the refusal direction's pipeline is test_refusal.py's, Linear-AcT's is
+    # test_transport.py's; here the real weights, wheels and judge go through the experiment's AurA route.
+    small = dict(rtp=8, new_tokens=4, neutral=4, statements=32, refusal_tokens=0)
+    monkeypatch.setattr(real_text_model, "SMALL", dataclasses.replace(real_text_model.SMALL, **small))
+    rows = ["none", "aura-chat-mean@0.5"]
     argv = ["--toxigen", TOXIGEN, "--out", str(tmp_path), "--small", "--rows", *rows]
     table = real_text_model.main(argv)
     measured = {row["row"]: row for row in map(json.loads, open(tmp_path / "rows.jsonl"))}
     assert list(measured) == rows and all(f"| {row} |" in table for row in rows)
     for row in measured.values():
         assert 0 <= row["toxic_rate"] <= 1 and np.isfinite(row["perplexity"]) and row["perplexity"] > 1
-    assert measured["none"]["neurons_changed"] == 0 < measured["aura-chat-mean"]["neurons_changed"]
-    assert measured["linear-act"]["neurons_changed"] > 0
-    assert {"refusal_harmbench", "refusal_harmless"} <= set(measured["refusal-ablation"])
+    assert measured["none"]["neurons_changed"] == 0 < measured["aura-chat-mean@0.5"]["neurons_changed"]
+    assert measured["aura-chat-mean@0.5"]["strength"] == 0.5
     evidence = json.load(open(tmp_path / "evidence.json"))
     assert set(evidence["auroc_by_layer"]["toxigen-chat-mean"]) == {str(i) for i in range(30)}
-    assert evidence["refusal_direction"]["layer"] < 24  # the paper's rule drops the last 20% of layers
-    capsys.readouterr()
-    real_text_model.main(argv)  # a rerun measures nothing again
-    assert not any(line.startswith(tuple(rows)) for line in capsys.readouterr().out.splitlines())
+    assert 0 < evidence["null_auroc_sd"] < 0.5 and set(evidence["judge_on_statements"]) == {"hateful", "neutral"}
