@@ -364,17 +364,15 @@ class Experiment:
         self.direction = selection.direction
 
     def orthogonal_export(self, direction: np.ndarray) -> dict:
-        """The weights orthogonalised to the direction, exported, loaded by transformers, against the ablated model."""
-        import torch
-        from transformers import AutoModelForCausalLM
-
+        """The weights orthogonalised to the direction, exported and loaded by transformers, against the ablated
+        model: ours in float32, and transformers' own ablation hooks in float64 (one unpadded row at a time: eager
+        float64 attention turns a padded row's mask into NaN), which shows what float32 rounding alone moves."""
         from sgm_jax.steering import refusal
         from sgm_jax.weights.export import export_hf
         from sgm_jax.weights.orthogonalize import orthogonalized
 
-        out = export_hf(
-            orthogonalized(self.model, direction), os.path.join(self.out, "orthogonal"), processor=self.tokenizer
-        )
+        out = os.path.join(self.out, "orthogonal")
+        export_hf(orthogonalized(self.model, direction), out, processor=self.tokenizer)
         prompts = self.harmful_eval[:4] + self.harmless_eval[:4]
         texts = [
             self.tokenizer.apply_chat_template(
@@ -384,16 +382,16 @@ class Experiment:
         ]
         batch = self.tokenizer(texts, padding=True, padding_side="left", return_tensors="np", add_special_tokens=False)
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        ours = np.asarray(refusal.ablated(self.model, direction)(ids, attention_mask=mask))
-        hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
-        positions = np.where(mask > 0, np.cumsum(mask, -1) - 1, 1)
-        with torch.no_grad():
-            theirs = hf(
-                input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(positions)
-            ).logits.numpy()
-        valid = mask.astype(bool)
-        error = np.abs(theirs - ours)[valid]
-        return {"max_abs_logit_difference": float(error.max()), "max_abs_logit": float(np.abs(ours[valid]).max())}
+        ours = np.asarray(refusal.ablated(self.model, direction)(ids, attention_mask=mask))[mask.astype(bool)]
+        exported32 = np.concatenate(_hf_rows(out, texts, self.tokenizer, "float32"))
+        exported64 = np.concatenate(_hf_rows(out, texts, self.tokenizer, "float64"))
+        hooked64 = np.concatenate(_hf_rows(smollm2.checkpoint(), texts, self.tokenizer, "float64", ablate=direction))
+        return {
+            "float32_export_vs_ours": float(np.abs(exported32 - ours).max()),
+            "float64_export_vs_hooks": float(np.abs(exported64 - hooked64).max()),
+            "float32_ours_vs_float64_hooks": float(np.abs(ours - hooked64).max()),
+            "max_abs_logit": float(np.abs(ours).max()),
+        }
 
     # -- evidence --------------------------------------------------------------------------------------------
     def explain(self) -> None:
@@ -469,6 +467,42 @@ class Experiment:
         with open(os.path.join(self.out, "evidence.json"), "w", encoding="utf-8") as f:
             json.dump(self.evidence, f, indent=1)
         return table
+
+
+def _hf_rows(directory: str, texts: list[str], tokenizer, dtype: str, ablate=None) -> list[np.ndarray]:
+    """transformers' logits of each text alone (no padding), with refusal_direction's ablation hooks if asked."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype, attn_implementation="eager").eval()
+    handles = []
+    if ablate is not None:
+        r = torch.tensor(np.asarray(ablate) / np.linalg.norm(ablate), dtype=torch_dtype)
+        project = lambda x: x - (x @ r).unsqueeze(-1) * r  # noqa: E731
+        for layer in model.model.layers:
+            handles.append(
+                layer.register_forward_pre_hook(
+                    lambda m, a, k: (
+                        ((project(a[0]), *a[1:]), k) if a else (a, {**k, "hidden_states": project(k["hidden_states"])})
+                    ),
+                    with_kwargs=True,
+                )
+            )
+            for writer in (layer.self_attn, layer.mlp):
+                handles.append(
+                    writer.register_forward_hook(
+                        lambda m, a, o: (project(o[0]), *o[1:]) if isinstance(o, tuple) else project(o)
+                    )
+                )
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+            rows.append(model(input_ids=ids).logits.double().numpy()[0])
+    for handle in handles:
+        handle.remove()
+    return rows
 
 
 def _variants(rows: list[str], base: str) -> list[tuple[str, float]]:
