@@ -361,7 +361,6 @@ class Experiment:
         if "refusal-addition" in rows:
             model = refusal.added(self.model, selection.direction, selection.layer)
             self.measure("refusal-addition", model, 0, refusal=True, **info)
-        self.direction = selection.direction
 
     def orthogonal_export(self, direction: np.ndarray) -> dict:
         """The weights orthogonalised to the direction, exported and loaded by transformers, against the ablated
