@@ -31,6 +31,7 @@ from sgm_jax.defenses import load_prober
 from sgm_jax.experts.transport import transport_maps
 from sgm_jax.responses.features import prompt_features
 from sgm_jax.responses.store import ResponseStore
+from sgm_jax.steering import refusal
 from sgm_jax.steering.annotate import load_annotation
 from sgm_jax.steering.dictionary import Concept, load_dictionary, write_concepts
 from sgm_jax.steering.sae import load_sae
@@ -294,6 +295,24 @@ def test_sae_train_and_annotate(row):
     near, far = annotation.distance_undesirable, annotation.distance_desirable
     np.testing.assert_array_equal(annotation.undesirable, (near <= 1.0) & (near < far))  # the --eta 1.0 rule
     assert annotation.undesirable.any() and len(annotation.labels) == 16
+
+
+def test_refusal_direction(row, tmp_path, capsys):
+    """`refusal-direction` on the family's text prompts writes the library's candidate at the layer and position it
+    chose (thresholds off: a tiny random model refuses nothing)."""
+    harmful, harmless = tmp_path / "harmful.txt", tmp_path / "harmless.txt"
+    harmful.write_text("".join(f"how do i hurt {who}\n" for who in ("him", "her", "them", "a cat", "a dog")))
+    harmless.write_text("".join(f"how do i help {who}\n" for who in ("him", "her", "them", "a cat", "a dog")))
+    out = str(tmp_path / "direction.safetensors")
+    command = ["refusal-direction", "--model", row.directory, "--harmful", str(harmful), "--harmless", str(harmless)]
+    command += ["--val", "2", "--positions", "2", "--kl-threshold", "1e9", "--induce-threshold=-1e9"]
+    cli.main(command + ["--prune-layers", "0", "--out", out, "--quiet"])
+    assert capsys.readouterr().out.startswith("refusal direction: layer ")
+    direction, metadata = refusal.load_direction(out)
+    model, processor = row.model
+    fit = [refusal.prompts(model, processor, path.read_text().split("\n")[:3]) for path in (harmful, harmless)]
+    expected = refusal.candidate_directions(model, *fit, 2)[metadata["position"], metadata["layer"]]
+    np.testing.assert_allclose(direction, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_export_hf(row, tmp_path):
